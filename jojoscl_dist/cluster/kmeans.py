@@ -1,0 +1,109 @@
+"""k-means through FAISS: GPU index when CUDA and faiss-gpu are present, CPU otherwise.
+
+Two uses:
+- ``BatchKMeans``: the per-batch k-means that gives L_SURE its hard assignment. Centroids may be carried from
+  the previous step (warm start), which needs far fewer Lloyd iterations than a fresh start.
+- ``fit_kmeans``: final labels on all cells, k-means++ seeding (scikit-learn) + FAISS Lloyd iterations, best of
+  several restarts by inertia (FAISS alone has no k-means++ and lands in poor solutions on separated clusters).
+
+FAISS subsamples to 256 points per centroid by default; we raise that cap to n so no point is silently dropped,
+and set the minimum to 1 so small batches do not warn.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import faiss
+import numpy as np
+import torch
+from sklearn.cluster import kmeans_plusplus
+
+log = logging.getLogger(__name__)
+
+
+def faiss_gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0 and torch.cuda.is_available()
+
+
+def _lloyd(x: np.ndarray, k: int, niter: int, seed: int, init: np.ndarray | None, gpu: bool) -> tuple[np.ndarray, float]:
+    """FAISS Lloyd iterations; returns (centroids (k, d), final objective)."""
+    n, d = x.shape
+    km = faiss.Kmeans(d, k, niter=niter, seed=seed, gpu=gpu, verbose=False,
+                      max_points_per_centroid=max(n, 1), min_points_per_centroid=1, spherical=False)
+    km.train(x, init_centroids=init)
+    return km.centroids, float(km.obj[-1]) if len(km.obj) else float("nan")
+
+
+def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    _, labels = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    return labels.ravel().astype(np.int64)
+
+
+def _check(x: np.ndarray, k: int) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"k-means needs a 2-D array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("k-means input holds NaN or Inf (the embedding diverged; lower the learning rate)")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return x
+
+
+def fit_kmeans(x: np.ndarray, k: int, seed: int = 0, restarts: int = 10, niter: int = 50,
+               gpu: bool | None = None, max_seed_points: int = 100_000) -> np.ndarray:
+    """Labels (n,) from the best of ``restarts`` k-means++-seeded runs. k is capped at n."""
+    x = _check(x, k)
+    n = x.shape[0]
+    k = min(k, n)
+    gpu = faiss_gpu_available() if gpu is None else gpu
+    rng = np.random.default_rng(seed)
+    best_obj, best_c = np.inf, None
+    for r in range(max(1, restarts)):
+        # k-means++ on a subsample keeps seeding cheap on atlases of millions of cells.
+        sample = x if n <= max_seed_points else x[rng.choice(n, max_seed_points, replace=False)]
+        init, _ = kmeans_plusplus(sample, k, random_state=int(rng.integers(2**31 - 1)))
+        c, obj = _lloyd(x, k, niter, seed + r, init.astype(np.float32), gpu)
+        if obj < best_obj or best_c is None:
+            best_obj, best_c = obj, c
+    return assign(x, best_c)
+
+
+class BatchKMeans:
+    """Per-batch k-means for L_SURE, seeded, with optional warm start from the previous batch's centroids."""
+
+    def __init__(self, k: int, niter: int = 10, seed: int = 0, warm_start: bool = True, gpu: bool | None = None):
+        self.k, self.niter, self.seed, self.warm_start = k, niter, seed, warm_start
+        self.gpu = faiss_gpu_available() if gpu is None else gpu
+        self.centroids: np.ndarray | None = None
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, d) -> labels (N,) on x's device. k is capped at N; batches of < 2 rows get one cluster."""
+        n = x.shape[0]
+        if n < 2:
+            return torch.zeros(n, dtype=torch.long, device=x.device)
+        k = min(self.k, n)
+        xn = _check(x.detach().float().cpu().numpy(), k)
+        init = None
+        if self.warm_start and self.centroids is not None and self.centroids.shape[0] == k:
+            init = self.centroids
+        else:
+            # Fresh start: k-means++ seeding from this batch (seeded, reproducible).
+            init, _ = kmeans_plusplus(xn, k, random_state=self.seed + self.calls)
+            init = init.astype(np.float32)
+        c, _ = _lloyd(xn, k, self.niter, self.seed + self.calls, init, self.gpu)
+        self.calls += 1
+        if k == self.k:
+            self.centroids = c
+        return torch.from_numpy(assign(xn, c)).to(x.device)
+
+    def state_dict(self) -> dict:
+        return {"centroids": self.centroids, "calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.centroids = state.get("centroids")
+        self.calls = int(state.get("calls", 0))

@@ -1,0 +1,53 @@
+"""Label-free model selection: scores computed at each evaluation, and the rule that picks the epoch.
+
+Scores (no labels involved):
+- ``silhouette``: mean cosine silhouette of the k-means labels on the instance embedding z (subsampled).
+- ``stability``: ARI between the k-means labels of this evaluation and of the previous one; a model whose
+  clustering has stopped moving is preferred (METHOD.md s7 suggests stability-based selection).
+Rules: ``last`` (final epoch), ``silhouette`` (max), ``stability`` (max; ties -> later epoch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+
+@dataclass
+class Selector:
+    rule: str = "last"
+    seed: int = 0
+    max_cells: int = 20000
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_value: float = -np.inf
+    _prev_labels: np.ndarray | None = None
+
+    def update(self, epoch: int, z: np.ndarray, labels: np.ndarray) -> tuple[dict, bool]:
+        """Score one evaluation; returns (scores, is_new_best)."""
+        n = len(labels)
+        rng = np.random.default_rng(self.seed + epoch)
+        idx = rng.choice(n, self.max_cells, replace=False) if n > self.max_cells else slice(None)
+        scores: dict[str, float] = {}
+        n_found = len(np.unique(labels[idx]))
+        scores["silhouette"] = float(silhouette_score(z[idx], labels[idx], metric="cosine")) if 1 < n_found < len(labels[idx]) else -1.0
+        scores["stability"] = (float(adjusted_rand_score(self._prev_labels, labels))
+                               if self._prev_labels is not None else 0.0)
+        self._prev_labels = labels.copy()
+        value = {"last": float(epoch), "silhouette": scores["silhouette"], "stability": scores["stability"]}[self.rule]
+        is_best = value >= self.best_value  # >=: ties go to the later epoch
+        if is_best:
+            self.best_epoch, self.best_value = epoch, value
+        self.history.append({"epoch": epoch, **scores})
+        return scores, is_best
+
+    def state_dict(self) -> dict:
+        return {"rule": self.rule, "history": self.history, "best_epoch": self.best_epoch,
+                "best_value": self.best_value, "prev_labels": self._prev_labels}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.history = list(s["history"])
+        self.best_epoch, self.best_value = int(s["best_epoch"]), float(s["best_value"])
+        self._prev_labels = s.get("prev_labels")

@@ -1,0 +1,165 @@
+"""Typed configuration: every default of jojoscl-dist lives here.
+
+Sources of defaults are given beside each field: "paper" (arXiv 2506.00410), "ref" (the authors' code,
+ziwenwang28/JojoSCL), "CC" (Contrastive Clustering, Li et al. 2021) or "ours" (set on measurement; see
+docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+InputScale = Literal["auto", "counts", "normalized", "log"]
+SureVariant = Literal["cross", "same"]
+LabelMethod = Literal["kmeans", "head"]
+SelectionRule = Literal["stability", "silhouette", "last"]
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # None: the packaged synthetic demo atlas
+    label_key: str | None = None  # obs column with the truth; evaluation only (and K when n_clusters is None)
+    n_clusters: int | None = None  # K; None -> number of distinct labels in label_key
+    n_top_genes: int = 2000  # paper / peers: top-2000 HVG
+    input_scale: InputScale = "auto"  # auto: integer counts -> normalise+log1p; non-integer -> see data.preprocess
+    scale_clip: float | None = None  # per-gene z-score clipping (reference: none)
+    chunk_size: int = 4096  # rows per streaming chunk for preprocessing statistics
+    demo_cells: int = 3000  # synthetic demo atlas size when path is None
+    demo_genes: int = 3000
+    demo_types: int = 6
+
+
+@dataclass
+class ModelConfig:
+    hidden_dims: tuple[int, ...] = (512, 256)  # paper: G -> 512 -> 256 -> 128
+    latent_dim: int = 128
+    instance_dim: int = 192  # paper: instance head 128 -> 192 -> 192
+    cluster_hidden: int = 64  # paper: cluster head 128 -> 64 -> K
+    mask_keep: float = 0.1  # ref: inverted dropout p=0.9 -> keep 10%, survivors x10
+    noise_std: float = 0.1  # ref: Gaussian noise N(0, 0.1^2)
+    momentum: float = 0.5  # ref: theta_k <- m*theta_k + (1-m)*theta_q
+
+
+@dataclass
+class LossConfig:
+    alpha: float = 1.0  # weight of L_INS
+    beta: float = 1.0  # weight of L_CLU
+    w_sure: float = 1.0  # paper: 1
+    tau_instance: float = 0.5  # ours: 0.5 beat the reference 0.07 (METHOD.md s7)
+    tau_cluster: float = 1.0  # CC: 1.0
+    sure_variant: SureVariant = "cross"  # ours: prior from the key view (METHOD.md s5.1)
+    kmeans_iters: int = 10  # Lloyd iterations of the per-batch k-means
+    kmeans_warm_start: bool = True  # carry centroids from the previous step (ours: speed)
+    reference_compatible: bool = False  # reproduce the authors' quirks (comparison only)
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 100  # ours (METHOD.md s7: longer runs degrade on small sets)
+    batch_size: int = 256  # GLOBAL batch; each of N workers takes batch_size / N
+    lr: float = 1e-3  # ours: the reference's 0.2 collapsed the cluster head
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_steps: int = 0  # if >0, raise epochs so that small datasets still get this many optimiser steps
+
+
+@dataclass
+class EvalConfig:
+    eval_every: int = 10  # epochs between label-free evaluations on all cells
+    selection: SelectionRule = "last"  # label-free model selection rule
+    label_method: LabelMethod = "kmeans"  # final labels: k-means on the instance embedding z, or head argmax
+    kmeans_restarts: int = 10  # final k-means restarts (k-means++ seeded)
+    max_eval_cells: int = 20000  # subsample for selection scores on large atlases
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: bool | None = None  # None: use CUDA when available
+    output: str = "runs/jojoscl"
+    run_name: str | None = None
+    storage_path: str | None = None  # Ray Train storage; default <output>/ray
+    max_failures: int = 0
+    overwrite: bool = False
+    tracking: bool = True
+    tracking_uri: str | None = None  # default sqlite under the output directory
+    experiment: str = "jojoscl"
+    quiet: bool = False
+
+
+@dataclass
+class JojoConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JojoConfig":
+        return _build(cls, d or {})
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        text = yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+        path.write_text(text)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "JojoConfig":
+        path = Path(path)
+        text = path.read_text()
+        d = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return cls.from_dict(d)
+
+    def override(self, dotted: dict[str, Any]) -> "JojoConfig":
+        """Return a copy with 'section.field' keys replaced (used by the CLI and Tune)."""
+        d = self.to_dict()
+        for key, value in dotted.items():
+            section, name = key.split(".", 1)
+            if section not in d or name not in d[section]:
+                raise KeyError(f"unknown config key {key!r}")
+            d[section][name] = value
+        return JojoConfig.from_dict(d)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _build(cls: type, d: dict[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise KeyError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in d.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {})
+        elif get_origin(tp) is tuple and value is not None:
+            kwargs[name] = tuple(value)
+        else:
+            _check_literal(cls.__name__, name, tp, value)
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _check_literal(owner: str, name: str, tp: Any, value: Any) -> None:
+    if get_origin(tp) is Literal and value not in get_args(tp):
+        raise ValueError(f"{owner}.{name} must be one of {get_args(tp)}, got {value!r}")

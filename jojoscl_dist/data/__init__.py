@@ -1,0 +1,1 @@
+"""Data: readers, streaming preprocessing, synthetic atlases, per-worker batch loaders (no Ray)."""

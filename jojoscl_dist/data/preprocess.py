@@ -1,0 +1,257 @@
+"""Streaming preprocessing (METHOD.md s1), computed from statistics over row chunks.
+
+1. Drop genes with zero total, then cells with zero total.
+2. Scale each cell to the median total count, then log1p.
+3. Keep the top-n highly variable genes (Seurat flavour: normalised dispersion within 20 mean bins).
+4. Scale each gene to zero mean and unit variance (ddof=1, as scanpy), optional clipping.
+
+Two passes over row chunks collect everything (per-cell totals, per-gene sums and sums of squares); the raw
+matrix is never densified whole. ``PreprocessStats.transform`` then maps any raw row chunk to model input, so the
+same statistics serve training, evaluation, the Zarr ``prepare`` step and prediction on new cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from jojoscl_dist.errors import JojoInputError
+
+log = logging.getLogger(__name__)
+
+# Non-integer input whose maximum exceeds this is taken as normalised-but-not-logged (e.g. RPKM/TPM):
+# log1p of counts normalised to a median total stays far below it.
+LOG_SCALE_MAX = 30.0
+
+
+@dataclass
+class PreprocessStats:
+    input_scale: str  # "counts" | "normalized" | "log"
+    n_input_cells: int
+    n_input_genes: int
+    cell_mask: np.ndarray  # (n_input_cells,) bool: cells kept
+    gene_names: list[str]  # the HVG names, in model-input order
+    gene_index: np.ndarray  # (n_hvg,) column indices into the input matrix
+    target_sum: float  # median total of kept cells (counts input); 0 otherwise
+    mean: np.ndarray  # (n_hvg,) mean of the log data
+    std: np.ndarray  # (n_hvg,) std (ddof=1) of the log data
+    clip: float | None = None
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.gene_index)
+
+    def transform(self, chunk: Any) -> np.ndarray:
+        """Raw rows (any cells, all input genes) -> float32 model input (rows, n_hvg)."""
+        x = _as_float(chunk)
+        totals = np.asarray(x.sum(axis=1)).ravel()
+        x = x[:, self.gene_index]
+        x = x.toarray() if sp.issparse(x) else np.array(x, dtype=np.float64)
+        x = _log_values(x, totals, self.input_scale, self.target_sum)
+        out = (x - self.mean) / self.std
+        if self.clip is not None:
+            np.clip(out, -self.clip, self.clip, out=out)
+        return out.astype(np.float32)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["cell_mask"] = None  # per-dataset; not needed to transform new cells
+        for k in ("gene_index", "mean", "std"):
+            d[k] = np.asarray(d[k]).tolist()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessStats":
+        d = dict(d)
+        d["cell_mask"] = np.ones(d["n_input_cells"], dtype=bool) if d.get("cell_mask") is None else np.asarray(d["cell_mask"], bool)
+        d["gene_index"] = np.asarray(d["gene_index"], dtype=np.int64)
+        d["mean"] = np.asarray(d["mean"], dtype=np.float64)
+        d["std"] = np.asarray(d["std"], dtype=np.float64)
+        return cls(**d)
+
+
+def iter_row_chunks(x: Any, chunk_size: int) -> Iterator[tuple[int, int, Any]]:
+    """Yield (start, stop, rows) over a matrix, a backed AnnData dataset or a Zarr sparse dataset."""
+    n = x.shape[0]
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        yield start, stop, x[start:stop]
+
+
+def _as_float(chunk: Any):
+    if sp.issparse(chunk):
+        return chunk.tocsr().astype(np.float64) if chunk.dtype != np.float64 else chunk.tocsr()
+    arr = np.asarray(chunk)
+    if arr.dtype.kind not in "biuf":
+        raise JojoInputError(f"expression matrix has non-numeric dtype {arr.dtype} (convert X to numbers)")
+    return arr.astype(np.float64)
+
+
+def _values(chunk) -> np.ndarray:
+    return chunk.data if sp.issparse(chunk) else np.asarray(chunk).ravel()
+
+
+def _log_values(x: np.ndarray, totals: np.ndarray, scale: str, target_sum: float) -> np.ndarray:
+    if scale == "counts":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            factor = np.where(totals > 0, target_sum / np.where(totals > 0, totals, 1.0), 0.0)
+        return np.log1p(x * factor[:, None])
+    if scale == "normalized":
+        return np.log1p(x)
+    return x
+
+
+def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, input_scale: str = "auto",
+                  chunk_size: int = 4096, clip: float | None = None, progress=None) -> PreprocessStats:
+    """Two streaming passes over the rows of ``x`` (cells x genes) -> PreprocessStats."""
+    n_cells, n_genes = x.shape
+    if n_cells == 0 or n_genes == 0:
+        raise JojoInputError(f"expression matrix is empty ({n_cells} cells x {n_genes} genes)")
+    chunk_size = max(1, int(chunk_size))
+
+    # Pass 1: totals, value checks, integrality.
+    cell_totals = np.zeros(n_cells)
+    gene_totals = np.zeros(n_genes)
+    integer, vmax = True, 0.0
+    for start, stop, rows in iter_row_chunks(x, chunk_size):
+        rows = _as_float(rows)
+        v = _values(rows)
+        if v.size:
+            if not np.isfinite(v).all():
+                raise JojoInputError(f"expression matrix holds NaN or Inf (rows {start}-{stop}); "
+                                     f"fix or drop those values before clustering")
+            if (v < 0).any():
+                raise JojoInputError(f"expression matrix holds negative values (rows {start}-{stop}); give raw "
+                                     f"counts or log-normalised values, not scaled/centred data")
+            vmax = max(vmax, float(v.max()))
+            integer = integer and bool(np.all(v == np.round(v)))
+        cell_totals[start:stop] = np.asarray(rows.sum(axis=1)).ravel()
+        gene_totals += np.asarray(rows.sum(axis=0)).ravel()
+        if progress is not None:
+            progress(stop - start)
+
+    scale = input_scale
+    if scale == "auto":
+        scale = "counts" if integer else ("normalized" if vmax > LOG_SCALE_MAX else "log")
+        if scale != "counts":
+            log.warning("input has non-integer values (max %.3g): treating it as %s, skipping %s "
+                        "(force with --input-scale counts|normalized|log)", vmax, scale,
+                        "median normalisation" if scale == "normalized" else "normalisation and log1p")
+    gene_keep = gene_totals > 0
+    cell_mask = cell_totals > 0
+    if not cell_mask.any():
+        raise JojoInputError("every cell has zero total counts (the matrix is all zeros): check the input file")
+    n_dropped = int((~cell_mask).sum())
+    if n_dropped:
+        log.warning("dropping %d cells with zero total counts (they get no cluster)", n_dropped)
+    target_sum = float(np.median(cell_totals[cell_mask])) if scale == "counts" else 0.0
+
+    # Pass 2: per-gene sums for the Seurat dispersion (on the de-logged values) and for scaling (log values).
+    s_norm = np.zeros(n_genes)
+    ss_norm = np.zeros(n_genes)
+    s_log = np.zeros(n_genes)
+    ss_log = np.zeros(n_genes)
+    n_kept = int(cell_mask.sum())
+    for start, stop, rows in iter_row_chunks(x, chunk_size):
+        rows = _as_float(rows)
+        keep = cell_mask[start:stop]
+        if not keep.all():
+            rows = rows[np.flatnonzero(keep)]
+        totals = cell_totals[start:stop][keep]
+        logged = _log_sparse_or_dense(rows, totals, scale, target_sum)
+        normed = logged.expm1() if sp.issparse(logged) else np.expm1(logged)
+        for acc_s, acc_ss, m in ((s_norm, ss_norm, normed), (s_log, ss_log, logged)):
+            acc_s += np.asarray(m.sum(axis=0)).ravel()
+            acc_ss += np.asarray(m.multiply(m).sum(axis=0) if sp.issparse(m) else (m * m).sum(axis=0)).ravel()
+        if progress is not None:
+            progress(stop - start)
+
+    genes = np.flatnonzero(gene_keep)
+    if len(genes) < 2:
+        raise JojoInputError(f"only {len(genes)} gene(s) have non-zero counts: nothing to cluster on")
+    n_top = min(n_top_genes, len(genes))
+    if n_top < n_top_genes:
+        log.warning("only %d genes have non-zero counts; using all of them instead of %d HVGs", n_top, n_top_genes)
+    mean_n, var_n = _mean_var(s_norm[genes], ss_norm[genes], n_kept)
+    hvg_local = seurat_hvg(mean_n, var_n, n_top)
+    gene_index = genes[hvg_local]
+    mean_l, var_l = _mean_var(s_log[gene_index], ss_log[gene_index], n_kept)
+    std = np.sqrt(var_l)
+    std[std == 0] = 1.0  # constant genes stay at 0 after centring (as scanpy)
+    return PreprocessStats(input_scale=scale, n_input_cells=n_cells, n_input_genes=n_genes, cell_mask=cell_mask,
+                           gene_names=[str(var_names[i]) for i in gene_index], gene_index=gene_index,
+                           target_sum=target_sum, mean=mean_l, std=std, clip=clip)
+
+
+def _log_sparse_or_dense(rows, totals: np.ndarray, scale: str, target_sum: float):
+    if sp.issparse(rows):
+        rows = rows.tocsr(copy=True)
+        if scale == "counts":
+            factor = target_sum / totals
+            rows.data *= np.repeat(factor, np.diff(rows.indptr))
+        if scale in ("counts", "normalized"):
+            rows.data = np.log1p(rows.data)
+        return rows
+    return _log_values(np.asarray(rows, dtype=np.float64), totals, scale, target_sum)
+
+
+def _mean_var(s: np.ndarray, ss: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    mean = s / n
+    var = (ss - n * mean * mean) / max(n - 1, 1)
+    return mean, np.maximum(var, 0.0)
+
+
+def seurat_hvg(mean: np.ndarray, var: np.ndarray, n_top: int, n_bins: int = 20) -> np.ndarray:
+    """Indices of the top-n genes by normalised dispersion (Seurat flavour, as scanpy's 'seurat').
+
+    mean/var are of the de-logged (normalised) values. dispersion = log(var/mean); genes are binned by
+    log1p(mean) into ``n_bins`` equal-width bins and the dispersion is z-scored within its bin (a bin of one gene
+    gets normalised dispersion 1). Ties keep input order.
+    """
+    mean = mean.copy()
+    mean[mean == 0] = 1e-12
+    disp = var / mean
+    disp[disp == 0] = np.nan
+    disp = np.log(disp)
+    log_mean = np.log1p(mean)
+    bins = pd.cut(log_mean, bins=n_bins)
+    df = pd.DataFrame({"disp": disp, "bin": bins})
+    grouped = df.groupby("bin", observed=False)["disp"]
+    bin_mean = grouped.transform("mean").to_numpy()
+    bin_std = grouped.transform("std").to_numpy()
+    single = np.isnan(bin_std) & ~np.isnan(disp)
+    bin_std[single] = bin_mean[single]
+    bin_mean[single] = 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = (disp - bin_mean) / bin_std
+    norm = np.where(np.isnan(norm), -np.inf, norm)
+    order = np.argsort(-norm, kind="stable")
+    return np.sort(order[:n_top])
+
+
+def materialize(x: Any, stats: PreprocessStats, chunk_size: int = 4096, progress=None) -> np.ndarray:
+    """The whole preprocessed matrix (kept cells x n_hvg, float32), built chunk by chunk.
+
+    For data that fits in memory; atlases go through ``jojoscl_dist.data.prepare`` into a Zarr store instead.
+    """
+    n_kept = int(stats.cell_mask.sum())
+    out = np.empty((n_kept, stats.n_genes), dtype=np.float32)
+    pos = 0
+    for start, stop, rows in iter_row_chunks(x, chunk_size):
+        keep = stats.cell_mask[start:stop]
+        if not keep.any():
+            continue
+        if not keep.all():
+            rows = rows[np.flatnonzero(keep)]
+        block = stats.transform(rows)
+        out[pos:pos + block.shape[0]] = block
+        pos += block.shape[0]
+        if progress is not None:
+            progress(stop - start)
+    return out

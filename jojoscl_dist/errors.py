@@ -1,0 +1,5 @@
+"""One exception type for bad input: the CLI prints its message as one line and exits non-zero."""
+
+
+class JojoInputError(ValueError):
+    """Input the run cannot use. The message names the problem and the fix."""

@@ -1,0 +1,7 @@
+"""JojoSCL losses: one per module, pure torch (no Ray)."""
+
+from jojoscl_dist.losses.cluster import cluster_contrastive_loss
+from jojoscl_dist.losses.instance import instance_contrastive_loss
+from jojoscl_dist.losses.sure import sure_loss
+
+__all__ = ["instance_contrastive_loss", "cluster_contrastive_loss", "sure_loss"]

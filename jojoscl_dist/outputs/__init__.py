@@ -1,0 +1,1 @@
+"""Run outputs: results AnnData, model bundle, metrics and config files."""

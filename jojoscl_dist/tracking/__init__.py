@@ -1,0 +1,1 @@
+"""Experiment tracking (MLflow): embedded sqlite store by default, a server with --tracking-uri."""

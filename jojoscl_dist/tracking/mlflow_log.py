@@ -1,0 +1,69 @@
+"""MLflow logging of a finished run: params (flattened config), per-epoch metrics, final metrics, artifacts.
+
+Default store: ``sqlite:///<output>/mlflow.db`` (no server; the file store is deprecated in MLflow 3), artifacts
+beside it. ``--tracking-uri`` (or MLFLOW_TRACKING_URI) points at a real server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from jojoscl_dist.config import JojoConfig
+
+log = logging.getLogger(__name__)
+
+NUMERIC = (int, float)
+
+
+def tracking_uri(cfg: JojoConfig, output: Path) -> str:
+    return cfg.run.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(output).resolve() / 'mlflow.db'}"
+
+
+def flat_params(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_params(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+def log_run(cfg: JojoConfig, final: dict[str, Any], history: list[dict], output: Path,
+            parent_run_id: str | None = None) -> str:
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    uri = tracking_uri(cfg, output)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(cfg.run.experiment)
+    if exp is None:
+        artifact_location = (Path(output).resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite") else None
+        exp_id = client.create_experiment(cfg.run.experiment, artifact_location=artifact_location)
+    else:
+        exp_id = exp.experiment_id
+    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+    run = client.create_run(exp_id, run_name=cfg.run.run_name or Path(output).name, tags=tags)
+    rid = run.info.run_id
+    now = int(time.time() * 1000)
+    params = [Param(k, v[:6000]) for k, v in flat_params(cfg.to_dict()).items()]
+    metrics = [Metric(k, float(v), now, int(h.get("epoch", i)))
+               for i, h in enumerate(history) for k, v in h.items() if isinstance(v, NUMERIC) and k != "epoch"]
+    metrics += [Metric(f"final_{k}", float(v), now, 0) for k, v in final.items()
+                if isinstance(v, NUMERIC) and not isinstance(v, bool)]
+    for i in range(0, len(params), 100):
+        client.log_batch(rid, params=params[i:i + 100])
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(rid, metrics=metrics[i:i + 1000])
+    for name in ("config.yaml", "metrics.json", "labels.csv", "model/model.pt", "umap.png", "curves.png", "summary.md"):
+        p = Path(output) / name
+        if p.exists():
+            client.log_artifact(rid, str(p), artifact_path=str(Path(name).parent) if "/" in name else None)
+    client.set_terminated(rid)
+    return rid

@@ -1,0 +1,1 @@
+"""Training: the per-worker loop, sessions (local and Ray Train), checkpoints and the run driver."""

