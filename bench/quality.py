@@ -1,0 +1,176 @@
+"""Quality benchmark: JojoSCL (label-free pick, last epoch, oracle epoch) and two baselines on the shared sets.
+
+    python -m bench.quality [--datasets A,B,...] [--seeds 3] [--ablations] [--out docs/quality]
+
+Every method sees the same preprocessed matrix (jojoscl_dist.data.preprocess). Baselines: k-means (10 restarts)
+on PCA(50); scanpy Leiden on the 15-NN graph of PCA(50) at resolution 1.0 and with the resolution bisected to
+give K clusters. The "oracle" column picks the evaluation epoch with the best ARI against the truth: it is shown
+only to compare with the paper's protocol and is never used by the method. Training runs in-process (the same
+per-worker loop as Ray Train, --num-workers 0) to keep the table affordable on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from jojoscl_dist.cluster.metrics import score_labels
+from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.data.loader import ArraySource
+from jojoscl_dist.model import JojoSCL
+from jojoscl_dist.train.embed import embed, final_labels
+from jojoscl_dist.train.run import prepare_data, train
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Table II of the paper (ARI, NMI): JojoSCL and ScCCL, for the sets that are theirs (METHOD.md s6).
+PAPER = {
+    "10X_PBMC_top2000": ((.8080, .8025), (.7866, .7782)),
+    "Bladder_top2000": ((.6079, .7507), (.5798, .7332)),
+    "Human_brain": ((.8905, .8510), (.8565, .8340)),
+    "Mouse": ((.6631, .6995), (.6400, .7033)),
+    "Yan": ((.8662, .8793), (.8744, .8813)),
+    "Klein_subset": ((.8892, .8547), (.7835, .7745)),
+}
+PAPER_SETS = ["10X_PBMC_top2000", "Bladder_top2000", "Human_brain", "Mouse", "Yan"]
+ABLATIONS = {
+    "full": {},
+    "no_sure": {"loss.w_sure": 0.0},
+    "no_clu": {"loss.beta": 0.0},
+    "ins_only": {"loss.beta": 0.0, "loss.w_sure": 0.0},
+    "sure_same_view": {"loss.sure_variant": "same"},
+    "reference_compatible": {"loss.reference_compatible": True, "loss.tau_instance": 0.07},
+}
+
+
+def baselines(x: np.ndarray, truth: np.ndarray, k: int, seed: int) -> dict[str, dict]:
+    import anndata as ad
+    import scanpy as sc
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    n_comp = min(50, x.shape[0] - 1, x.shape[1] - 1)
+    pcs = PCA(n_components=n_comp, random_state=seed).fit_transform(x)
+    out = {"kmeans_pca": score_labels(truth, KMeans(k, n_init=10, random_state=seed).fit_predict(pcs))}
+    a = ad.AnnData(X=x)
+    a.obsm["X_pca"] = pcs
+    sc.pp.neighbors(a, n_neighbors=15, use_rep="X_pca", random_state=seed)
+
+    def leiden(res: float) -> np.ndarray:
+        sc.tl.leiden(a, resolution=res, random_state=seed, flavor="igraph", n_iterations=2, key_added="l")
+        return a.obs["l"].to_numpy()
+
+    out["leiden_1.0"] = score_labels(truth, leiden(1.0))
+    lo, hi, lab = 0.01, 5.0, None
+    for _ in range(20):  # bisect the resolution towards K clusters
+        mid = (lo + hi) / 2
+        lab = leiden(mid)
+        n = len(np.unique(lab))
+        if n == k:
+            break
+        lo, hi = (mid, hi) if n < k else (lo, mid)
+    out["leiden_K"] = score_labels(truth, lab)
+    return out
+
+
+def run_one(name: str, seed: int, overrides: dict, epochs: int | None) -> dict:
+    cfg = JojoConfig()
+    cfg.data.path = str(SHARED / f"{name}.h5ad")
+    cfg.data.label_key = "cell_type"
+    cfg.run.seed = seed
+    cfg.run.num_workers = 0
+    cfg.run.tracking = False
+    if epochs:
+        cfg.optim.epochs = epochs
+    cfg = cfg.override(overrides)
+    t0 = time.perf_counter()
+    data = prepare_data(cfg)
+    state = train(cfg, data)
+    model = JojoSCL(state["n_genes"], state["n_clusters"])
+    res: dict = {"dataset": name, "seed": seed, "n_cells": data.x.shape[0], "k": data.n_clusters}
+    picks = {"last": state["model"]}
+    if state.get("best_model") is not None:
+        picks["pick"] = state["best_model"] if cfg.eval.selection != "last" else state["model"]
+    for tag, weights in picks.items():
+        model.load_state_dict(weights)
+        emb = embed(model, ArraySource(data.x))
+        lab = final_labels(emb, data.n_clusters, cfg.eval.label_method, seed, cfg.eval.kmeans_restarts)
+        m = score_labels(data.labels, lab)
+        res[f"{tag}_ari"], res[f"{tag}_nmi"] = m["ari"], m["nmi"]
+    evals = [h for h in state["history"] if "eval_ari" in h]
+    best = max(evals, key=lambda h: h["eval_ari"])
+    res["oracle_ari"], res["oracle_nmi"], res["oracle_epoch"] = best["eval_ari"], best["eval_nmi"], best["epoch"]
+    res["train_s"] = time.perf_counter() - t0
+    return res, data
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--datasets", default=",".join(PAPER_SETS), help="comma list, or 'all'")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--ablations", action="store_true", help="run every ablation variant too")
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--out", default="docs/quality")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    warnings.filterwarnings("ignore")
+    names = sorted(f.stem for f in SHARED.glob("*.h5ad")) if args.datasets == "all" else args.datasets.split(",")
+    variants = ABLATIONS if args.ablations else {"full": {}}
+    rows = []
+    for name in names:
+        for seed in range(args.seeds):
+            for variant, ov in variants.items():
+                r, data = run_one(name, seed, ov, args.epochs)
+                r["variant"] = variant
+                if variant == "full" and not args.no_baselines:
+                    for b, m in baselines(data.x, data.labels, data.n_clusters, seed).items():
+                        r[f"{b}_ari"], r[f"{b}_nmi"] = m["ari"], m["nmi"]
+                rows.append(r)
+                print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
+    write_tables(rows, Path(args.out))
+
+
+def write_tables(rows: list[dict], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    keys = sorted({k for r in rows for k in r})
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    cols = ["pick", "last", "oracle", "kmeans_pca", "leiden_1.0", "leiden_K"]
+    lines = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        lines += [f"### variant: {variant}", "",
+                  "| dataset | K | " + " | ".join(f"{c} ARI / NMI" for c in cols) + " | paper JojoSCL | paper ScCCL | s/run |",
+                  "|---|---|" + "---|" * (len(cols) + 3)]
+        vrows = [r for r in rows if r["variant"] == variant]
+        means = {c: [] for c in cols}
+        for name in dict.fromkeys(r["dataset"] for r in vrows):
+            rs = [r for r in vrows if r["dataset"] == name]
+            cells = []
+            for c in cols:
+                a = [r[f"{c}_ari"] for r in rs if f"{c}_ari" in r]
+                n = [r[f"{c}_nmi"] for r in rs if f"{c}_nmi" in r]
+                if a:
+                    means[c].append(np.mean(a))
+                    cells.append(f"{np.mean(a):.3f}±{np.std(a):.3f} / {np.mean(n):.3f}")
+                else:
+                    cells.append("-")
+            paper = PAPER.get(name)
+            pj = f"{paper[0][0]:.3f} / {paper[0][1]:.3f}" if paper else "-"
+            ps = f"{paper[1][0]:.3f} / {paper[1][1]:.3f}" if paper else "-"
+            lines.append(f"| {name} | {rs[0]['k']} | " + " | ".join(cells) + f" | {pj} | {ps} | {np.mean([r['train_s'] for r in rs]):.0f} |")
+        lines.append("| **mean ARI** | | " + " | ".join(f"{np.mean(v):.3f}" if v else "-" for v in means.values()) + " | | | |")
+        lines.append("")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

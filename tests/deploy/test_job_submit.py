@@ -1,0 +1,72 @@
+"""`ray job submit --working-dir . -- python -m jojoscl_dist.train` against a real head started by the test.
+
+The head runs in its own process group (`ray start --head --block`) with its own temp dir and free loopback
+ports, and is stopped by killing that group: never `ray stop`, which would stop every Ray on the machine.
+Ray 2.60 enables token auth by default; a plain submit then fails, so both sides run with RAY_AUTH_MODE=disabled
+(docs/deploy.md explains the token alternative).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    # The head (and so the job's `python`) must be this environment's interpreter.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": path}
+    tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port, dash = free_port(), free_port()
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
+         "--dashboard-host=127.0.0.1", "--num-cpus=3", f"--temp-dir={tmp}", "--include-dashboard=true"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        r = subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True, text=True)
+        if r.returncode == 0:
+            break
+        time.sleep(2)
+    else:
+        os.killpg(head.pid, signal.SIGKILL)
+        pytest.fail("the Ray head did not come up in 90 s")
+    yield address, env
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+@pytest.mark.ray
+def test_job_submit_trains(ray_head, data_dir, tmp_path):
+    address, env = ray_head
+    out = tmp_path / "job-run"
+    r = subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+         "python", "-m", "jojoscl_dist.train", "--data", str(data_dir / "Yan.h5ad"), "--label-key", "cell_type",
+         "--num-workers", "2", "--epochs", "5", "--output", str(out), "--no-tracking"],
+        env=env, capture_output=True, text=True, timeout=400, cwd=REPO)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert "succeeded" in (r.stdout + r.stderr).lower()
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    assert final["num_workers"] == 2 and final["n_clusters_found"] == 7 and final["epochs"] == 5
