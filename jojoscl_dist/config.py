@@ -19,13 +19,16 @@ InputScale = Literal["auto", "counts", "normalized", "log"]
 SureVariant = Literal["cross", "same"]
 LabelMethod = Literal["kmeans", "head"]
 SelectionRule = Literal["stability", "silhouette", "last"]
+KRule = Literal["leiden", "silhouette"]
 
 
 @dataclass
 class DataConfig:
     path: str | None = None  # None: the packaged synthetic demo atlas
     label_key: str | None = None  # obs column with the truth; evaluation only (and K when n_clusters is None)
-    n_clusters: int | None = None  # K; None -> number of distinct labels in label_key
+    n_clusters: int | str | None = None  # K; None -> number of distinct labels in label_key; "auto" -> k_rule
+    k_rule: KRule = "leiden"  # ours: label-free K rule for n_clusters="auto" (docs/benchmarks.md, K selection)
+    k_resolution: float = 1.0  # Leiden resolution of k_rule "leiden" (ours: 1.0 beat 0.5)
     n_top_genes: int = 2000  # paper / peers: top-2000 HVG
     input_scale: InputScale = "auto"  # auto: integer counts -> normalise+log1p; non-integer -> see data.preprocess
     scale_clip: float | None = None  # per-gene z-score clipping (reference: none)
@@ -92,6 +95,8 @@ class RunConfig:
     tracking_uri: str | None = None  # default sqlite under the output directory
     experiment: str = "jojoscl"
     quiet: bool = False
+    obs_key: str = "jojoscl_cluster"  # obs column of the clusters in the annotated copy of the input
+    plots: bool = True  # umap.png, curves.png and summary.md in the run directory
 
 
 @dataclass

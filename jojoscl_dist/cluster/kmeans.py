@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 
-import faiss
-import numpy as np
-import torch
-from sklearn.cluster import kmeans_plusplus
+# faiss logs its CPU-feature choice at INFO on import: noise in every Ray worker log.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.cluster import kmeans_plusplus  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,12 @@ def _check(x: np.ndarray, k: int) -> np.ndarray:
 def fit_kmeans(x: np.ndarray, k: int, seed: int = 0, restarts: int = 10, niter: int = 50,
                gpu: bool | None = None, max_seed_points: int = 100_000) -> np.ndarray:
     """Labels (n,) from the best of ``restarts`` k-means++-seeded runs. k is capped at n."""
+    return fit_kmeans_centroids(x, k, seed, restarts, niter, gpu, max_seed_points)[0]
+
+
+def fit_kmeans_centroids(x: np.ndarray, k: int, seed: int = 0, restarts: int = 10, niter: int = 50,
+                         gpu: bool | None = None, max_seed_points: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (n,), centroids (k, d)) of the best restart; labels are each point's nearest centroid."""
     x = _check(x, k)
     n = x.shape[0]
     k = min(k, n)
@@ -69,7 +77,7 @@ def fit_kmeans(x: np.ndarray, k: int, seed: int = 0, restarts: int = 10, niter: 
         c, obj = _lloyd(x, k, niter, seed + r, init.astype(np.float32), gpu)
         if obj < best_obj or best_c is None:
             best_obj, best_c = obj, c
-    return assign(x, best_c)
+    return assign(x, best_c), np.asarray(best_c, dtype=np.float32)
 
 
 class BatchKMeans:

@@ -14,11 +14,22 @@ import warnings
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.errors import JojoInputError
 
+def n_clusters_arg(v: str) -> int | str:
+    if v == "auto":
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {v!r}") from None
+
+
 # (flag, config key, type, help)
 OPTIONS: list[tuple[str, str, type, str]] = [
     ("--data", "data.path", str, "input: .h5ad, .h5 (X/Y or 10x), .zarr, 10x folder; none = synthetic demo"),
     ("--label-key", "data.label_key", str, "obs column with true labels (evaluation only; gives K if --n-clusters absent)"),
-    ("--n-clusters", "data.n_clusters", int, "number of clusters K"),
+    ("--n-clusters", "data.n_clusters", n_clusters_arg, "number of clusters K, or 'auto' (label-free: --k-rule)"),
+    ("--k-rule", "data.k_rule", str, "rule for --n-clusters auto: leiden | silhouette"),
+    ("--obs-key", "run.obs_key", str, "obs column for the clusters in the annotated copy of the input"),
     ("--n-top-genes", "data.n_top_genes", int, "highly variable genes kept (default 2000)"),
     ("--input-scale", "data.input_scale", str, "auto | counts | normalized | log"),
     ("--num-workers", "run.num_workers", int, "Ray Train workers (0 = in-process, no Ray)"),
@@ -59,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not log to MLflow")
     p.add_argument("--reference-compatible", dest="loss.reference_compatible", action="store_const", const=True,
                    default=None, help="reproduce the authors' loss quirks (comparison only)")
+    p.add_argument("--no-plots", dest="run.plots", action="store_const", const=False, default=None,
+                   help="skip umap.png / curves.png / summary.md")
     p.add_argument("-q", "--quiet", dest="run.quiet", action="store_const", const=True, default=None)
     return p
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from jojoscl_dist.cluster.kmeans import fit_kmeans
+from jojoscl_dist.cluster.kmeans import fit_kmeans, fit_kmeans_centroids
 from jojoscl_dist.model.jojoscl import JojoSCL
 
 
@@ -30,3 +30,22 @@ def final_labels(emb: dict[str, np.ndarray], n_clusters: int, method: str, seed:
     if method == "head":
         return emb["y"].argmax(axis=1).astype(np.int64)
     return fit_kmeans(emb["z"], n_clusters, seed=seed, restarts=restarts)
+
+
+def final_clustering(emb: dict[str, np.ndarray], n_clusters: int, method: str, seed: int,
+                     restarts: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, centroids (K, d_z)): the labels of ``final_labels`` and the centroids in z that new cells are
+    assigned to (k-means: its final centroids; head: the mean z of each head cluster, NaN for empty ones)."""
+    if method == "head":
+        labels = final_labels(emb, n_clusters, method, seed, restarts)
+        return labels, cluster_means(emb["z"], labels, n_clusters)
+    return fit_kmeans_centroids(emb["z"], n_clusters, seed=seed, restarts=restarts)
+
+
+def cluster_means(z: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    out = np.full((n_clusters, z.shape[1]), np.nan, dtype=np.float32)
+    for c in range(n_clusters):
+        m = labels == c
+        if m.any():
+            out[c] = z[m].mean(axis=0)
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,7 +16,8 @@ import torch
 
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
-from jojoscl_dist.train.loop import WorkerData, train_worker
+from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
+from jojoscl_dist.train.progress import EpochProgress
 from jojoscl_dist.train.session import Session
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,13 @@ class RaySession(Session):
         # DDP (gloo on CPU, nccl on GPU) when there is more than one worker; a plain move otherwise.
         return ray.train.torch.prepare_model(model)
 
+    on_report = None  # rank 0: one progress line per epoch in the worker log
+
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
+        if self.on_report is not None:
+            self.on_report(metrics)
 
     @contextlib.contextmanager
     def resume_dir(self) -> Iterator[str | None]:
@@ -51,14 +57,30 @@ class RaySession(Session):
             yield d
 
 
+def quiet_worker_logs() -> None:
+    """Silence Ray Train's per-report INFO line in worker logs.
+
+    "Reporting training result N: ..." comes from the logger named by the *file path* of
+    ray/train/v2/_internal/execution/context.py (``logging.getLogger(__file__)``), not from 'ray.train', so neither
+    LoggingConfig(log_level) nor the 'ray.train' level reaches it; it propagates to the worker's root logger,
+    which Ray Train sets to INFO. Raise that one logger's level instead.
+    """
+    from ray.train.v2._internal.execution import context as train_context
+
+    for name in (train_context.__file__, "ray.train", "faiss", "faiss.loader"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def ray_train_loop(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
-    for name in ("ray.train", "faiss", "faiss.loader"):  # one plain line per epoch is enough in worker logs
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_worker_logs()  # one plain line per epoch is enough in worker logs
     cfg = JojoConfig.from_dict(config["cfg"])
     x = ray.get(config["data_ref"])
     hook = config.get("fault_hook")
     session = RaySession()
+    if session.rank == 0 and not cfg.run.quiet:
+        session.on_report = EpochProgress(resolve_epochs(cfg, x.shape[0]), mode="lines", stream=sys.stdout,
+                                          prefix="")
     data = WorkerData(ArraySource(x), config["n_clusters"], config.get("labels"))
     if hook:
         _install_fault_hook(session, hook)

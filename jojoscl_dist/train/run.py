@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +12,8 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import torch
 
-from jojoscl_dist import __version__
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
@@ -26,9 +23,11 @@ from jojoscl_dist.data.synthetic import demo_atlas
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.model import JojoSCL
 from jojoscl_dist.outputs import run_dir
+from jojoscl_dist.outputs.write_run import history_clean, write_run  # noqa: F401 - history_clean re-exported
 from jojoscl_dist.train.checkpoint import load_state
-from jojoscl_dist.train.embed import embed, final_labels
+from jojoscl_dist.train.embed import embed, final_clustering
 from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
+from jojoscl_dist.train.progress import EpochProgress
 from jojoscl_dist.train.session import LocalSession
 
 log = logging.getLogger(__name__)
@@ -43,6 +42,7 @@ class PreparedData:
     labels: np.ndarray | None  # truth for kept cells (evaluation only)
     obs_names: np.ndarray  # kept cells
     source: str
+    k_info: dict | None = None  # how K was chosen when --n-clusters auto
 
 
 @dataclass
@@ -68,22 +68,38 @@ def prepare_data(cfg: JojoConfig) -> PreparedData:
         raise JojoInputError(f"{source} has {adata.n_obs} cells x {adata.n_vars} genes: nothing to cluster")
     labels_all = get_labels(adata, label_key)
     k = dc.n_clusters
-    if k is None:
+    auto = k == "auto"
+    if isinstance(k, str) and not auto:
+        raise JojoInputError(f"--n-clusters must be an integer or 'auto', got {k!r}")
+    if auto:
+        pass
+    elif k is None:
         if labels_all is None:
             raise JojoInputError("the number of clusters is unknown: pass --n-clusters K, or --label-key KEY to take "
                                  "K from the labels")
         k = len(np.unique(labels_all))
-    if k < 2:
+    if not auto and k < 2:
         raise JojoInputError(f"--n-clusters must be at least 2, got {k}")
     stats = compute_stats(adata.X, list(adata.var_names), n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
                           chunk_size=dc.chunk_size, clip=dc.scale_clip)
     n_kept = int(stats.cell_mask.sum())
-    if k > n_kept:
+    if not auto and k > n_kept:
         raise JojoInputError(f"--n-clusters {k} is larger than the number of usable cells ({n_kept}); "
                              f"choose K <= {n_kept}")
     x = materialize(adata.X, stats, chunk_size=dc.chunk_size)
+    k_info = None
+    if auto:
+        if n_kept < 3:
+            raise JojoInputError(f"{n_kept} usable cells are too few to choose K: give --n-clusters K")
+        from jojoscl_dist.cluster.k_select import choose_k
+
+        k, k_info = choose_k(x, dc.k_rule, seed=cfg.run.seed, resolution=dc.k_resolution)
+        k_info = {key: v for key, v in k_info.items() if key != "scores"} | (
+            {"scores": {str(a): b for a, b in k_info["scores"].items()}} if "scores" in k_info else {})
+        if not cfg.run.quiet:
+            print(f"jojoscl: --n-clusters auto: K = {k} (rule '{dc.k_rule}', label-free)", flush=True)
     labels = labels_all[stats.cell_mask] if labels_all is not None else None
-    return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names)[stats.cell_mask], source)
+    return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names)[stats.cell_mask], source, k_info)
 
 
 def default_run_name(cfg: JojoConfig) -> str:
@@ -102,8 +118,13 @@ def default_storage(cfg: JojoConfig) -> Path:
 def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -> dict:
     """Train and return the final checkpoint state (a dict, see checkpoint.py)."""
     if cfg.run.num_workers <= 0:  # in-process, no Ray (tests, benchmarks, debugging)
-        session = LocalSession(device=("cuda" if (cfg.run.use_gpu or (cfg.run.use_gpu is None and torch.cuda.is_available())) else "cpu"))
-        train_worker(cfg, WorkerData(ArraySource(data.x), data.n_clusters, data.labels), session)
+        progress = EpochProgress(resolve_epochs(cfg, data.x.shape[0]), mode="off" if cfg.run.quiet else "auto")
+        session = LocalSession(device=("cuda" if (cfg.run.use_gpu or (cfg.run.use_gpu is None and torch.cuda.is_available())) else "cpu"),
+                               on_report=progress)
+        try:
+            train_worker(cfg, WorkerData(ArraySource(data.x), data.n_clusters, data.labels), session)
+        finally:
+            progress.close()
         return load_state(session.checkpoint)
     from jojoscl_dist.train.ray_session import fit_ray
 
@@ -138,7 +159,8 @@ def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
                     cfg.model.instance_dim, cfg.model.cluster_hidden)
     model.load_state_dict(chosen)
     emb = embed(model, ArraySource(data.x))
-    labels = final_labels(emb, data.n_clusters, cfg.eval.label_method, cfg.run.seed, cfg.eval.kmeans_restarts)
+    labels, centroids = final_clustering(emb, data.n_clusters, cfg.eval.label_method, cfg.run.seed,
+                                         cfg.eval.kmeans_restarts)
     history = state["history"]
     metrics: dict[str, Any] = {
         "n_cells": int(data.x.shape[0]), "n_genes": int(data.x.shape[1]), "n_clusters": data.n_clusters,
@@ -146,6 +168,7 @@ def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
         "selected_epoch": int(state["selector"]["best_epoch"]) if cfg.eval.selection != "last" else int(state["epoch"]),
         "selection_rule": cfg.eval.selection, "label_method": cfg.eval.label_method,
         "num_workers": cfg.run.num_workers, "seed": cfg.run.seed,
+        "k_rule": data.k_info["rule"] if data.k_info else "given",
         "time_prepare_s": t_prep, "time_train_s": t_train,
     }
     if data.labels is not None:
@@ -157,7 +180,7 @@ def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
             metrics["oracle_ari"] = float(best["eval_ari"])
             metrics["oracle_nmi"] = float(best["eval_nmi"])
     metrics["time_total_s"] = time.perf_counter() - t_start
-    _write_outputs(cfg, data, state, chosen, emb, labels, metrics, out)
+    write_run(cfg, data, state, chosen, emb, labels, centroids, metrics, out)
     storage = default_storage(cfg) / default_run_name(cfg)
     if cfg.run.num_workers > 0 and not cfg.run.storage_path:
         shutil.rmtree(storage.parent, ignore_errors=True)  # finished: nothing left to resume
@@ -166,31 +189,3 @@ def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
 
         log_run(cfg, metrics, history, out)
     return RunResult(out, labels, emb["z"], metrics, history)
-
-
-def _write_outputs(cfg, data: PreparedData, state, chosen, emb, labels, metrics, out: Path) -> None:
-    stage = run_dir.staging_dir(out)
-    try:
-        obs = data.adata.obs.loc[data.obs_names].copy() if data.adata.obs.index.is_unique else pd.DataFrame(index=data.obs_names)
-        obs["jojoscl_cluster"] = pd.Categorical(labels.astype(str))
-        res = ad.AnnData(obs=obs, obsm={"X_jojoscl": emb["z"], "X_jojoscl_h": emb["h"]})
-        res.uns["jojoscl"] = {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
-                              "source": data.source}
-        res.write_h5ad(stage / "results.h5ad")
-        pd.DataFrame({"cell": data.obs_names, "cluster": labels}).to_csv(stage / "labels.csv", index=False)
-        (stage / "model").mkdir()
-        torch.save({"schema": 1, "weights": chosen, "n_genes": state["n_genes"], "n_clusters": state["n_clusters"],
-                    "preprocess": data.stats.to_dict(), "config": cfg.to_dict(),
-                    "versions": {"jojoscl_dist": __version__, "torch": torch.__version__,
-                                 "python": sys.version.split()[0]}},
-                   stage / "model" / "model.pt")
-        cfg.save(stage / "config.yaml")
-        run_dir.write_json(stage / "metrics.json", {"final": metrics, "history": history_clean(state["history"])})
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    run_dir.commit(stage, out)
-
-
-def history_clean(history: list[dict]) -> list[dict]:
-    return [{k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in h.items()} for h in history]

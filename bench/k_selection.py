@@ -1,0 +1,77 @@
+"""K selection benchmark: how well the label-free rules of jojoscl_dist.cluster.k_select recover the true K.
+
+For every .h5ad in the data folder: the package's preprocessing (2000 HVG, log, z-score) -> PCA(50) -> each rule's
+K. Quality at a K is the ARI against obs['cell_type'] of k-means (k-means++, 10 restarts) on the same PCA(50):
+cheap and model-free, so it compares "chosen K" with "true K" on equal terms (not the JojoSCL ARI).
+
+    python bench/k_selection.py --data-dir /work/shared/data --out bench/results/k_selection.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+
+from jojoscl_dist.cluster.k_select import choose_k, pca_embed
+from jojoscl_dist.cluster.kmeans import fit_kmeans
+from jojoscl_dist.cluster.metrics import score_labels
+from jojoscl_dist.data.preprocess import compute_stats, materialize
+
+RULES = {"leiden_r0.5": ("leiden", 0.5), "leiden_r1.0": ("leiden", 1.0), "silhouette": ("silhouette", 1.0)}
+
+
+def bench_one(path: Path, seed: int) -> dict:
+    a = ad.read_h5ad(path)
+    st = compute_stats(a.X, list(a.var_names))
+    x = materialize(a.X, st)
+    y = a.obs["cell_type"].astype(str).to_numpy()[st.cell_mask]
+    k_true = len(np.unique(y))
+    xp = pca_embed(x, seed=seed)
+    row = {"dataset": path.stem, "n_cells": int(x.shape[0]), "k_true": k_true,
+           "ari_true_k": score_labels(y, fit_kmeans(xp, k_true, seed=seed, restarts=10))["ari"]}
+    for name, (rule, res) in RULES.items():
+        t0 = time.perf_counter()
+        k, _ = choose_k(x, rule, seed=seed, resolution=res, xp=xp)
+        row[f"{name}_time_s"] = time.perf_counter() - t0
+        row[f"{name}_k"] = k
+        row[f"{name}_within20"] = bool(abs(k - k_true) <= 0.2 * k_true)
+        row[f"{name}_ari"] = score_labels(y, fit_kmeans(xp, k, seed=seed, restarts=10))["ari"]
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data-dir", default="/work/shared/data")
+    p.add_argument("--out", default="bench/results/k_selection.json")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    rows = []
+    for f in sorted(Path(args.data_dir).glob("*.h5ad")):
+        t0 = time.perf_counter()
+        rows.append(bench_one(f, args.seed))
+        rows[-1]["time_s"] = time.perf_counter() - t0
+        print(json.dumps(rows[-1]), flush=True)
+    summary = {}
+    for name in RULES:
+        summary[name] = {
+            "within20": int(sum(r[f"{name}_within20"] for r in rows)), "n": len(rows),
+            "median_abs_rel_err": float(np.median([abs(r[f"{name}_k"] - r["k_true"]) / r["k_true"] for r in rows])),
+            "mean_ari": float(np.mean([r[f"{name}_ari"] for r in rows])),
+        }
+    summary["true_k_mean_ari"] = float(np.mean([r["ari_true_k"] for r in rows]))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+                                          f"{__import__('os').cpu_count()} CPUs", "rows": rows, "summary": summary},
+                              indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

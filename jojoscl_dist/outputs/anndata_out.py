@@ -1,0 +1,114 @@
+"""Results back into the user's AnnData: a copy of the input with the clusters and the embedding added.
+
+- obs[key]            categorical cluster labels; cells the run could not use (zero counts) are missing (NaN)
+- obsm['X_jojoscl']   the instance embedding z; NaN rows for those cells
+- uns['jojoscl']      parameters and metrics (plain scalars/strings, so h5ad and Zarr can store them)
+
+The copy is written as h5ad, or Zarr when the input was Zarr; never over the input, and never over an existing
+file unless asked (``overwrite``). The result works directly with scanpy (``sc.pp.neighbors(a,
+use_rep='X_jojoscl')``, ``sc.pl.embedding(a, 'X_jojoscl', color=key)``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from jojoscl_dist.errors import JojoInputError
+
+DEFAULT_KEY = "jojoscl_cluster"
+EMBEDDING_KEY = "X_jojoscl"
+SUFFIX = ".jojoscl"
+
+
+def is_zarr(path: str | Path | None) -> bool:
+    if path is None:
+        return False
+    p = Path(path)
+    return p.suffix == ".zarr" or (p.is_dir() and ((p / "zarr.json").exists() or (p / ".zgroup").exists()))
+
+
+def default_path(input_path: str | Path, directory: str | Path | None = None) -> Path:
+    """<input stem>.jojoscl.h5ad (or .zarr) beside the input, or inside ``directory``."""
+    p = Path(input_path)
+    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
+    ext = ".zarr" if is_zarr(p) else ".h5ad"
+    return Path(directory or p.parent) / f"{stem}{SUFFIX}{ext}"
+
+
+def check_target(target: str | Path, input_path: str | Path | None, overwrite: bool) -> Path:
+    t = Path(target)
+    if input_path is not None and Path(input_path).exists() and t.resolve() == Path(input_path).resolve():
+        raise JojoInputError(f"the output {t} is the input file: choose another output path (the input is never "
+                             f"overwritten)")
+    if t.exists() and not overwrite:
+        raise JojoInputError(f"{t} already exists: pass --overwrite to replace it, or choose another --output")
+    return t
+
+
+def _plain(v: Any) -> Any:
+    """Values h5ad/Zarr can store in uns: scalars and strings; containers recursively; None -> 'None'."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        vals = [_plain(x) for x in v]
+        return vals if all(isinstance(x, (int, float, str, bool)) for x in vals) and vals else str(list(v))
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        return v.item()
+    if v is None:
+        return "None"
+    return v if isinstance(v, (int, float, str, bool)) else str(v)
+
+
+def annotate(adata: ad.AnnData, cell_mask: np.ndarray, labels: np.ndarray, embedding: np.ndarray,
+             key: str = DEFAULT_KEY, uns: dict[str, Any] | None = None) -> ad.AnnData:
+    """A copy of ``adata`` (all cells) with labels/embedding of the kept cells (``cell_mask``) filled in."""
+    cell_mask = np.asarray(cell_mask, dtype=bool)
+    if cell_mask.shape[0] != adata.n_obs or int(cell_mask.sum()) != len(labels) or len(labels) != len(embedding):
+        raise ValueError(f"shape mismatch: {adata.n_obs} cells, mask of {cell_mask.shape[0]} keeping "
+                         f"{int(cell_mask.sum())}, {len(labels)} labels, {len(embedding)} embedding rows")
+    out = adata.to_memory() if adata.isbacked else adata.copy()
+    full = np.full(adata.n_obs, None, dtype=object)
+    full[cell_mask] = np.asarray(labels).astype(str)
+    cats = sorted({str(v) for v in labels}, key=lambda s: (len(s), s))  # 0,1,..,10 in numeric order
+    if key in out.obs.columns:
+        out.obs = out.obs.drop(columns=[key])
+    out.obs[key] = pd.Categorical(full, categories=cats)
+    emb = np.full((adata.n_obs, embedding.shape[1]), np.nan, dtype=np.float32)
+    emb[cell_mask] = embedding
+    out.obsm[EMBEDDING_KEY] = emb
+    out.uns["jojoscl"] = _plain({"obs_key": key, "embedding_key": EMBEDDING_KEY,
+                                 "n_unassigned": int((~cell_mask).sum()), **(uns or {})})
+    return out
+
+
+def write(adata: ad.AnnData, target: str | Path, input_path: str | Path | None = None,
+          overwrite: bool = False) -> Path:
+    """Write h5ad (or Zarr for a .zarr target) atomically: to a temporary name, then renamed."""
+    t = check_target(target, input_path, overwrite)
+    t.parent.mkdir(parents=True, exist_ok=True)
+    tmp = t.parent / f".{t.stem}.partial{t.suffix}"
+    _remove(tmp)
+    try:
+        if t.suffix == ".zarr":
+            adata.write_zarr(tmp)
+        else:
+            adata.write_h5ad(tmp)
+    except BaseException:
+        _remove(tmp)
+        raise
+    _remove(t)
+    tmp.rename(t)
+    return t
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir():
+        shutil.rmtree(p)
+    elif p.exists():
+        p.unlink()

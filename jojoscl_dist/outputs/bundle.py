@@ -1,0 +1,112 @@
+"""The model bundle (``<run>/model/model.pt``): everything needed to assign clusters to new cells.
+
+Contents (a torch-saved dict, schema ``SCHEMA``):
+  schema        bundle format version; ``load`` refuses versions it does not know
+  weights       state dict of the selected JojoSCL (query encoder + heads)
+  n_genes, n_clusters
+  gene_names    ordered model-input genes (the HVGs), used to align new data by name
+  preprocess    PreprocessStats.to_dict(): input scale, target sum, per-gene mean/std
+  centroids     (K, d_z) final cluster centroids in the instance embedding z (k-means centroids, or the mean z
+                of each head cluster); new cells go to the nearest one
+  label_method  'kmeans' (nearest centroid) or 'head' (cluster-head argmax)
+  config        the resolved JojoConfig as a dict
+  versions      jojoscl_dist, torch, python
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jojoscl_dist import __version__
+from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.data.preprocess import PreprocessStats
+from jojoscl_dist.errors import JojoInputError
+from jojoscl_dist.model import JojoSCL
+
+SCHEMA = 2
+FILENAME = "model.pt"
+
+
+@dataclass
+class ModelBundle:
+    weights: dict[str, torch.Tensor]
+    n_genes: int
+    n_clusters: int
+    stats: PreprocessStats
+    centroids: np.ndarray
+    label_method: str
+    config: JojoConfig
+    versions: dict[str, str]
+    schema: int = SCHEMA
+
+    @property
+    def gene_names(self) -> list[str]:
+        return list(self.stats.gene_names)
+
+    def model(self) -> JojoSCL:
+        mc = self.config.model
+        m = JojoSCL(self.n_genes, self.n_clusters, mc.hidden_dims, mc.latent_dim, mc.instance_dim, mc.cluster_hidden)
+        m.load_state_dict(self.weights)
+        return m.eval()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.schema, "weights": {k: v.detach().cpu() for k, v in self.weights.items()},
+                "n_genes": int(self.n_genes), "n_clusters": int(self.n_clusters),
+                "gene_names": self.gene_names, "preprocess": self.stats.to_dict(),
+                "centroids": np.asarray(self.centroids, dtype=np.float32), "label_method": self.label_method,
+                "config": self.config.to_dict(), "versions": dict(self.versions)}
+
+
+def versions() -> dict[str, str]:
+    return {"jojoscl_dist": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
+
+
+def save(bundle: ModelBundle, directory: str | Path) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / FILENAME
+    torch.save(bundle.to_dict(), path)
+    return path
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A run directory, its model/ folder or the model.pt file itself."""
+    p = Path(path)
+    for cand in (p, p / FILENAME, p / "model" / FILENAME):
+        if cand.is_file():
+            return cand
+    raise JojoInputError(f"no model bundle at {p}: pass a run directory (the --output of a training run), its "
+                         f"model/ folder or a model.pt file")
+
+
+def load(path: str | Path) -> ModelBundle:
+    p = resolve_path(path)
+    try:
+        # Our own format: tensors, numpy arrays and plain containers (weights_only would reject the arrays).
+        d = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign file
+        raise JojoInputError(f"could not read model bundle {p}: {e.__class__.__name__}: {e}") from e
+    if not isinstance(d, dict) or "schema" not in d:
+        raise JojoInputError(f"{p} is not a jojoscl model bundle (no schema field)")
+    if d["schema"] != SCHEMA:
+        raise JojoInputError(f"model bundle {p} has schema {d['schema']} but this jojoscl-dist "
+                             f"({__version__}) reads schema {SCHEMA}: retrain with this version, or predict with "
+                             f"the version that wrote it ({d.get('versions', {}).get('jojoscl_dist', 'unknown')})")
+    missing = [k for k in ("weights", "n_genes", "n_clusters", "preprocess", "centroids", "label_method", "config")
+               if k not in d]
+    if missing:
+        raise JojoInputError(f"model bundle {p} lacks {missing} (the file is incomplete: retrain)")
+    stats = PreprocessStats.from_dict(d["preprocess"])
+    if stats.n_genes != d["n_genes"]:
+        raise JojoInputError(f"model bundle {p} is inconsistent: {stats.n_genes} preprocessing genes for a model "
+                             f"of {d['n_genes']} inputs")
+    return ModelBundle(weights=d["weights"], n_genes=int(d["n_genes"]), n_clusters=int(d["n_clusters"]),
+                       stats=stats, centroids=np.asarray(d["centroids"], dtype=np.float32),
+                       label_method=str(d["label_method"]), config=JojoConfig.from_dict(d["config"]),
+                       versions=dict(d.get("versions", {})), schema=int(d["schema"]))

@@ -1,0 +1,177 @@
+"""Pictures and a one-page summary of a run: umap.png, curves.png, summary.md (all in the run directory).
+
+- umap.png: 2-D UMAP (umap-learn, seeded, on at most ``MAX_UMAP_CELLS`` cells) of the instance embedding z,
+  coloured by cluster, and beside it by the truth when labels were given.
+- curves.png: the training loss and its parts per epoch; the label-free selection score (and ARI/NMI when
+  labels were given) at each evaluation, with the selected epoch marked.
+- summary.md: data, K (and how it was chosen), selection, metrics, timings, and the two pictures.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAX_UMAP_CELLS = 30_000  # UMAP cost grows with cells; a seeded subsample shows the same structure
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def umap_2d(z: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the plotted cells, their 2-D coordinates)."""
+    import umap
+
+    n = z.shape[0]
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(n, MAX_UMAP_CELLS, replace=False)) if n > MAX_UMAP_CELLS else np.arange(n)
+    reducer = umap.UMAP(n_neighbors=min(15, max(2, len(idx) - 1)), min_dist=0.3, metric="cosine",
+                        random_state=seed, n_jobs=1)
+    return idx, reducer.fit_transform(z[idx])
+
+
+def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str) -> None:
+    cats, codes = np.unique(np.asarray(labels).astype(str), return_inverse=True)
+    cmap = _pyplot().get_cmap("tab20" if len(cats) > 10 else "tab10")
+    size = max(1.0, min(12.0, 20000 / max(len(xy), 1)))
+    for i, c in enumerate(cats):
+        m = codes == i
+        ax.scatter(xy[m, 0], xy[m, 1], s=size, color=cmap(i % cmap.N), label=f"{c} ({m.sum()})", linewidths=0,
+                   rasterized=True)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
+    ncol = 1 if len(cats) <= 16 else 2
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, markerscale=max(1.0, 12 / size),
+              frameon=False, ncol=ncol)
+
+
+def umap_png(z: np.ndarray, labels: np.ndarray, path: Path, truth: np.ndarray | None = None, seed: int = 0,
+             title: str = "") -> Path:
+    plt = _pyplot()
+    idx, xy = umap_2d(z, seed)
+    panels = [(labels, f"JojoSCL clusters (K={len(np.unique(labels))})")]
+    if truth is not None:
+        panels.append((truth, f"truth ({len(np.unique(truth))} types)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
+    for ax, (lab, t) in zip(axes[0], panels):
+        _scatter(ax, xy, np.asarray(lab)[idx], t)
+    sub = f" ({len(idx)} of {len(z)} cells)" if len(idx) < len(z) else f" ({len(z)} cells)"
+    fig.suptitle((title + sub).strip())
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curves_png(history: list[dict[str, Any]], path: Path, selected_epoch: int | None = None) -> Path:
+    plt = _pyplot()
+    ep = np.array([h["epoch"] + 1 for h in history])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for key, label in (("loss", "total"), ("l_ins", "instance"), ("l_clu", "cluster"), ("l_sure", "SURE")):
+        if history and key in history[0]:
+            a1.plot(ep, [h[key] for h in history], label=label, lw=2 if key == "loss" else 1)
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("training loss (mean over batches)")
+    a1.set_title("training loss")
+    a1.legend(frameon=False)
+    evals = [h for h in history if "select_silhouette" in h]
+    e_ep = [h["epoch"] + 1 for h in evals]
+    for key, label, style in (("select_silhouette", "silhouette of k-means on z (label-free)", "o-"),
+                              ("select_stability", "stability: ARI vs previous eval (label-free)", "s-"),
+                              ("eval_ari", "ARI vs truth (not used to select)", "^--"),
+                              ("eval_nmi", "NMI vs truth (not used to select)", "v--")):
+        vals = [h.get(key) for h in evals]
+        if evals and all(v is not None for v in vals):
+            a2.plot(e_ep, vals, style, label=label, ms=4)
+    if selected_epoch is not None:
+        a2.axvline(selected_epoch + 1, color="grey", ls=":", label=f"selected epoch {selected_epoch + 1}")
+    a2.set_xlabel("epoch")
+    a2.set_title("evaluations")
+    a2.set_ylim(min(-0.05, a2.get_ylim()[0]), 1.05)
+    a2.legend(frameon=False, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def summary_md(path: Path, *, source: str, n_input_cells: int, n_input_genes: int, metrics: dict[str, Any],
+               cfg_dict: dict[str, Any], k_info: dict | None, pictures: list[str], annotated: str | None) -> Path:
+    m = metrics
+    lines = ["# JojoSCL run summary", "", "## Data", "",
+             f"- input: `{source}`",
+             f"- {n_input_cells} cells x {n_input_genes} genes in; {m['n_cells']} cells x {m['n_genes']} "
+             f"highly variable genes used ({n_input_cells - m['n_cells']} cells with zero counts left unassigned)",
+             "", "## Clusters", ""]
+    if k_info:
+        extra = (f" (resolution {k_info.get('resolution')}, {k_info.get('n_communities')} communities, those of "
+                 f">= {k_info.get('min_size')} cells counted)" if k_info.get("rule") == "leiden" else "")
+        lines.append(f"- K = {m['n_clusters']}, chosen without labels by rule `{k_info['rule']}` on PCA(50) of "
+                     f"the preprocessed data{extra}")
+    else:
+        lines.append(f"- K = {m['n_clusters']} (given)")
+    lines += [f"- clusters found: {m['n_clusters_found']}; labels by `{m['label_method']}`",
+              f"- model selection: rule `{m['selection_rule']}` kept epoch {m['selected_epoch'] + 1} of "
+              f"{m['epochs']} (label-free)"]
+    if "ari" in m:
+        lines.append(f"- against the given labels: ARI {m['ari']:.4f}, NMI {m['nmi']:.4f}, ACC {m['acc']:.4f}"
+                     + (f" (best evaluation epoch by ARI would have been {m['oracle_epoch'] + 1}: ARI "
+                        f"{m['oracle_ari']:.4f}; reported only, never used)" if "oracle_ari" in m else ""))
+    if annotated:
+        lines.append(f"- annotated copy of the input: `{annotated}` (obs['{cfg_dict['run']['obs_key']}'], "
+                     f"obsm['X_jojoscl'])")
+    lines += ["", "## Timings", "",
+              f"- preparation {m['time_prepare_s']:.1f} s, training {m['time_train_s']:.1f} s "
+              f"({m['num_workers']} Ray workers)" if m["num_workers"] > 0 else
+              f"- preparation {m['time_prepare_s']:.1f} s, training {m['time_train_s']:.1f} s (in-process)",
+              f"- total {m.get('time_total_s', float('nan')):.1f} s", "", "## Settings", "",
+              "| setting | value |", "|---|---|"]
+    oc, lc = cfg_dict["optim"], cfg_dict["loss"]
+    for k, v in (("epochs", m["epochs"]), ("batch size", oc["batch_size"]), ("learning rate", oc["lr"]),
+                 ("tau instance / cluster", f"{lc['tau_instance']} / {lc['tau_cluster']}"),
+                 ("alpha / beta / w_sure", f"{lc['alpha']} / {lc['beta']} / {lc['w_sure']}"),
+                 ("seed", m["seed"])):
+        lines.append(f"| {k} | {_fmt(v)} |")
+    lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
+    for k, v in m.items():
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+            lines.append(f"| {k} | {_fmt(v)} |")
+    for pic in pictures:
+        lines += ["", f"![{pic}]({pic})"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_report(stage: Path, *, z: np.ndarray, labels: np.ndarray, truth: np.ndarray | None,
+                 history: list[dict], metrics: dict[str, Any], seed: int, **summary_kw) -> list[str]:
+    """All three files; a failing picture is logged and skipped (the run's results matter more)."""
+    pictures = []
+    for name, fn in (("umap.png", lambda p: umap_png(z, labels, p, truth, seed, title=f"{summary_kw['source']}")),
+                     ("curves.png", lambda p: curves_png(history, p, metrics.get("selected_epoch")))):
+        try:
+            fn(stage / name)
+            pictures.append(name)
+        except Exception as e:  # noqa: BLE001 - a picture must never cost the user their clusters
+            log.warning("could not draw %s: %s: %s", name, e.__class__.__name__, e)
+    summary_md(stage / "summary.md", metrics=metrics, pictures=pictures, **summary_kw)
+    return pictures + ["summary.md"]

@@ -1,0 +1,69 @@
+"""Everything a finished training run writes, staged and committed atomically (see run_dir.py for the layout)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.outputs import anndata_out, bundle, report, run_dir
+
+if TYPE_CHECKING:
+    from jojoscl_dist.train.run import PreparedData
+
+log = logging.getLogger(__name__)
+
+
+def annotated_name(cfg: JojoConfig) -> str:
+    """<input stem>.jojoscl.h5ad (.zarr for Zarr input); 'demo.jojoscl.h5ad' for the synthetic demo."""
+    return anndata_out.default_path(cfg.data.path or "demo.h5ad").name
+
+
+def write_run(cfg: JojoConfig, data: "PreparedData", state: dict, chosen: dict, emb: dict[str, np.ndarray],
+              labels: np.ndarray, centroids: np.ndarray, metrics: dict[str, Any], out: Path) -> None:
+    stage = run_dir.staging_dir(out)
+    try:
+        obs = (data.adata.obs.loc[data.obs_names].copy() if data.adata.obs.index.is_unique
+               else pd.DataFrame(index=data.obs_names))
+        obs["jojoscl_cluster"] = pd.Categorical(labels.astype(str))
+        res = ad.AnnData(obs=obs, obsm={"X_jojoscl": emb["z"], "X_jojoscl_h": emb["h"]})
+        uns = {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+               "source": data.source}
+        res.uns["jojoscl"] = uns
+        res.write_h5ad(stage / "results.h5ad")
+        pd.DataFrame({"cell": data.obs_names, "cluster": labels}).to_csv(stage / "labels.csv", index=False)
+
+        bundle.save(bundle.ModelBundle(weights=chosen, n_genes=state["n_genes"], n_clusters=state["n_clusters"],
+                                       stats=data.stats, centroids=centroids, label_method=cfg.eval.label_method,
+                                       config=cfg, versions=bundle.versions()), stage / "model")
+        cfg.save(stage / "config.yaml")
+
+        ann_name = annotated_name(cfg)
+        params = {"n_clusters": data.n_clusters, "label_method": cfg.eval.label_method,
+                  "selection": cfg.eval.selection, "epochs": metrics["epochs"], "seed": cfg.run.seed,
+                  "source": data.source, "k_rule": (data.k_info or {}).get("rule", "given")}
+        annotated = anndata_out.annotate(data.adata, data.stats.cell_mask, labels, emb["z"], cfg.run.obs_key,
+                                         {"params": params, "metrics": uns["metrics"]})
+        anndata_out.write(annotated, stage / ann_name, input_path=cfg.data.path)
+
+        if cfg.run.plots:
+            report.write_report(stage, z=emb["z"], labels=labels, truth=data.labels, history=state["history"],
+                                metrics=metrics, seed=cfg.run.seed, source=data.source,
+                                n_input_cells=data.adata.n_obs, n_input_genes=data.adata.n_vars,
+                                cfg_dict=cfg.to_dict(), k_info=data.k_info, annotated=ann_name)
+        run_dir.write_json(stage / "metrics.json", {"final": metrics, "history": history_clean(state["history"]),
+                                                    "k_selection": data.k_info})
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    run_dir.commit(stage, out)
+
+
+def history_clean(history: list[dict]) -> list[dict]:
+    return [{k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in h.items()} for h in history]

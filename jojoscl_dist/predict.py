@@ -1,0 +1,173 @@
+"""`python -m jojoscl_dist.predict --model RUN_DIR --data NEW.h5ad [--output FILE]`: clusters for new cells.
+
+1. Genes are aligned by name to the model's ordered gene list; missing genes are filled with the training mean
+   (0 after scaling) with a warning giving their count; extra genes are ignored.
+2. New cells are preprocessed with the saved statistics. For counts input the per-cell total is taken over all
+   of the new cells' genes (as in training, before the HVG subset), then scaled to the training target sum,
+   log1p, and z-scored with the training mean/std. Cells with zero total get no cluster (missing label).
+3. The saved model embeds them; each cell goes to the nearest training-cluster centroid in z (label_method
+   'kmeans'), or to the cluster head's argmax ('head').
+
+The result is a copy of the new AnnData with obs[--obs-key] and obsm['X_jojoscl'] (see outputs/anndata_out.py),
+written to --output or beside the input as <stem>.jojoscl.h5ad (.zarr for Zarr input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+from jojoscl_dist.cluster.kmeans import assign
+from jojoscl_dist.data.loader import ArraySource
+from jojoscl_dist.data.preprocess import PreprocessStats, _as_float, _log_values, iter_row_chunks
+from jojoscl_dist.data.readers import get_labels, read_input
+from jojoscl_dist.errors import JojoInputError
+from jojoscl_dist.outputs import anndata_out, bundle as bundle_mod
+from jojoscl_dist.outputs.bundle import ModelBundle
+from jojoscl_dist.train.embed import embed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # (kept cells,) cluster ids
+    z: np.ndarray  # (kept cells, d_z)
+    cell_mask: np.ndarray  # (all cells,) True where the cell got a cluster
+    n_missing_genes: int
+
+
+def align_genes(stats: PreprocessStats, var_names) -> tuple[np.ndarray, int]:
+    """Column of each model gene in the new data (-1 where missing) and the number missing."""
+    names = [str(v) for v in var_names]
+    pos: dict[str, int] = {}
+    for i, n in enumerate(names):
+        pos.setdefault(n, i)  # duplicated names: the first column, as anndata's var_names_make_unique keeps it
+    cols = np.array([pos.get(g, -1) for g in stats.gene_names], dtype=np.int64)
+    n_missing = int((cols < 0).sum())
+    if n_missing == len(cols):
+        raise JojoInputError(f"none of the model's {len(cols)} genes is in the new data's var_names (e.g. "
+                             f"{stats.gene_names[:3]} vs {names[:3]}): use the same gene identifiers as in training")
+    return cols, n_missing
+
+
+def transform_aligned(rows, stats: PreprocessStats, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw rows (all of the new data's genes) -> (model input for cells with a non-zero total, that mask)."""
+    x = _as_float(rows)
+    v = x.data if sp.issparse(x) else x
+    if not np.isfinite(v).all():
+        raise JojoInputError("new data holds NaN or Inf values: fix or drop them before predicting")
+    if (v < 0).any():
+        raise JojoInputError("new data holds negative values: give the same kind of values as in training "
+                             f"(training input scale: {stats.input_scale})")
+    totals = np.asarray(x.sum(axis=1)).ravel()  # over every gene of the new data, before the HVG subset
+    keep = totals > 0
+    present = cols >= 0
+    sub = x[:, cols[present]]
+    sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
+    full = np.zeros((x.shape[0], len(cols)), dtype=np.float64)
+    full[:, present] = sub
+    full = full[keep]
+    logged = _log_values(full, totals[keep], stats.input_scale, stats.target_sum)
+    out = (logged - stats.mean) / stats.std
+    out[:, ~present] = 0.0  # the training mean after scaling
+    if stats.clip is not None:
+        np.clip(out, -stats.clip, stats.clip, out=out)
+    return out.astype(np.float32), keep
+
+
+def preprocess_new(x, stats: PreprocessStats, cols: np.ndarray, chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    blocks, masks = [], []
+    for _, _, rows in iter_row_chunks(x, chunk_size):
+        b, m = transform_aligned(rows, stats, cols)
+        blocks.append(b)
+        masks.append(m)
+    return np.concatenate(blocks), np.concatenate(masks)
+
+
+def check_scale(x, stats: PreprocessStats) -> None:
+    """Warn when the new values do not look like the training input's kind (counts vs non-integer)."""
+    v = _as_float(x[: min(x.shape[0], 500)])
+    v = v.data if sp.issparse(v) else np.asarray(v).ravel()
+    integer = bool(np.all(v == np.round(v))) if v.size else True
+    if stats.input_scale == "counts" and not integer:
+        log.warning("the model was trained on raw counts but the new data has non-integer values: give raw counts "
+                    "(predictions on normalised values will be off)")
+    if stats.input_scale != "counts" and integer and v.size and v.max() > 30:
+        log.warning("the model was trained on %s values but the new data looks like raw counts", stats.input_scale)
+
+
+def predict(b: ModelBundle, adata: ad.AnnData, chunk_size: int = 4096) -> Prediction:
+    cols, n_missing = align_genes(b.stats, adata.var_names)
+    if n_missing:
+        log.warning("%d of the model's %d genes are missing from the new data: filled with the training mean",
+                    n_missing, len(cols))
+    check_scale(adata.X, b.stats)
+    x, mask = preprocess_new(adata.X, b.stats, cols, chunk_size)
+    if not mask.any():
+        raise JojoInputError("every new cell has zero total counts: nothing to assign")
+    emb = embed(b.model(), ArraySource(x))
+    if b.label_method == "head":
+        labels = emb["y"].argmax(axis=1).astype(np.int64)
+    else:
+        ok = np.flatnonzero(np.isfinite(b.centroids).all(axis=1))  # clusters that held training cells
+        labels = ok[assign(emb["z"], b.centroids[ok])]
+    return Prediction(labels, emb["z"], mask, n_missing)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jojoscl_dist.predict",
+                                description="Assign new cells to the clusters of a trained JojoSCL run.")
+    p.add_argument("--model", required=True, help="run directory (the --output of training), its model/ folder "
+                   "or model.pt")
+    p.add_argument("--data", required=True, help="new cells: .h5ad, .h5, .zarr, 10x (same gene identifiers)")
+    p.add_argument("--output", help="annotated copy to write (default: <data stem>.jojoscl.h5ad beside the data)")
+    p.add_argument("--obs-key", default=anndata_out.DEFAULT_KEY, help="obs column for the clusters")
+    p.add_argument("--label-key", help="obs column with true labels: print the agreement (ARI/NMI/ACC)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="jojoscl: %(levelname)s: %(message)s")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    args = build_parser().parse_args(argv)
+    try:
+        b = bundle_mod.load(args.model)
+        target = Path(args.output) if args.output else anndata_out.default_path(args.data)
+        anndata_out.check_target(target, args.data, args.overwrite)  # fail before the work, not after
+        adata = read_input(args.data)
+        truth = get_labels(adata, args.label_key)
+        pred = predict(b, adata)
+        out = anndata_out.annotate(adata, pred.cell_mask, pred.labels, pred.z, args.obs_key,
+                                   {"params": {"model": str(Path(args.model).resolve()),
+                                               "label_method": b.label_method, "n_clusters": b.n_clusters,
+                                               "n_missing_genes": pred.n_missing_genes}})
+        anndata_out.write(out, target, input_path=args.data, overwrite=args.overwrite)
+    except JojoInputError as e:
+        print(f"jojoscl: error: {e}", file=sys.stderr)
+        return 2
+    ids, counts = np.unique(pred.labels, return_counts=True)
+    line = (f"jojoscl: {len(pred.labels)} cells assigned to {len(ids)} of {b.n_clusters} clusters "
+            f"({', '.join(f'{i}: {c}' for i, c in zip(ids, counts))})")
+    if (~pred.cell_mask).any():
+        line += f"; {int((~pred.cell_mask).sum())} cells with zero counts unassigned"
+    if truth is not None:
+        from jojoscl_dist.cluster.metrics import score_labels
+
+        s = score_labels(truth[pred.cell_mask], pred.labels)
+        line += f"; vs {args.label_key}: ARI {s['ari']:.4f} NMI {s['nmi']:.4f} ACC {s['acc']:.4f}"
+    print(line + f"; written to {target}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
