@@ -119,7 +119,9 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
     """Train and return the final checkpoint state (a dict, see checkpoint.py)."""
     storage = default_storage(cfg)
     name = default_run_name(cfg)
-    check_resume(cfg, storage / name)
+    done = check_resume(cfg, storage / name)
+    if done is not None and done["epoch"] >= resolve_epochs(cfg, data.x.shape[0]) - 1:
+        return done  # finished earlier (e.g. its tracking step failed): nothing to train, no workers to start
     if cfg.run.num_workers <= 0:  # in-process, no Ray (tests, benchmarks, debugging); same checkpoint layout
         session = LocalSession(storage / name, device=("cuda" if (cfg.run.use_gpu or (cfg.run.use_gpu is None and torch.cuda.is_available())) else "cpu"))
         train_worker(cfg, WorkerData(ArraySource(data.x), data.n_clusters, data.labels), session)
@@ -137,17 +139,18 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
     return load_state(path)
 
 
-def check_resume(cfg: JojoConfig, root: Path) -> None:
-    """Before training: say when a run resumes from a checkpoint, and refuse one saved by a different config."""
+def check_resume(cfg: JojoConfig, root: Path) -> dict | None:
+    """Before training: say when a run resumes from a checkpoint (returned), refuse one of a different config."""
     ckpt = latest_checkpoint(root)
     if ckpt is None:
-        return
+        return None
     st = load_state(ckpt)
     diffs = config_differences(st.get("config", {}), cfg.to_dict())
     if diffs:
         raise JojoInputError(f"{root} holds checkpoints of a different run ({'; '.join(diffs[:3])}): delete that "
                              f"folder to start over, or give this run another --run-name")
     print(f"jojoscl: resuming {root.name} from its checkpoint at epoch {st['epoch']} ({ckpt})", flush=True)
+    return st
 
 
 def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:

@@ -104,23 +104,29 @@ def test_corrupt_zarr(tmp_path, capsys):
                  ["could not open", "broken.zarr", "re-copy"])
 
 
-@pytest.mark.parametrize("layout", ["dense", "sparse"])
+@pytest.mark.parametrize("layout", ["dense", "sparse", "dense-v3"])
 def test_missing_zarr_chunk(tmp_path, capsys, layout):
     a = counts(300, 40)
     p = tmp_path / f"{layout}.zarr"
     if layout == "sparse":
         a.X = sp.csr_matrix(a.X)
         a.write_zarr(p)
-        chunk = p / "X" / "indices" / "0"
-    else:
+        key = "X/indices/0"
+    elif layout == "dense":
         a.write_zarr(p, chunks=(100, 40))
-        chunk = p / "X" / "1.0"
+        key = "X/1.0"
+    else:
+        with ad.settings.override(zarr_write_format=3):
+            a.write_zarr(p, chunks=(100, 40))
+        key = "X/c/1/0"
+    chunk = p / key
     assert chunk.is_file()
     chunk.unlink()
     # Without the check zarr silently reads zeros here.
-    line = expect_error(f"missing Zarr chunk ({layout})", f"a {layout} X lacking one chunk file", tmp_path, p,
+    line = expect_error(f"missing Zarr chunk ({layout})", f"{layout.split('-')[0]} X (Zarr format "
+                        f"{3 if layout.endswith('v3') else 2}) lacking one chunk file", tmp_path, p,
                         ["--n-clusters", "3"], capsys, ["missing", "re-copy"])
-    assert f"chunk X/{chunk.parent.name + '/' if layout == 'sparse' else ''}{chunk.name}" in line
+    assert f"chunk {key} is missing" in line
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf"])
@@ -128,7 +134,7 @@ def test_nan_inf(tmp_path, capsys, bad):
     a = counts()
     a.X[5, 3] = np.nan if bad == "nan" else np.inf
     p = write(a, tmp_path / f"{bad}.h5ad")
-    expect_error(f"{bad.upper()} values", f"X holds {bad}", tmp_path, p, ["--label-key", "cell_type"], capsys,
+    expect_error(f"{'NaN' if bad == 'nan' else 'Inf'} values", f"X holds {bad}", tmp_path, p, ["--label-key", "cell_type"], capsys,
                  ["1 NaN or Inf value(s) (first in row 5)", "fix or drop"])
 
 
