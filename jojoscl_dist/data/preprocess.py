@@ -97,6 +97,14 @@ def _values(chunk) -> np.ndarray:
     return chunk.data if sp.issparse(chunk) else np.asarray(chunk).ravel()
 
 
+def _first_row(chunk, flags: np.ndarray) -> int:
+    """Row (within the chunk) of the first flagged entry of ``_values(chunk)``."""
+    pos = int(np.argmax(flags))
+    if sp.issparse(chunk):
+        return int(np.searchsorted(chunk.indptr, pos, side="right") - 1)
+    return pos // chunk.shape[1]
+
+
 def _log_values(x: np.ndarray, totals: np.ndarray, scale: str, target_sum: float) -> np.ndarray:
     if scale == "counts":
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -123,12 +131,15 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
         rows = _as_float(rows)
         v = _values(rows)
         if v.size:
-            if not np.isfinite(v).all():
-                raise JojoInputError(f"expression matrix holds NaN or Inf (rows {start}-{stop}); "
-                                     f"fix or drop those values before clustering")
-            if (v < 0).any():
-                raise JojoInputError(f"expression matrix holds negative values (rows {start}-{stop}); give raw "
-                                     f"counts or log-normalised values, not scaled/centred data")
+            bad = ~np.isfinite(v)
+            if bad.any():
+                raise JojoInputError(f"expression matrix holds {int(bad.sum())} NaN or Inf value(s) (first in row "
+                                     f"{start + _first_row(rows, bad)}); fix or drop those values before clustering")
+            neg = v < 0
+            if neg.any():
+                raise JojoInputError(f"expression matrix holds {int(neg.sum())} negative value(s) (first in row "
+                                     f"{start + _first_row(rows, neg)}); give raw counts or log-normalised values, "
+                                     f"not scaled/centred data")
             vmax = max(vmax, float(v.max()))
             integer = integer and bool(np.all(v == np.round(v)))
         cell_totals[start:stop] = np.asarray(rows.sum(axis=1)).ravel()

@@ -27,6 +27,7 @@ def read_input(path: str | Path, backed: bool | None = None) -> ad.AnnData:
         raise JojoInputError(f"input not found: {p} (check the path given to --data)")
     try:
         if p.suffix == ".zarr" or (p.is_dir() and ((p / "zarr.json").exists() or (p / ".zgroup").exists())):
+            check_zarr_chunks(p)
             return ad.read_zarr(p)
         if p.is_dir():
             if any((p / f).exists() for f in ("matrix.mtx", "matrix.mtx.gz")):
@@ -50,6 +51,36 @@ def read_input(path: str | Path, backed: bool | None = None) -> ad.AnnData:
         raise JojoInputError(f"could not read {p} as {p.suffix or 'a folder'}: {e.__class__.__name__}: {e} "
                              f"(is the file complete and in a supported format: {SUPPORTED}?)") from e
     raise JojoInputError(f"unsupported input format {p.suffix!r} for {p} (supported: {SUPPORTED})")
+
+
+def check_zarr_chunks(p: Path) -> None:
+    """Refuse an AnnData Zarr store whose X lacks a chunk file.
+
+    Zarr reads a missing chunk as the fill value (0): a store copied incompletely would silently turn cells into
+    empty ones. Every stored key (chunk, or shard when sharded) of X (dense) or X/data, X/indices, X/indptr
+    (sparse) must exist. Zarr also skips writing chunks that are entirely the fill value when
+    ``array.write_empty_chunks`` is off (its default), so a dense X with an all-zero block needs rewriting with it on.
+    """
+    import zarr
+
+    if not p.is_dir():
+        raise JojoInputError(f"{p} is not a Zarr store folder (supported: {SUPPORTED})")
+    try:
+        group = zarr.open_group(p, mode="r")
+        x = group["X"]
+    except Exception as e:  # zarr raises several types for unreadable metadata
+        raise JojoInputError(f"could not open {p} as an AnnData Zarr store with an X matrix: {e.__class__.__name__}: "
+                             f"{e} (is the store complete? re-copy or re-write it)") from e
+    arrays = [x] if isinstance(x, zarr.Array) else [x[k] for k in ("data", "indices", "indptr") if k in x]
+    for arr in arrays:
+        if arr.size == 0:
+            continue
+        base = p / arr.path
+        for key in arr._iter_shard_keys():  # storage keys (shards, or chunks when unsharded)
+            if not (base / key).is_file():
+                raise JojoInputError(f"{p}: chunk {arr.path}/{key} is missing (Zarr would read it as zeros); the "
+                                     f"store is incomplete: re-copy or re-write it (if that block is truly all "
+                                     f"zeros, write with zarr.config array.write_empty_chunks=True)")
 
 
 def _read_h5(p: Path) -> ad.AnnData:

@@ -13,6 +13,7 @@ Layout:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -20,12 +21,20 @@ from pathlib import Path
 from jojoscl_dist.errors import JojoInputError
 
 DONE_MARKER = "metrics.json"
+# Present while the committed outputs still wait for their MLflow logging: a run directory holding it is not
+# finished, so the same command may replace it without --overwrite (a failed tracking step never blocks a retry).
+PENDING_MARKER = ".tracking-pending"
+
+log = logging.getLogger(__name__)
 
 
 def check_output(output: str | Path, overwrite: bool) -> Path:
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise JojoInputError(f"--output {out} exists and is a file (choose a directory path)")
+    if (out / PENDING_MARKER).exists() and not overwrite:
+        log.warning("%s holds a run whose tracking step did not finish: replacing it", out)
+        return out
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise JojoInputError(f"--output {out} already holds an earlier run (pass --overwrite to replace it, "
                              f"or choose another --output)")
@@ -63,3 +72,7 @@ def _default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+def mark_finished(output: str | Path) -> None:
+    (Path(output) / PENDING_MARKER).unlink(missing_ok=True)

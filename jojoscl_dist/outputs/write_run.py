@@ -57,6 +57,8 @@ def write_run(cfg: JojoConfig, data: "PreparedData", state: dict, chosen: dict, 
                                 metrics=metrics, seed=cfg.run.seed, source=data.source,
                                 n_input_cells=data.adata.n_obs, n_input_genes=data.adata.n_vars,
                                 cfg_dict=cfg.to_dict(), k_info=data.k_info, annotated=ann_name)
+        if cfg.run.tracking:  # cleared by run_dir.mark_finished once MLflow has the run
+            (stage / run_dir.PENDING_MARKER).write_text("MLflow logging not finished\n")
         run_dir.write_json(stage / "metrics.json", {"final": metrics, "history": history_clean(state["history"]),
                                                     "k_selection": data.k_info})
     except BaseException:

@@ -23,6 +23,41 @@ def tracking_uri(cfg: JojoConfig, output: Path) -> str:
     return cfg.run.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(output).resolve() / 'mlflow.db'}"
 
 
+HEALTH_TIMEOUT_S = 5.0  # a tracking server that does not answer /health within this is taken as unreachable
+
+
+def check_tracking(cfg: JojoConfig, output: Path) -> None:
+    """Fail fast, before any training, when the MLflow store cannot be reached.
+
+    http(s): GET <uri>/health (MLflow servers answer 'OK'); sqlite: the database folder must exist or be creatable
+    (the default one under --output always is). Other schemes (databricks, ...) are left to MLflow.
+    """
+    from urllib.error import HTTPError, URLError
+    from urllib.request import urlopen
+
+    from jojoscl_dist.errors import JojoInputError
+
+    uri = tracking_uri(cfg, output)
+    fix = "start the server, fix --tracking-uri / MLFLOW_TRACKING_URI, or pass --no-tracking"
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urlopen(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S) as resp:
+                if resp.status != 200:
+                    raise JojoInputError(f"MLflow tracking server {uri} answered HTTP {resp.status} on /health ({fix})")
+        except HTTPError as e:
+            raise JojoInputError(f"MLflow tracking server {uri} answered HTTP {e.code} on /health ({fix})") from e
+        except (URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise JojoInputError(f"MLflow tracking server {uri} is unreachable ({reason}); {fix}") from e
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK):
+            raise JojoInputError(f"MLflow store {uri}: folder {folder} cannot be created or written ({fix})")
+
+
 def flat_params(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():

@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from jojoscl_dist.config import JojoConfig
-from jojoscl_dist.errors import JojoInputError
+from jojoscl_dist.errors import JojoInputError, TrackingError
 
 def n_clusters_arg(v: str) -> int | str:
     if v == "auto":
@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"jojoscl: error: {msg}", file=sys.stderr)
         return 2
+    except TrackingError as e:  # outputs are complete; the same command retries the logging
+        print(f"jojoscl: error: {e}", file=sys.stderr)
+        return 1
     m = result.metrics
     line = (f"jojoscl: {m['n_cells']} cells -> {m['n_clusters_found']} clusters "
             f"(epoch {m['selected_epoch']} by '{m['selection_rule']}', label-free)")

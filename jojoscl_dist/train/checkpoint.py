@@ -1,19 +1,28 @@
 """Checkpoint schema: one ``state.pt`` holding the full training state, with a schema version.
 
 Keys: schema, epoch (last completed), step, model (query encoder + heads), key_encoder, optimizer, scheduler,
-rng (torch generator, numpy/python/torch global states), kmeans (warm-start centroids), selector (history, best
-epoch), best_model (weights of the label-free pick), history (per-epoch metrics), n_genes, n_clusters, config.
+rng (per-rank augmentation generators and per-rank torch/numpy/python global states), kmeans (warm-start
+centroids), selector (history, best epoch), best_model (weights of the label-free pick), history (per-epoch
+metrics), n_genes, n_clusters, config.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 SCHEMA_VERSION = 1
 STATE_FILE = "state.pt"
+
+# Config fields a resumed run may change without invalidating the checkpoint: where things go and how
+# often/how long it trains. Everything else (data, model, loss, optimiser, seed) must match.
+RESUMABLE_CHANGES = {"optim.epochs", "optim.min_steps", "eval.eval_every", "run.num_workers", "run.use_gpu",
+                     "run.output", "run.storage_path", "run.max_failures", "run.overwrite", "run.tracking",
+                     "run.tracking_uri", "run.experiment", "run.quiet", "run.run_name"}
 
 
 def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
@@ -30,3 +39,44 @@ def load_state(directory: str | Path) -> dict[str, Any]:
     if state.get("schema") != SCHEMA_VERSION:
         raise ValueError(f"checkpoint {path} has schema {state.get('schema')}, this version reads {SCHEMA_VERSION}")
     return state
+
+
+def global_rng_state() -> dict[str, Any]:
+    """This process's global RNG states (torch CPU, numpy legacy, python)."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_global_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest readable checkpoint directory under ``root`` (Ray Train or LocalSession layout), or None.
+
+    Both name their folders so that name order is time order (checkpoint_<timestamp> / checkpoint_<counter>).
+    A folder without a complete state.pt (a copy cut short by a crash) is skipped.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    for d in sorted((p for p in root.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name, reverse=True):
+        if (d / STATE_FILE).is_file():
+            return d
+    return None
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'section.field' keys whose values differ between two config dicts, except RESUMABLE_CHANGES."""
+    out = []
+    for section, fields in current.items():
+        for name, value in fields.items():
+            key = f"{section}.{name}"
+            old = saved.get(section, {}).get(name)
+            if key in RESUMABLE_CHANGES:
+                continue
+            norm = (lambda v: list(v) if isinstance(v, tuple) else v)
+            if norm(old) != norm(value):
+                out.append(f"{key}: {old!r} -> {value!r}")
+    return out

@@ -29,7 +29,7 @@ from jojoscl_dist.losses import cluster_contrastive_loss, instance_contrastive_l
 from jojoscl_dist.model import JojoSCL, augment, momentum_update
 from jojoscl_dist.model.jojoscl import make_key_encoder
 from jojoscl_dist.train import distributed as D
-from jojoscl_dist.train.checkpoint import load_state, save_state
+from jojoscl_dist.train.checkpoint import global_rng_state, load_state, save_state, set_global_rng_state
 from jojoscl_dist.train.embed import embed
 from jojoscl_dist.train.session import Session
 
@@ -97,8 +97,11 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
             best_model, history = st["best_model"], st["history"]
             start_epoch, step = st["epoch"] + 1, st["step"]
             gen_states = st["rng"]["generators"]
-            if rank < len(gen_states):
+            if rank < len(gen_states):  # a rank beyond the saved world size keeps its fresh seeded stream
                 gen.set_state(gen_states[rank])
+            global_states = st["rng"].get("global", [])
+            if rank < len(global_states):
+                set_global_rng_state(global_states[rank])
             log.info("resumed from epoch %d", st["epoch"])
 
     for epoch in range(start_epoch, epochs):
@@ -166,14 +169,16 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
         metrics["best_epoch"] = selector.best_epoch
         history.append(metrics)
 
-        gen_states = D.all_gather_object(gen.get_state())  # every worker's augmentation stream, for resuming
+        # Every worker's augmentation stream and global RNG states, so a resumed run continues the same streams.
+        gen_states = D.all_gather_object(gen.get_state())
+        global_states = D.all_gather_object(global_rng_state())
         if rank == 0:
             with tempfile.TemporaryDirectory(prefix="jojoscl-ckpt-") as tmp:
                 save_state(tmp, {
                     "epoch": epoch, "step": step, "epochs": epochs,
                     "model": model.state_dict(), "key_encoder": key_encoder.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "rng": {"generators": gen_states},
+                    "rng": {"generators": gen_states, "global": global_states},
                     "kmeans": kmeans.state_dict(), "selector": selector.state_dict(),
                     "best_model": best_model, "history": history,
                     "n_genes": n_genes, "n_clusters": k, "config": cfg.to_dict(),

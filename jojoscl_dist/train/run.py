@@ -20,11 +20,11 @@ from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import PreprocessStats, compute_stats, materialize
 from jojoscl_dist.data.readers import get_labels, read_input
 from jojoscl_dist.data.synthetic import demo_atlas
-from jojoscl_dist.errors import JojoInputError
+from jojoscl_dist.errors import JojoInputError, TrackingError
 from jojoscl_dist.model import JojoSCL
 from jojoscl_dist.outputs import run_dir
 from jojoscl_dist.outputs.write_run import history_clean, write_run  # noqa: F401 - history_clean re-exported
-from jojoscl_dist.train.checkpoint import load_state
+from jojoscl_dist.train.checkpoint import config_differences, latest_checkpoint, load_state
 from jojoscl_dist.train.embed import embed, final_clustering
 from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
 from jojoscl_dist.train.progress import EpochProgress
@@ -66,6 +66,7 @@ def prepare_data(cfg: JojoConfig) -> PreparedData:
         label_key = dc.label_key
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise JojoInputError(f"{source} has {adata.n_obs} cells x {adata.n_vars} genes: nothing to cluster")
+    make_names_unique(adata)
     labels_all = get_labels(adata, label_key)
     k = dc.n_clusters
     auto = k == "auto"
@@ -102,6 +103,21 @@ def prepare_data(cfg: JojoConfig) -> PreparedData:
     return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names)[stats.cell_mask], source, k_info)
 
 
+def make_names_unique(adata: ad.AnnData) -> None:
+    """Duplicate cell or gene names are suffixed (-1, -2, ...) with a warning, in memory only (never the file).
+
+    Repeated gene symbols are common in 10x exports, so refusing them would block ordinary data; cell names must
+    be unique for labels.csv and results.h5ad to be joined back to the input.
+    """
+    for axis, names in (("cell", adata.obs_names), ("gene", adata.var_names)):
+        if not names.is_unique:
+            n_dup = int(names.duplicated().sum())
+            example = names[names.duplicated()][0]
+            log.warning("%d duplicate %s names (e.g. %r): made unique by suffixing -1, -2, ... (outputs use the "
+                        "new names)", n_dup, axis, example)
+            (adata.obs_names_make_unique if axis == "cell" else adata.var_names_make_unique)()
+
+
 def default_run_name(cfg: JojoConfig) -> str:
     """Deterministic in the output path, so relaunching the same command resumes the same Ray run."""
     digest = hashlib.sha1(str(Path(cfg.run.output).resolve()).encode()).hexdigest()[:10]
@@ -117,10 +133,15 @@ def default_storage(cfg: JojoConfig) -> Path:
 
 def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -> dict:
     """Train and return the final checkpoint state (a dict, see checkpoint.py)."""
-    if cfg.run.num_workers <= 0:  # in-process, no Ray (tests, benchmarks, debugging)
+    storage = default_storage(cfg)
+    name = default_run_name(cfg)
+    done = check_resume(cfg, storage / name)
+    if done is not None and done["epoch"] >= resolve_epochs(cfg, data.x.shape[0]) - 1:
+        return done  # finished earlier (e.g. its tracking step failed): nothing to train, no workers to start
+    if cfg.run.num_workers <= 0:  # in-process, no Ray (tests, benchmarks, debugging); same checkpoint layout
         progress = EpochProgress(resolve_epochs(cfg, data.x.shape[0]), mode="off" if cfg.run.quiet else "auto")
-        session = LocalSession(device=("cuda" if (cfg.run.use_gpu or (cfg.run.use_gpu is None and torch.cuda.is_available())) else "cpu"),
-                               on_report=progress)
+        session = LocalSession(storage / name, on_report=progress,
+                               device=("cuda" if (cfg.run.use_gpu or (cfg.run.use_gpu is None and torch.cuda.is_available())) else "cpu"))
         try:
             train_worker(cfg, WorkerData(ArraySource(data.x), data.n_clusters, data.labels), session)
         finally:
@@ -130,10 +151,6 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
 
     if data.x.shape[0] < cfg.run.num_workers:
         raise JojoInputError(f"{data.x.shape[0]} cells cannot be shared among {cfg.run.num_workers} workers")
-    storage = default_storage(cfg)
-    name = default_run_name(cfg)
-    if (storage / name).exists():
-        log.warning("resuming the earlier run %s in %s", name, storage)
     try:
         path, error = fit_ray(cfg, data.x, data.n_clusters, data.labels, str(storage), name, fault_hook)
     except Exception as e:  # TrainingFailedError wraps the worker's exception
@@ -143,9 +160,27 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
     return load_state(path)
 
 
+def check_resume(cfg: JojoConfig, root: Path) -> dict | None:
+    """Before training: say when a run resumes from a checkpoint (returned), refuse one of a different config."""
+    ckpt = latest_checkpoint(root)
+    if ckpt is None:
+        return None
+    st = load_state(ckpt)
+    diffs = config_differences(st.get("config", {}), cfg.to_dict())
+    if diffs:
+        raise JojoInputError(f"{root} holds checkpoints of a different run ({'; '.join(diffs[:3])}): delete that "
+                             f"folder to start over, or give this run another --run-name")
+    print(f"jojoscl: resuming {root.name} from its checkpoint at epoch {st['epoch']} ({ckpt})", flush=True)
+    return st
+
+
 def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
     t_start = time.perf_counter()
     out = run_dir.check_output(cfg.run.output, cfg.run.overwrite)
+    if cfg.run.tracking:  # an unreachable MLflow store fails here, not after hours of training
+        from jojoscl_dist.tracking.mlflow_log import check_tracking
+
+        check_tracking(cfg, out)
     data = prepare_data(cfg)
     t_prep = time.perf_counter() - t_start
     if cfg.data.path is None:
@@ -181,11 +216,18 @@ def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
             metrics["oracle_nmi"] = float(best["eval_nmi"])
     metrics["time_total_s"] = time.perf_counter() - t_start
     write_run(cfg, data, state, chosen, emb, labels, centroids, metrics, out)
-    storage = default_storage(cfg) / default_run_name(cfg)
-    if cfg.run.num_workers > 0 and not cfg.run.storage_path:
-        shutil.rmtree(storage.parent, ignore_errors=True)  # finished: nothing left to resume
     if cfg.run.tracking:
-        from jojoscl_dist.tracking.mlflow_log import log_run
+        from jojoscl_dist.tracking.mlflow_log import log_run, tracking_uri
 
-        log_run(cfg, metrics, history, out)
+        try:
+            log_run(cfg, metrics, history, out)
+        except Exception as e:
+            # The outputs stay valid and marked pending, the checkpoints stay: the same command retries the
+            # logging without retraining (it resumes from the final checkpoint).
+            raise TrackingError(f"training finished and outputs are in {out}, but MLflow logging to "
+                               f"{tracking_uri(cfg, out)} failed: {e.__class__.__name__}: {e}; rerun the same "
+                               f"command to retry (no retraining), or add --no-tracking") from e
+    run_dir.mark_finished(out)
+    if not cfg.run.storage_path:
+        shutil.rmtree(default_storage(cfg), ignore_errors=True)  # finished: nothing left to resume
     return RunResult(out, labels, emb["z"], metrics, history)

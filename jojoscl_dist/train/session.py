@@ -14,6 +14,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from jojoscl_dist.train.checkpoint import latest_checkpoint
+
 
 class Session:
     rank: int = 0
@@ -32,7 +34,11 @@ class Session:
 
 
 class LocalSession(Session):
-    """Single process. Keeps every reported metrics dict and the last checkpoint directory."""
+    """Single process. Keeps every reported metrics dict and the last checkpoint directory.
+
+    Checkpoints live under ``checkpoint_root`` as checkpoint_<counter>; a new session on a root that already
+    holds one resumes from it (the in-process counterpart of reusing a Ray Train run name).
+    """
 
     def __init__(self, checkpoint_root: str | Path | None = None, device: str | None = None,
                  on_report: Callable[[dict], None] | None = None):
@@ -40,14 +46,19 @@ class LocalSession(Session):
         self.root = Path(checkpoint_root or tempfile.mkdtemp(prefix="jojoscl-local-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.metrics: list[dict] = []
-        self.checkpoint: Path | None = None
+        self.checkpoint: Path | None = latest_checkpoint(self.root)
+        self._count = int(self.checkpoint.name.split("_")[-1]) if self.checkpoint else 0
         self.on_report = on_report
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
         self.metrics.append(dict(metrics))
         if checkpoint_dir is not None:
-            dest = self.root / f"checkpoint_{len(self.metrics):06d}"
-            shutil.copytree(checkpoint_dir, dest)
+            self._count += 1
+            dest = self.root / f"checkpoint_{self._count:06d}"
+            part = self.root / f".{dest.name}.partial"  # copied then renamed: a crash never leaves half a checkpoint
+            shutil.rmtree(part, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, part)
+            part.rename(dest)
             if self.checkpoint is not None:
                 shutil.rmtree(self.checkpoint, ignore_errors=True)
             self.checkpoint = dest
