@@ -103,8 +103,10 @@ def _init_ray(num_cpus: int | None) -> bool:
         ray.init(runtime_env={"env_vars": RAY_ENV}, logging_level=logging.WARNING)
         return True
     # Logical CPUs above physical: a Tune trial + its Train workers on all physical cores hung (STACK-NOTES).
+    # Keep the dashboard: Train's PlacementGroupCleaner asks the State API whether a controller is dead, and
+    # without it the worker bundles of every trial ASHA stopped stay reserved and later trials wait forever.
     ray.init(num_cpus=num_cpus or (os.cpu_count() or 1) + 1, runtime_env={"env_vars": RAY_ENV},
-             logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
+             logging_level=logging.WARNING, log_to_driver=False)
     return True
 
 
