@@ -102,12 +102,25 @@ def _init_ray(num_cpus: int | None) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env={"env_vars": RAY_ENV}, logging_level=logging.WARNING)
         return True
+    # Train's PlacementGroupCleaner asks the State API whether a trial's Train controller died (ASHA kills the
+    # trial, also at max_t) before it frees the workers' bundles. Without a dashboard, or with several Ray
+    # clusters on one host ("Found multiple active Ray instances"), that query fails, the bundles stay reserved
+    # and later trials wait forever: pin the dashboard port and tell every process where it is.
+    port = _free_port()
+    env = {**RAY_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
     # Logical CPUs above physical: a Tune trial + its Train workers on all physical cores hung (STACK-NOTES).
-    # Keep the dashboard: Train's PlacementGroupCleaner asks the State API whether a controller is dead, and
-    # without it the worker bundles of every trial ASHA stopped stay reserved and later trials wait forever.
-    ray.init(num_cpus=num_cpus or (os.cpu_count() or 1) + 1, runtime_env={"env_vars": RAY_ENV},
+    ray.init(num_cpus=num_cpus or (os.cpu_count() or 1) + 1, runtime_env={"env_vars": env},
+             include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
              logging_level=logging.WARNING, log_to_driver=False)
     return True
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def default_point(base: JojoConfig, space: dict[str, dict], nested: bool) -> dict | None:

@@ -36,7 +36,7 @@ def test_asha_sweep_tracks_every_trial(data_dir, tmp_path):
     assert table["epochs_done"].max() == EPOCHS
     assert summary["n_stopped_early"] >= 1 and (table["stopped_early"] == (table["epochs_done"] < EPOCHS)).all()
     assert table["is_default"].sum() == 1  # the default config ran as the reference trial
-    assert (out / "trials.md").read_text().count("\n|") == N_TRIALS + 1
+    assert (out / "trials.md").read_text().count("\n|") == N_TRIALS + 2  # header, rule, one row per trial
 
     # best.yaml: a full config holding the best trial's sampled values, accepted by the training CLI loader
     best = JojoConfig.load(out / "best.yaml")
