@@ -15,6 +15,7 @@ import torch
 
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
+from jojoscl_dist.data.zarr_store import ZarrSource
 from jojoscl_dist.train.loop import WorkerData, train_worker
 from jojoscl_dist.train.session import Session
 
@@ -56,10 +57,11 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     for name in ("ray.train", "faiss", "faiss.loader"):  # one plain line per epoch is enough in worker logs
         logging.getLogger(name).setLevel(logging.WARNING)
     cfg = JojoConfig.from_dict(config["cfg"])
-    x = ray.get(config["data_ref"])
+    # A prepared store is opened by path (shared storage on a cluster); small data comes through the object store.
+    source = ZarrSource(config["data_path"]) if config.get("data_path") else ArraySource(ray.get(config["data_ref"]))
     hook = config.get("fault_hook")
     session = RaySession()
-    data = WorkerData(ArraySource(x), config["n_clusters"], config.get("labels"))
+    data = WorkerData(source, config["n_clusters"], config.get("labels"))
     if hook:
         _install_fault_hook(session, hook)
     train_worker(cfg, data, session)
@@ -103,8 +105,8 @@ def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name
     per_worker = {"CPU": max(1, (total_cpu - 1) // n)}  # torch threads follow the CPUs Ray grants a worker
     trainer = ray.train.torch.TorchTrainer(
         ray_train_loop,
-        train_loop_config={"cfg": cfg.to_dict(), "data_ref": ray.put(x), "n_clusters": n_clusters,
-                           "labels": labels, "fault_hook": fault_hook},
+        train_loop_config={"cfg": cfg.to_dict(), "n_clusters": n_clusters, "labels": labels, "fault_hook": fault_hook,
+                           **({"data_path": x.path} if isinstance(x, ZarrSource) else {"data_ref": ray.put(x)})},
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=n, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(

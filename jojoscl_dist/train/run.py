@@ -20,6 +20,7 @@ from jojoscl_dist import __version__
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
+from jojoscl_dist.data.zarr_store import ZarrSource, is_prepared_store
 from jojoscl_dist.data.preprocess import PreprocessStats, compute_stats, materialize
 from jojoscl_dist.data.readers import get_labels, read_input
 from jojoscl_dist.data.synthetic import demo_atlas
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class PreparedData:
     adata: ad.AnnData  # the input as read (never modified)
-    x: np.ndarray  # preprocessed (kept cells x HVG), float32
+    x: np.ndarray | ZarrSource  # preprocessed (kept cells x HVG), float32: in memory, or a prepared store
     stats: PreprocessStats
     n_clusters: int
     labels: np.ndarray | None  # truth for kept cells (evaluation only)
@@ -54,8 +55,25 @@ class RunResult:
     history: list[dict] = field(default_factory=list)
 
 
+def as_source(x):
+    return x if isinstance(x, ZarrSource) else ArraySource(x)
+
+
 def prepare_data(cfg: JojoConfig) -> PreparedData:
     dc = cfg.data
+    if dc.path is not None:
+        from jojoscl_dist.prepare import needs_prepare, prepare
+
+        if is_prepared_store(dc.path):  # stream it; never materialised
+            return _from_store(cfg, Path(dc.path), str(dc.path))
+        if needs_prepare(dc.path, dc):  # an atlas: prepare out of core into the run's storage, then stream
+            store = default_storage(cfg) / "prepared.zarr"
+            if not is_prepared_store(store):  # a resumed run reuses its store
+                print(f"jojoscl: {dc.path} is large: preparing it out of core into {store}", flush=True)
+                prepare(dc.path, store, n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
+                        chunk_size=dc.chunk_size, chunk_rows=dc.store_chunk_rows, clip=dc.scale_clip,
+                        overwrite=True, progress=not cfg.run.quiet)
+            return _from_store(cfg, store, str(dc.path))
     if dc.path is None:
         adata = demo_atlas(dc.demo_cells, dc.demo_genes, dc.demo_types, seed=cfg.run.seed)
         source = f"synthetic demo atlas ({dc.demo_cells} cells, {dc.demo_genes} genes, {dc.demo_types} types)"
@@ -67,14 +85,7 @@ def prepare_data(cfg: JojoConfig) -> PreparedData:
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise JojoInputError(f"{source} has {adata.n_obs} cells x {adata.n_vars} genes: nothing to cluster")
     labels_all = get_labels(adata, label_key)
-    k = dc.n_clusters
-    if k is None:
-        if labels_all is None:
-            raise JojoInputError("the number of clusters is unknown: pass --n-clusters K, or --label-key KEY to take "
-                                 "K from the labels")
-        k = len(np.unique(labels_all))
-    if k < 2:
-        raise JojoInputError(f"--n-clusters must be at least 2, got {k}")
+    k = _n_clusters(dc.n_clusters, labels_all)
     stats = compute_stats(adata.X, list(adata.var_names), n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
                           chunk_size=dc.chunk_size, clip=dc.scale_clip)
     n_kept = int(stats.cell_mask.sum())
@@ -84,6 +95,35 @@ def prepare_data(cfg: JojoConfig) -> PreparedData:
     x = materialize(adata.X, stats, chunk_size=dc.chunk_size)
     labels = labels_all[stats.cell_mask] if labels_all is not None else None
     return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names)[stats.cell_mask], source)
+
+
+def _n_clusters(k: int | None, labels: np.ndarray | None) -> int:
+    if k is None:
+        if labels is None:
+            raise JojoInputError("the number of clusters is unknown: pass --n-clusters K, or --label-key KEY to take "
+                                 "K from the labels")
+        k = len(np.unique(labels))
+    if k < 2:
+        raise JojoInputError(f"--n-clusters must be at least 2, got {k}")
+    return k
+
+
+def _from_store(cfg: JojoConfig, path: Path, source: str) -> PreparedData:
+    """A prepared store: obs/var/statistics from its metadata; X stays on disk (ZarrSource)."""
+    import zarr
+
+    from jojoscl_dist.data.zarr_store import read_prepared_meta
+
+    x = ZarrSource(path)  # checks every chunk is present
+    stats = PreprocessStats.from_dict(read_prepared_meta(path)["stats"])
+    g = zarr.open_group(str(path), mode="r")
+    adata = ad.AnnData(obs=ad.io.read_elem(g["obs"]), var=ad.io.read_elem(g["var"]))
+    labels = get_labels(adata, cfg.data.label_key)
+    k = _n_clusters(cfg.data.n_clusters, labels)
+    if k > x.shape[0]:
+        raise JojoInputError(f"--n-clusters {k} is larger than the number of cells ({x.shape[0]}); choose K <= "
+                             f"{x.shape[0]}")
+    return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names), source)
 
 
 def default_run_name(cfg: JojoConfig) -> str:
@@ -103,7 +143,7 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
     """Train and return the final checkpoint state (a dict, see checkpoint.py)."""
     if cfg.run.num_workers <= 0:  # in-process, no Ray (tests, benchmarks, debugging)
         session = LocalSession(device=("cuda" if (cfg.run.use_gpu or (cfg.run.use_gpu is None and torch.cuda.is_available())) else "cpu"))
-        train_worker(cfg, WorkerData(ArraySource(data.x), data.n_clusters, data.labels), session)
+        train_worker(cfg, WorkerData(as_source(data.x), data.n_clusters, data.labels), session)
         return load_state(session.checkpoint)
     from jojoscl_dist.train.ray_session import fit_ray
 
@@ -137,7 +177,7 @@ def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
     model = JojoSCL(state["n_genes"], state["n_clusters"], cfg.model.hidden_dims, cfg.model.latent_dim,
                     cfg.model.instance_dim, cfg.model.cluster_hidden)
     model.load_state_dict(chosen)
-    emb = embed(model, ArraySource(data.x))
+    emb = embed(model, as_source(data.x))
     labels = final_labels(emb, data.n_clusters, cfg.eval.label_method, cfg.run.seed, cfg.eval.kmeans_restarts)
     history = state["history"]
     metrics: dict[str, Any] = {
@@ -159,7 +199,7 @@ def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
     metrics["time_total_s"] = time.perf_counter() - t_start
     _write_outputs(cfg, data, state, chosen, emb, labels, metrics, out)
     storage = default_storage(cfg) / default_run_name(cfg)
-    if cfg.run.num_workers > 0 and not cfg.run.storage_path:
+    if not cfg.run.storage_path:  # Ray checkpoints and an on-the-fly prepared store
         shutil.rmtree(storage.parent, ignore_errors=True)  # finished: nothing left to resume
     if cfg.run.tracking:
         from jojoscl_dist.tracking.mlflow_log import log_run
