@@ -114,7 +114,7 @@ class ZarrSource:
                    if _chunk_key(self.x, (i, j)) not in present]
         if missing:
             i, j = missing[0]
-            raise JojoInputError(f"prepared store is incomplete: chunk {_chunk_key(self.x, (i, j))} of X "
+            raise JojoInputError(f"prepared store is incomplete: chunk {_chunk_key(self.x, (i, j))} "
                                  f"(rows {i * self.chunk_rows}-{min((i + 1) * self.chunk_rows, self.shape[0])}) is "
                                  f"missing in {self.path} ({len(missing)} chunk(s) missing in all); re-run "
                                  f"python -m jojoscl_dist.prepare --overwrite to rebuild the store")
@@ -127,7 +127,7 @@ class ZarrSource:
         if np.isnan(block).any():
             bad = int(np.flatnonzero(np.isnan(block).any(axis=1))[0]) + start
             i = bad // self.chunk_rows
-            raise JojoInputError(f"chunk {_chunk_key(self.x, (i, 0))} of X in {self.path} is missing or holds NaN "
+            raise JojoInputError(f"chunk {_chunk_key(self.x, (i, 0))} in {self.path} is missing or holds NaN "
                                  f"(row {bad}); the store is damaged: rebuild it with python -m "
                                  f"jojoscl_dist.prepare --overwrite")
         return np.asarray(block, dtype=np.float32)
@@ -137,7 +137,7 @@ class ZarrSource:
             try:
                 self.x[i * self.chunk_rows:min((i + 1) * self.chunk_rows, self.shape[0])]
             except Exception as e:
-                raise JojoInputError(f"chunk {_chunk_key(self.x, (i, 0))} of X in {self.path} is corrupt "
+                raise JojoInputError(f"chunk {_chunk_key(self.x, (i, 0))} in {self.path} is corrupt "
                                      f"({e.__class__.__name__}: {e}); rebuild the store with python -m "
                                      f"jojoscl_dist.prepare --overwrite") from e
         raise JojoInputError(f"could not read rows {start}-{stop} of {self.path}: {err}") from err
