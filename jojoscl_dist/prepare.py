@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,10 @@ def prepare(input_path: str | Path, output: str | Path, *, n_top_genes: int = 20
     try:
         _write_skeleton(tmp, raw, stats, kept, input_path)
         root = zarr.open_group(str(tmp), mode="r+")
-        zx = root.create_array("X", shape=(n_kept, g), chunks=(min(chunk_rows, max(n_kept, 1)), g),
-                               dtype="float32", fill_value=np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # zarr's note on future auto-sharding
+            zx = root.create_array("X", shape=(n_kept, g), chunks=(min(chunk_rows, max(n_kept, 1)), g),
+                                   dtype="float32", fill_value=np.nan)  # NaN: a missing chunk never reads as data
         zx.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
 
         bar = _progress(n_kept, progress, "writing")
@@ -152,7 +155,9 @@ def prepare(input_path: str | Path, output: str | Path, *, n_top_genes: int = 20
         with dask.config.set(scheduler="threads", num_workers=n_workers):
             da.store(xt, zx, lock=False)
         bar.close()
-        zarr.consolidate_metadata(str(tmp))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # consolidated metadata is a zarr-python extension in v3
+            zarr.consolidate_metadata(str(tmp))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -4,6 +4,9 @@ Each epoch draws one global permutation from (seed, epoch), truncates it so ever
 of cells, and gives each worker a contiguous block of it. Every worker therefore takes the same number of steps
 at the same local batch size, which the cross-worker gathers need. The leftover cells of a shard (fewer than a
 batch) are merged into its last batch rather than forming a tail batch smaller than K.
+
+On-disk sources (``ZarrSource``, prepared atlases) keep those guarantees but shuffle at chunk level plus a shuffle
+buffer of a few chunks, read ahead in a background thread (``iter_epoch``; see ``stream_plan``).
 """
 
 from __future__ import annotations

@@ -120,7 +120,9 @@ def write_raw_zarr(spec: AtlasSpec, path: str | Path, chunk_size: int = 1000, pr
         ad.io.write_elem(root, "uns", {"source": f"jojoscl_dist synthetic atlas {spec}"})
         for empty in ("obsm", "varm", "obsp", "varp", "layers"):
             ad.io.write_elem(root, empty, {})
-        zarr.consolidate_metadata(str(tmp))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            zarr.consolidate_metadata(str(tmp))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
