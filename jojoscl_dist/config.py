@@ -33,6 +33,12 @@ class DataConfig:
     input_scale: InputScale = "auto"  # auto: integer counts -> normalise+log1p; non-integer -> see data.preprocess
     scale_clip: float | None = None  # per-gene z-score clipping (reference: none)
     chunk_size: int = 4096  # rows per streaming chunk for preprocessing statistics
+    # Atlas scale (prepared Zarr stores; see jojoscl_dist/prepare.py and docs/benchmarks.md "Scale")
+    store_chunk_rows: int = 2048  # ours: rows per chunk of a prepared store's X (16 MB at 2000 HVG)
+    shuffle_buffer_chunks: int = 8  # ours: chunks whose rows are shuffled together when streaming a store
+    prefetch_batches: int = 4  # batches read ahead in a background thread
+    prepare_above_cells: int = 500_000  # raw input larger than this is prepared into a store, then streamed
+    prepare_above_bytes: int = 2 * 1024**3  # ... or a raw input file larger than this
     demo_cells: int = 3000  # synthetic demo atlas size when path is None
     demo_genes: int = 3000
     demo_types: int = 6

@@ -48,7 +48,7 @@ def write_run(cfg: JojoConfig, data: "PreparedData", state: dict, chosen: dict, 
         params = {"n_clusters": data.n_clusters, "label_method": cfg.eval.label_method,
                   "selection": cfg.eval.selection, "epochs": metrics["epochs"], "seed": cfg.run.seed,
                   "source": data.source, "k_rule": (data.k_info or {}).get("rule", "given")}
-        annotated = anndata_out.annotate(data.adata, data.stats.cell_mask, labels, emb["z"], cfg.run.obs_key,
+        annotated = anndata_out.annotate(data.adata, data.kept_mask, labels, emb["z"], cfg.run.obs_key,
                                          {"params": params, "metrics": uns["metrics"]})
         anndata_out.write(annotated, stage / ann_name, input_path=cfg.data.path)
 

@@ -24,7 +24,7 @@ from jojoscl_dist.cluster.kmeans import BatchKMeans, fit_kmeans
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.cluster.selection import Selector
 from jojoscl_dist.config import JojoConfig
-from jojoscl_dist.data.loader import epoch_batches
+from jojoscl_dist.data.loader import epoch_batch_count, iter_epoch
 from jojoscl_dist.losses import cluster_contrastive_loss, instance_contrastive_loss, sure_loss
 from jojoscl_dist.model import JojoSCL, augment, momentum_update
 from jojoscl_dist.model.jojoscl import make_key_encoder
@@ -75,7 +75,7 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     net = session.prepare_model(model)  # DDP when distributed
     model = model.to(session.device)
     opt = torch.optim.Adam(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay, foreach=True)
-    steps_per_epoch = len(epoch_batches(n_cells, oc.batch_size, world, rank, seed, 0))
+    steps_per_epoch = epoch_batch_count(data.source, oc.batch_size, world, rank, seed)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
              if oc.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     gen = torch.Generator(device=session.device).manual_seed(seed * 1000 + rank + 1)  # augmentation, per worker
@@ -109,10 +109,11 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
         net.train()
         key_encoder.train()
         sums = {"loss": 0.0, "l_ins": 0.0, "l_clu": 0.0, "l_sure": 0.0}
-        batches = epoch_batches(n_cells, oc.batch_size, world, rank, seed, epoch)
-        n_seen = 0
-        for idx in batches:
-            x = torch.as_tensor(data.source.rows(idx), device=session.device)
+        n_seen, n_steps = 0, 0
+        # Streamed sources (prepared Zarr stores) read whole chunks ahead in a background thread.
+        for rows in iter_epoch(data.source, oc.batch_size, world, rank, seed, epoch, cfg.data.shuffle_buffer_chunks,
+                               cfg.data.prefetch_batches):
+            x = torch.as_tensor(rows, device=session.device)
             xa = augment(x, mc.mask_keep, mc.noise_std, gen)
             xb = augment(x, mc.mask_keep, mc.noise_std, gen)
             with torch.no_grad():
@@ -141,10 +142,11 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
             sched.step()
             momentum_update(key_encoder, model.encoder, mc.momentum)
             step += 1
-            n_seen += len(idx)
+            n_seen += len(x)
+            n_steps += 1
             for name, v in (("loss", loss), ("l_ins", l_ins), ("l_clu", l_clu), ("l_sure", l_sure)):
                 sums[name] += float(v.detach())
-        metrics: dict[str, Any] = {k_: v / len(batches) for k_, v in sums.items()}
+        metrics: dict[str, Any] = {k_: v / n_steps for k_, v in sums.items()}
         metrics = D.all_mean(metrics)
         train_time = time.perf_counter() - t0
         metrics.update(epoch=epoch, step=step, epoch_time_s=train_time,

@@ -16,6 +16,7 @@ import torch
 
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
+from jojoscl_dist.data.zarr_store import ZarrSource
 from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
 from jojoscl_dist.train.progress import EpochProgress
 from jojoscl_dist.train.session import Session
@@ -75,13 +76,14 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     quiet_worker_logs()  # one plain line per epoch is enough in worker logs
     cfg = JojoConfig.from_dict(config["cfg"])
-    x = ray.get(config["data_ref"])
+    # A prepared store is opened by path (shared storage on a cluster); small data comes through the object store.
+    source = ZarrSource(config["data_path"]) if config.get("data_path") else ArraySource(ray.get(config["data_ref"]))
     hook = config.get("fault_hook")
     session = RaySession()
     if session.rank == 0 and not cfg.run.quiet:
-        session.on_report = EpochProgress(resolve_epochs(cfg, x.shape[0]), mode="lines", stream=sys.stdout,
+        session.on_report = EpochProgress(resolve_epochs(cfg, source.shape[0]), mode="lines", stream=sys.stdout,
                                           prefix="")
-    data = WorkerData(ArraySource(x), config["n_clusters"], config.get("labels"))
+    data = WorkerData(source, config["n_clusters"], config.get("labels"))
     if hook:
         _install_fault_hook(session, hook)
     train_worker(cfg, data, session)
@@ -125,8 +127,8 @@ def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name
     per_worker = {"CPU": max(1, (total_cpu - 1) // n)}  # torch threads follow the CPUs Ray grants a worker
     trainer = ray.train.torch.TorchTrainer(
         ray_train_loop,
-        train_loop_config={"cfg": cfg.to_dict(), "data_ref": ray.put(x), "n_clusters": n_clusters,
-                           "labels": labels, "fault_hook": fault_hook},
+        train_loop_config={"cfg": cfg.to_dict(), "n_clusters": n_clusters, "labels": labels, "fault_hook": fault_hook,
+                           **({"data_path": x.path} if isinstance(x, ZarrSource) else {"data_ref": ray.put(x)})},
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=n, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(

@@ -17,6 +17,7 @@ import torch
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
+from jojoscl_dist.data.zarr_store import ZarrSource, is_prepared_store
 from jojoscl_dist.data.preprocess import PreprocessStats, compute_stats, materialize
 from jojoscl_dist.data.readers import get_labels, read_input
 from jojoscl_dist.data.synthetic import demo_atlas
@@ -32,17 +33,24 @@ from jojoscl_dist.train.session import LocalSession
 
 log = logging.getLogger(__name__)
 
+AUTO_K_MAX_CELLS = 50_000  # --n-clusters auto on a prepared store looks at this many cells (seeded sample)
+
 
 @dataclass
 class PreparedData:
     adata: ad.AnnData  # the input as read (never modified)
-    x: np.ndarray  # preprocessed (kept cells x HVG), float32
+    x: np.ndarray | ZarrSource  # preprocessed (kept cells x HVG), float32: in memory, or a prepared store
     stats: PreprocessStats
     n_clusters: int
     labels: np.ndarray | None  # truth for kept cells (evaluation only)
     obs_names: np.ndarray  # kept cells
     source: str
     k_info: dict | None = None  # how K was chosen when --n-clusters auto
+
+    @property
+    def kept_mask(self) -> np.ndarray:
+        """Rows of ``adata`` that were trained on; a prepared store's adata holds only kept cells (no X)."""
+        return np.ones(self.adata.n_obs, dtype=bool) if isinstance(self.x, ZarrSource) else self.stats.cell_mask
 
 
 @dataclass
@@ -54,8 +62,25 @@ class RunResult:
     history: list[dict] = field(default_factory=list)
 
 
+def as_source(x):
+    return x if isinstance(x, ZarrSource) else ArraySource(x)
+
+
 def prepare_data(cfg: JojoConfig) -> PreparedData:
     dc = cfg.data
+    if dc.path is not None:
+        from jojoscl_dist.prepare import needs_prepare, prepare
+
+        if is_prepared_store(dc.path):  # stream it; never materialised
+            return _from_store(cfg, Path(dc.path), str(dc.path))
+        if needs_prepare(dc.path, dc):  # an atlas: prepare out of core into the run's storage, then stream
+            store = default_storage(cfg) / "prepared.zarr"
+            if not is_prepared_store(store):  # a resumed run reuses its store
+                print(f"jojoscl: {dc.path} is large: preparing it out of core into {store}", flush=True)
+                prepare(dc.path, store, n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
+                        chunk_size=dc.chunk_size, chunk_rows=dc.store_chunk_rows, clip=dc.scale_clip,
+                        overwrite=True, progress=not cfg.run.quiet)
+            return _from_store(cfg, store, str(dc.path))
     if dc.path is None:
         adata = demo_atlas(dc.demo_cells, dc.demo_genes, dc.demo_types, seed=cfg.run.seed)
         source = f"synthetic demo atlas ({dc.demo_cells} cells, {dc.demo_genes} genes, {dc.demo_types} types)"
@@ -68,19 +93,8 @@ def prepare_data(cfg: JojoConfig) -> PreparedData:
         raise JojoInputError(f"{source} has {adata.n_obs} cells x {adata.n_vars} genes: nothing to cluster")
     make_names_unique(adata)
     labels_all = get_labels(adata, label_key)
-    k = dc.n_clusters
+    k = _n_clusters(dc.n_clusters, labels_all)
     auto = k == "auto"
-    if isinstance(k, str) and not auto:
-        raise JojoInputError(f"--n-clusters must be an integer or 'auto', got {k!r}")
-    if auto:
-        pass
-    elif k is None:
-        if labels_all is None:
-            raise JojoInputError("the number of clusters is unknown: pass --n-clusters K, or --label-key KEY to take "
-                                 "K from the labels")
-        k = len(np.unique(labels_all))
-    if not auto and k < 2:
-        raise JojoInputError(f"--n-clusters must be at least 2, got {k}")
     stats = compute_stats(adata.X, list(adata.var_names), n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
                           chunk_size=dc.chunk_size, clip=dc.scale_clip)
     n_kept = int(stats.cell_mask.sum())
@@ -92,13 +106,7 @@ def prepare_data(cfg: JojoConfig) -> PreparedData:
     if auto:
         if n_kept < 3:
             raise JojoInputError(f"{n_kept} usable cells are too few to choose K: give --n-clusters K")
-        from jojoscl_dist.cluster.k_select import choose_k
-
-        k, k_info = choose_k(x, dc.k_rule, seed=cfg.run.seed, resolution=dc.k_resolution)
-        k_info = {key: v for key, v in k_info.items() if key != "scores"} | (
-            {"scores": {str(a): b for a, b in k_info["scores"].items()}} if "scores" in k_info else {})
-        if not cfg.run.quiet:
-            print(f"jojoscl: --n-clusters auto: K = {k} (rule '{dc.k_rule}', label-free)", flush=True)
+        k, k_info = _auto_k(cfg, x)
     labels = labels_all[stats.cell_mask] if labels_all is not None else None
     return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names)[stats.cell_mask], source, k_info)
 
@@ -116,6 +124,58 @@ def make_names_unique(adata: ad.AnnData) -> None:
             log.warning("%d duplicate %s names (e.g. %r): made unique by suffixing -1, -2, ... (outputs use the "
                         "new names)", n_dup, axis, example)
             (adata.obs_names_make_unique if axis == "cell" else adata.var_names_make_unique)()
+
+
+def _n_clusters(k: int | str | None, labels: np.ndarray | None) -> int | str:
+    """K as given, 'auto' (chosen later from the data), or the number of distinct labels."""
+    if isinstance(k, str) and k != "auto":
+        raise JojoInputError(f"--n-clusters must be an integer or 'auto', got {k!r}")
+    if k == "auto":
+        return k
+    if k is None:
+        if labels is None:
+            raise JojoInputError("the number of clusters is unknown: pass --n-clusters K, or --label-key KEY to take "
+                                 "K from the labels")
+        k = len(np.unique(labels))
+    if k < 2:
+        raise JojoInputError(f"--n-clusters must be at least 2, got {k}")
+    return k
+
+
+def _auto_k(cfg: JojoConfig, x: np.ndarray) -> tuple[int, dict]:
+    from jojoscl_dist.cluster.k_select import choose_k
+
+    dc = cfg.data
+    k, k_info = choose_k(x, dc.k_rule, seed=cfg.run.seed, resolution=dc.k_resolution)
+    k_info = {key: v for key, v in k_info.items() if key != "scores"} | (
+        {"scores": {str(a): b for a, b in k_info["scores"].items()}} if "scores" in k_info else {})
+    if not cfg.run.quiet:
+        print(f"jojoscl: --n-clusters auto: K = {k} (rule '{dc.k_rule}', label-free)", flush=True)
+    return k, k_info
+
+
+def _from_store(cfg: JojoConfig, path: Path, source: str) -> PreparedData:
+    """A prepared store: obs/var/statistics from its metadata; X stays on disk (ZarrSource)."""
+    import zarr
+
+    from jojoscl_dist.data.zarr_store import read_prepared_meta
+
+    x = ZarrSource(path)  # checks every chunk is present
+    stats = PreprocessStats.from_dict(read_prepared_meta(path)["stats"])
+    g = zarr.open_group(str(path), mode="r")
+    adata = ad.AnnData(obs=ad.io.read_elem(g["obs"]), var=ad.io.read_elem(g["var"]))
+    labels = get_labels(adata, cfg.data.label_key)
+    k = _n_clusters(cfg.data.n_clusters, labels)
+    k_info = None
+    if k == "auto":  # chosen on a seeded sample of the store: the Leiden rule needs cells in memory
+        n = x.shape[0]
+        take = np.sort(np.random.default_rng(cfg.run.seed).choice(n, min(n, AUTO_K_MAX_CELLS), replace=False))
+        k, k_info = _auto_k(cfg, x.rows(take))
+        k_info["n_cells_used"] = int(len(take))
+    if k > x.shape[0]:
+        raise JojoInputError(f"--n-clusters {k} is larger than the number of cells ({x.shape[0]}); choose K <= "
+                             f"{x.shape[0]}")
+    return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names), source, k_info)
 
 
 def default_run_name(cfg: JojoConfig) -> str:
@@ -143,7 +203,7 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
         session = LocalSession(storage / name, on_report=progress,
                                device=("cuda" if (cfg.run.use_gpu or (cfg.run.use_gpu is None and torch.cuda.is_available())) else "cpu"))
         try:
-            train_worker(cfg, WorkerData(ArraySource(data.x), data.n_clusters, data.labels), session)
+            train_worker(cfg, WorkerData(as_source(data.x), data.n_clusters, data.labels), session)
         finally:
             progress.close()
         return load_state(session.checkpoint)
@@ -193,7 +253,7 @@ def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
     model = JojoSCL(state["n_genes"], state["n_clusters"], cfg.model.hidden_dims, cfg.model.latent_dim,
                     cfg.model.instance_dim, cfg.model.cluster_hidden)
     model.load_state_dict(chosen)
-    emb = embed(model, ArraySource(data.x))
+    emb = embed(model, as_source(data.x))
     labels, centroids = final_clustering(emb, data.n_clusters, cfg.eval.label_method, cfg.run.seed,
                                          cfg.eval.kmeans_restarts)
     history = state["history"]

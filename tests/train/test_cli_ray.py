@@ -33,4 +33,9 @@ def test_two_worker_ray_run(data_dir, tmp_path):
     assert res.obs["jojoscl_cluster"].nunique() == 8 and res.obsm["X_jojoscl"].shape == (420, 192)
     assert (out / "model" / "model.pt").exists() and (out / "config.yaml").exists()
     assert (out / "mlflow.db").exists()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].data.metrics["final_ari"] == pytest.approx(final["ari"])
     assert not any(p.name.startswith(".run.") for p in tmp_path.iterdir())  # staging and Ray storage cleaned

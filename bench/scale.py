@@ -1,0 +1,195 @@
+"""Scale benchmark: synthetic raw atlas -> prepare (out of core) -> one training epoch, streamed vs in memory.
+
+For each size N: write a raw Zarr atlas (N cells x G genes, CSR), prepare it into a store (G -> HVG), train one
+epoch on the store with Ray Train workers (streaming), and train one epoch in memory on a subset that fits (the
+existing path: materialise + ray.put) at the same global batch size. Every stage runs as a subprocess whose whole
+process tree (driver, raylet, Ray Train workers, ...) is sampled from /proc for its peak RSS.
+
+    PYTHONPATH=. python bench/scale.py --cells 100000 30000 --genes 20000 --workdir /tmp/scale --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+PY = sys.executable
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def _rss_and_name(pid: int) -> tuple[int, str] | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            rss = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+    return rss, cmd
+
+
+def _label(cmd: str) -> str:
+    if cmd.startswith("ray::"):
+        return cmd.split()[0]  # ray::RayTrainWorker, ray::TrainController, ray::IDLE, ...
+    for key in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env", "jojoscl_dist"):
+        if key in cmd:
+            return key
+    return cmd.split()[0].rsplit("/", 1)[-1] if cmd else "?"
+
+
+class TreeRSS:
+    """Peak RSS of every process under ``root`` (sampled every ``interval`` s)."""
+
+    def __init__(self, root: int, interval: float = 0.25):
+        self.root, self.interval = root, interval
+        self.peak: dict[int, tuple[int, str]] = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            kids = _children_map()
+            todo, seen = [self.root], set()
+            while todo:
+                pid = todo.pop()
+                if pid in seen:
+                    continue
+                seen.add(pid)
+                todo.extend(kids.get(pid, []))
+                got = _rss_and_name(pid)
+                if got and got[0] > self.peak.get(pid, (0, ""))[0]:
+                    label = "driver" if pid == self.root else _label(got[1])
+                    self.peak[pid] = (got[0], label)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._t.join()
+        by_label: dict[str, list[int]] = {}
+        for rss, label in self.peak.values():
+            by_label.setdefault(label, []).append(rss)
+        top = sorted(((v, k) for k, v in by_label.items()), key=lambda t: -max(t[0]))
+        return {"max_process_gib": max((r for r, _ in self.peak.values()), default=0) / 2**30,
+                "per_label_max_gib": {k: max(v) / 2**30 for v, k in top},
+                "per_label_count": {k: len(v) for v, k in top}}
+
+
+def run_stage(cmd: list[str], log: Path, timeout: float) -> dict:
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
+        mon = TreeRSS(p.pid)
+        try:
+            rc = p.wait(timeout=timeout)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            rss = mon.stop()
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({rc}); see {log}:\n{log.read_text()[-2000:]}")
+    return {"wall_s": wall, **rss}
+
+
+def write_subset_h5ad(raw: Path, n: int, dest: Path) -> None:
+    """The first n cells of a raw Zarr atlas as an in-memory-sized .h5ad (for the in-memory comparison)."""
+    import anndata as ad
+    import zarr
+
+    g = zarr.open_group(str(raw), mode="r")
+    x = ad.io.sparse_dataset(g["X"])[:n]
+    obs = ad.io.read_elem(g["obs"]).iloc[:n]
+    var = ad.io.read_elem(g["var"])
+    ad.AnnData(X=x, obs=obs, var=var).write_h5ad(dest)
+
+
+def train_cmd(data: Path, out: Path, args) -> list[str]:
+    return [PY, "-m", "jojoscl_dist.train", "--data", str(data), "--label-key", "cell_type", "--num-workers",
+            str(args.workers), "--epochs", "1", "--batch-size", str(args.batch_size), "--output", str(out),
+            "--no-tracking", "--overwrite", "-q"]
+
+
+def train_stats(out: Path, workers: int) -> dict:
+    m = json.loads((out / "metrics.json").read_text())
+    h = m["history"][0]
+    return {"epoch_time_s": h["epoch_time_s"], "cells_per_s_total": h["cells_per_s"],
+            "cells_per_s_per_worker": h["cells_per_s"] / max(1, workers), "eval_time_s": h.get("eval_time_s"),
+            "ari": m["final"].get("ari"), "n_cells": m["final"]["n_cells"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cells", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--genes", type=int, default=20_000)
+    ap.add_argument("--types", type=int, default=10)
+    ap.add_argument("--hvg", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--memory-cells", type=int, default=30_000, help="subset size of the in-memory comparison")
+    ap.add_argument("--workdir", default="/tmp/jojoscl-scale")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    results = {"command": " ".join([Path(PY).name, *sys.argv]), "machine": f"{platform.node()} "
+               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB", "sizes": []}
+    for n in args.cells:
+        d = work / f"n{n}"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+        raw, store = d / "raw.zarr", d / "prepared.zarr"
+        r: dict = {"cells": n, "genes": args.genes}
+        print(f"[{n}] generating", flush=True)
+        r["generate"] = run_stage([PY, "-m", "jojoscl_dist.data.synthetic", "--cells", str(n), "--genes",
+                                   str(args.genes), "--types", str(args.types), "--output", str(raw), "-q"],
+                                  d / "generate.log", 7200)
+        print(f"[{n}] preparing", flush=True)
+        r["prepare"] = run_stage([PY, "-m", "jojoscl_dist.prepare", "--input", str(raw), "--output", str(store),
+                                  "--n-top-genes", str(args.hvg), "-q"], d / "prepare.log", 7200)
+        r["prepare"]["cells_per_s"] = n / r["prepare"]["wall_s"]
+        r["store_gib"] = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2**30
+        print(f"[{n}] training on the store (streaming)", flush=True)
+        r["train_stream"] = run_stage(train_cmd(store, d / "run_stream", args), d / "train_stream.log", 7200)
+        r["train_stream"].update(train_stats(d / "run_stream", args.workers))
+        m = min(args.memory_cells, n)
+        print(f"[{n}] training in memory on {m} cells", flush=True)
+        sub = d / "subset.h5ad"
+        write_subset_h5ad(raw, m, sub)
+        r["train_memory"] = run_stage(train_cmd(sub, d / "run_memory", args), d / "train_memory.log", 7200)
+        r["train_memory"].update(train_stats(d / "run_memory", args.workers))
+        r["stream_vs_memory"] = r["train_stream"]["cells_per_s_per_worker"] / r["train_memory"]["cells_per_s_per_worker"]
+        results["sizes"].append(r)
+        print(json.dumps(r, indent=1), flush=True)
+        if not args.keep:
+            shutil.rmtree(raw, ignore_errors=True)
+            shutil.rmtree(store, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
