@@ -22,8 +22,10 @@ def test_default_space_covers_the_issue_keys_and_holds_the_defaults():
     t = to_tune(space)
     assert isinstance(t["loss"]["alpha"], ray_tune.search.sample.Float)
     # the default config lies inside the space, so it can run as the reference trial
-    point = default_point(JojoConfig(), space, nested=True)
-    assert point is not None and point["loss"]["tau_instance"] == 0.5 and point["model"]["mask_keep"] == 0.1
+    cfg = JojoConfig()
+    point = default_point(cfg, space, nested=True)
+    assert point is not None and point["loss"]["tau_instance"] == cfg.loss.tau_instance
+    assert point["model"]["mask_keep"] == cfg.model.mask_keep
 
 
 def test_trial_config_becomes_a_full_config(tmp_path):
