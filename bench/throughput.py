@@ -89,21 +89,26 @@ def loop_throughput(data: str, batch: int, epochs: int, threads: int) -> dict:
     from jojoscl_dist.train.loop import WorkerData, train_worker
     from jojoscl_dist.train.session import LocalSession
 
+    import jojoscl_dist
+
     x, y = load_pbmc(data)
     cfg = JojoConfig()
     cfg.optim.epochs, cfg.optim.batch_size = epochs, batch
+    gf_before = matmul_gflops(reps=6)
     cfg.eval.eval_every = 10 ** 6
     stamps: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         s = LocalSession(tmp, device="cpu", on_report=lambda m: stamps.append(time.perf_counter()))
         t0 = time.perf_counter()
         train_worker(cfg, WorkerData(ArraySource(x), len(np.unique(y)), y), s)
+    gf = (gf_before + matmul_gflops(reps=6)) / 2  # the machine is shared: the rate around this measurement
     cps = [m["cells_per_s"] for m in s.metrics[1:]]
     walls = np.diff([t0] + stamps)[1:-1]  # per-epoch wall incl. reporting/checkpoint, without the final eval
     return {"batch": batch, "cells_per_s": float(np.median(cps)), "cells_per_s_all": cps,
             "epoch_train_s": float(np.median([m["epoch_time_s"] for m in s.metrics[1:]])),
             "epoch_wall_s": float(np.median(walls)) if len(walls) else float("nan"),
-            "final_loss": s.metrics[-1]["loss"], "threads": torch.get_num_threads()}
+            "final_loss": s.metrics[-1]["loss"], "threads": torch.get_num_threads(), "gflops_around": gf,
+            "package": str(Path(jojoscl_dist.__file__).parent)}
 
 
 def profile_step(data: str, batch: int, steps: int, threads: int) -> dict[str, float]:
@@ -212,8 +217,9 @@ def sub(src: str, fn: str, *args) -> dict:
     """Run one measurement of this file in a subprocess on the checkout ``src``."""
     code = f"import sys, json; sys.path.insert(0, {str(REPO / 'bench')!r}); import throughput as T; " \
            f"print('RESULT', json.dumps(T.{fn}(*{args!r})))"
+    # cwd=src too: "python -c" puts the cwd first on sys.path, which would otherwise import this checkout.
     r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=src), capture_output=True,
-                       text=True, timeout=1800)
+                       text=True, timeout=1800, cwd=src)
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if not line:
         raise RuntimeError(r.stderr[-3000:])
@@ -252,9 +258,11 @@ def main(argv=None) -> int:
             for name, src in srcs.items():
                 m = sub(src, "loop_throughput", a.data, b, a.epochs, a.threads)
                 m["code"], m["repeat"] = name, r
+                m["ratio_local"] = m["cells_per_s"] / (m["gflops_around"] * 1e9 / flops_per_cell(n_genes, k, b)["total"])
                 res["loop"].append(m)
                 print(f"loop [{name}] batch {b}: {m['cells_per_s']:.0f} cells/s, epoch train {m['epoch_train_s']:.3f} s,"
-                      f" epoch wall {m['epoch_wall_s']:.3f} s, threads {m['threads']}", flush=True)
+                      f" epoch wall {m['epoch_wall_s']:.3f} s, threads {m['threads']}, matmul around {m['gflops_around']:.0f}"
+                      f" GFLOP/s -> {m['ratio_local']:.0%} of the bound at that rate [{m['package']}]", flush=True)
         gf.append(matmul_gflops())
         print(f"matmul fp32: {gf[-1]:.0f} GFLOP/s", flush=True)
     res["gflops"] = gf
@@ -265,11 +273,15 @@ def main(argv=None) -> int:
         bound = g * 1e9 / f["total"]
         got = {name: float(np.median([m["cells_per_s"] for m in res["loop"] if m["batch"] == b and m["code"] == name]))
                for name in srcs}
+        local = {name: float(np.median([m["ratio_local"] for m in res["loop"] if m["batch"] == b and m["code"] == name]))
+                 for name in srcs}
         res["bound"][b] = {"mflop_per_cell": f["total"] / 1e6, "flops": f, "bound_cells_per_s": bound,
+                           **{f"{n}_ratio_local": v for n, v in local.items()},
                            **{f"{n}_cells_per_s": v for n, v in got.items()},
                            **{f"{n}_ratio": v / bound for n, v in got.items()}}
         print(f"batch {b}: {f['total'] / 1e6:.2f} MFLOP/cell -> bound {bound:.0f} cells/s at {g:.0f} GFLOP/s; " +
-              ", ".join(f"{n} {v:.0f} ({v / bound:.0%})" for n, v in got.items()), flush=True)
+              ", ".join(f"{n} {v:.0f} ({v / bound:.0%}; median per-measurement ratio {local[n]:.0%})"
+                        for n, v in got.items()), flush=True)
     res["profile"] = {}
     for name, src in srcs.items():
         p = sub(src, "profile_step", a.data, a.batches[0], a.profile_steps, a.threads)
@@ -291,16 +303,19 @@ def write_docs(path: Path, res: dict) -> None:
     lines = ["## Speed", "", f"Machine: {res['machine']}. Command: `{res['command']}`.", "",
              f"fp32 matmul (2048^3): {', '.join(f'{v:.0f}' for v in res['gflops'])} GFLOP/s across the run "
              "(the machine is shared: the bound uses the median).", "",
-             "| batch | MFLOP/cell | bound cells/s | " + " | ".join(f"{n} cells/s (ratio)" for n in
+             "Ratio = cells/s / bound; 'local' divides each measurement by the bound at the matmul rate measured "
+             "just around it (robust to the load changing during the run).", "",
+             "| batch | MFLOP/cell | bound cells/s | " + " | ".join(f"{n} cells/s (ratio; local)" for n in
                                                                      sorted({m['code'] for m in res['loop']})) + " |",
              "|---|---|---|" + "---|" * len({m['code'] for m in res['loop']})]
     for b, r in res["bound"].items():
-        cols = [f"{r[f'{n}_cells_per_s']:.0f} ({r[f'{n}_ratio']:.0%})" for n in sorted({m['code'] for m in res['loop']})]
+        cols = [f"{r[f'{n}_cells_per_s']:.0f} ({r[f'{n}_ratio']:.0%}; {r[f'{n}_ratio_local']:.0%})" for n in sorted({m['code'] for m in res['loop']})]
         lines.append(f"| {b} | {r['mflop_per_cell']:.2f} | {r['bound_cells_per_s']:.0f} | " + " | ".join(cols) + " |")
     lines += ["", "Every loop measurement (median over epochs 2..E of the loop's own cells_per_s):", ""]
     for m in res["loop"]:
         lines.append(f"- {m['code']} batch {m['batch']} repeat {m['repeat']}: {m['cells_per_s']:.0f} cells/s, "
-                     f"epoch train {m['epoch_train_s']:.3f} s, epoch wall {m['epoch_wall_s']:.3f} s")
+                     f"epoch train {m['epoch_train_s']:.3f} s, epoch wall {m['epoch_wall_s']:.3f} s, matmul around "
+                     f"{m['gflops_around']:.0f} GFLOP/s, local ratio {m['ratio_local']:.0%}")
     for name, p in res["profile"].items():
         lines += ["", f"Profile ({name}), ms per step at batch {res['loop'][0]['batch']} and per-epoch costs:", "",
                   "| phase | ms |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in p.items()]
