@@ -76,6 +76,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     schedule: Literal["constant", "cosine"] = "constant"
     min_steps: int = 0  # if >0, raise epochs so that small datasets still get this many optimiser steps
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast forward passes (GPU speed option)
 
 
 @dataclass
@@ -96,6 +97,7 @@ class RunConfig:
     run_name: str | None = None
     storage_path: str | None = None  # Ray Train storage; default <output>/ray
     max_failures: int = 0
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always); see docs/benchmarks.md
     overwrite: bool = False
     tracking: bool = True
     tracking_uri: str | None = None  # default sqlite under the output directory

@@ -52,6 +52,8 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--selection", "eval.selection", str, "label-free model selection: last | silhouette | stability"),
     ("--label-method", "eval.label_method", str, "final labels: kmeans (on z) | head (argmax)"),
     ("--eval-every", "eval.eval_every", int, "epochs between evaluations"),
+    ("--checkpoint-every", "run.checkpoint_every", int, "epochs between checkpoints (the last one always)"),
+    ("--precision", "optim.precision", str, "fp32 | bf16 (autocast forward passes; a GPU speed option)"),
 ]
 
 

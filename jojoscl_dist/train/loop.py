@@ -60,6 +60,19 @@ def resolve_epochs(cfg: JojoConfig, n_cells: int) -> int:
     return epochs
 
 
+def make_adam(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Adam:
+    """Fused Adam (one kernel over all parameters; on CPU ~3x faster than foreach here), foreach as fallback."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # a device/dtype the fused kernel does not support
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast of the forward passes when asked (GPU speed option); a no-op context for fp32."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     rank, world = session.rank, session.world_size
     seed = cfg.run.seed
@@ -74,12 +87,14 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     key_encoder = make_key_encoder(model.encoder).to(session.device)
     net = session.prepare_model(model)  # DDP when distributed
     model = model.to(session.device)
-    opt = torch.optim.Adam(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay, foreach=True)
+    opt = make_adam(model, oc.lr, oc.weight_decay, session.device)
     steps_per_epoch = epoch_batch_count(data.source, oc.batch_size, world, rank, seed)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
              if oc.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     gen = torch.Generator(device=session.device).manual_seed(seed * 1000 + rank + 1)  # augmentation, per worker
     kmeans = BatchKMeans(k, niter=lc.kmeans_iters, seed=seed, warm_start=lc.kmeans_warm_start)
+    amp = autocast(session.device, oc.precision)
+    ckpt_every = max(1, cfg.run.checkpoint_every)
     selector = Selector(rule=cfg.eval.selection, seed=seed, max_cells=cfg.eval.max_eval_cells)
     best_model: dict | None = None
     history: list[dict] = []
@@ -108,7 +123,7 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
         t0 = time.perf_counter()
         net.train()
         key_encoder.train()
-        sums = {"loss": 0.0, "l_ins": 0.0, "l_clu": 0.0, "l_sure": 0.0}
+        sums = torch.zeros(4, dtype=torch.float64, device=session.device)  # loss, l_ins, l_clu, l_sure
         n_seen, n_steps = 0, 0
         # Streamed sources (prepared Zarr stores) read whole chunks ahead in a background thread.
         for rows in iter_epoch(data.source, oc.batch_size, world, rank, seed, epoch, cfg.data.shuffle_buffer_chunks,
@@ -116,9 +131,12 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
             x = torch.as_tensor(rows, device=session.device)
             xa = augment(x, mc.mask_keep, mc.noise_std, gen)
             xb = augment(x, mc.mask_keep, mc.noise_std, gen)
-            with torch.no_grad():
-                h_b = key_encoder(xb)
-            h_a, z_a, y_a, z_b, y_b = net(xa, h_b)
+            with amp:
+                with torch.no_grad():
+                    h_b = key_encoder(xb)
+                h_a, z_a, y_a, z_b, y_b = net(xa, h_b)
+            # Losses and k-means in fp32 (no-op casts unless precision is bf16).
+            h_a, z_a, y_a, z_b, y_b, h_b = (t.float() for t in (h_a, z_a, y_a, z_b, y_b, h_b))
             H_a, Z_a, Y_a = (D.gather_with_grad(t) for t in (h_a, z_a, y_a))
             Z_b, Y_b = D.gather_with_grad(z_b), D.gather_with_grad(y_b)
             l_ins = instance_contrastive_loss(Z_a, Z_b, lc.tau_instance)
@@ -144,12 +162,12 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
             step += 1
             n_seen += len(x)
             n_steps += 1
-            for name, v in (("loss", loss), ("l_ins", l_ins), ("l_clu", l_clu), ("l_sure", l_sure)):
-                sums[name] += float(v.detach())
-        metrics: dict[str, Any] = {k_: v / n_steps for k_, v in sums.items()}
+            # Accumulated on the device: one host sync per epoch instead of four per step.
+            sums += torch.stack([loss.detach(), l_ins.detach(), l_clu.detach(), l_sure.detach()]).double()
+        metrics: dict[str, Any] = dict(zip(("loss", "l_ins", "l_clu", "l_sure"), (sums / n_steps).tolist()))
         metrics = D.all_mean(metrics)
         train_time = time.perf_counter() - t0
-        metrics.update(epoch=epoch, step=step, epoch_time_s=train_time,
+        metrics.update(epoch=epoch, step=step, epoch_time_s=train_time, torch_threads=torch.get_num_threads(),
                        cells_per_s=n_seen * world / max(train_time, 1e-9), lr=opt.param_groups[0]["lr"])
         if not np.isfinite(metrics["loss"]):
             raise FloatingPointError(f"loss became {metrics['loss']} at epoch {epoch}: lower --lr")
@@ -171,6 +189,9 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
         metrics["best_epoch"] = selector.best_epoch
         history.append(metrics)
 
+        if (epoch + 1) % ckpt_every != 0 and not last:
+            session.report(metrics)
+            continue
         # Every worker's augmentation stream and global RNG states, so a resumed run continues the same streams.
         gen_states = D.all_gather_object(gen.get_state())
         global_states = D.all_gather_object(global_rng_state())
