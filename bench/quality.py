@@ -14,8 +14,11 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import shutil
+import tempfile
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.model import JojoSCL
 from jojoscl_dist.train.embed import embed, final_labels
-from jojoscl_dist.train.run import prepare_data, train
+from jojoscl_dist.train.run import default_storage, prepare_data, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # Table II of the paper (ARI, NMI): JojoSCL and ScCCL, for the sets that are theirs (METHOD.md s6).
@@ -78,8 +81,10 @@ def baselines(x: np.ndarray, truth: np.ndarray, k: int, seed: int) -> dict[str, 
     return out
 
 
-def run_one(name: str, seed: int, overrides: dict, epochs: int | None) -> dict:
+def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: Path) -> dict:
     cfg = JojoConfig()
+    # Own output path per run: train() resumes from (or refuses) checkpoints it finds under the output's storage.
+    cfg.run.output = str(workdir / f"{name}-s{seed}-{zlib.crc32(repr(sorted(overrides.items())).encode()):08x}")
     cfg.data.path = str(SHARED / f"{name}.h5ad")
     cfg.data.label_key = "cell_type"
     cfg.run.seed = seed
@@ -91,7 +96,9 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None) -> dict:
     t0 = time.perf_counter()
     data = prepare_data(cfg)
     state = train(cfg, data)
-    model = JojoSCL(state["n_genes"], state["n_clusters"])
+    shutil.rmtree(default_storage(cfg), ignore_errors=True)
+    model = JojoSCL(state["n_genes"], state["n_clusters"], cfg.model.hidden_dims, cfg.model.latent_dim,
+                    cfg.model.instance_dim, cfg.model.cluster_hidden)
     res: dict = {"dataset": name, "seed": seed, "n_cells": data.x.shape[0], "k": data.n_clusters}
     picks = {"last": state["model"]}
     if state.get("best_model") is not None:
@@ -115,6 +122,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--ablations", action="store_true", help="run every ablation variant too")
+    p.add_argument("--variants", default=None, help="comma list of ablation variants to run (default: full only, "
+                   f"or all with --ablations): {','.join(ABLATIONS)}")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--out", default="docs/quality")
     args = p.parse_args(argv)
@@ -122,11 +131,14 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore")
     names = sorted(f.stem for f in SHARED.glob("*.h5ad")) if args.datasets == "all" else args.datasets.split(",")
     variants = ABLATIONS if args.ablations else {"full": {}}
+    if args.variants:
+        variants = {v: ABLATIONS[v] for v in args.variants.split(",")}
     rows = []
+    workdir = Path(tempfile.mkdtemp(prefix="jojoscl-quality-"))
     for name in names:
         for seed in range(args.seeds):
             for variant, ov in variants.items():
-                r, data = run_one(name, seed, ov, args.epochs)
+                r, data = run_one(name, seed, ov, args.epochs, workdir)
                 r["variant"] = variant
                 if variant == "full" and not args.no_baselines:
                     for b, m in baselines(data.x, data.labels, data.n_clusters, seed).items():

@@ -92,6 +92,8 @@ def input_bytes(path: str | Path) -> int:
 
 def needs_prepare(path: str | Path, dc: DataConfig) -> bool:
     """Raw input too large to materialise: prepare it into a store and stream it."""
+    if not Path(path).exists():  # the reader raises the clear 'input not found' error
+        return False
     shape = raw_shape(path)
     return (shape is not None and shape[0] > dc.prepare_above_cells) or input_bytes(path) > dc.prepare_above_bytes
 
@@ -172,14 +174,14 @@ def prepare(input_path: str | Path, output: str | Path, *, n_top_genes: int = 20
 
 def _write_skeleton(tmp: Path, raw: RawInput, stats: PreprocessStats, kept: np.ndarray, source) -> None:
     """obs, var and uns through anndata (format 3); X is added afterwards, chunk by chunk."""
-    ad.settings.zarr_write_format = 3  # anndata 0.12 still writes format 2 by default
     obs = raw.obs.iloc[kept].copy()
     obs.index = obs.index.astype(str)
     var = pd.DataFrame(index=pd.Index(stats.gene_names, name=None))
     uns = {PREPARED_KEY: {"format_version": FORMAT_VERSION, "source": str(Path(source).resolve()),
                           "stats_json": json.dumps(stats.to_dict()),
                           "mean": np.asarray(stats.mean), "std": np.asarray(stats.std)}}
-    ad.AnnData(obs=obs, var=var, uns=uns).write_zarr(tmp)
+    with ad.settings.override(zarr_write_format=3):  # anndata 0.12 still writes format 2 by default; not global
+        ad.AnnData(obs=obs, var=var, uns=uns).write_zarr(tmp)
 
 
 def main(argv: list[str] | None = None) -> int:

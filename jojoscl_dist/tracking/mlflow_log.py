@@ -75,7 +75,6 @@ def log_run(cfg: JojoConfig, final: dict[str, Any], history: list[dict], output:
     from mlflow.entities import Metric, Param
 
     uri = tracking_uri(cfg, output)
-    mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg.run.experiment)
     if exp is None:
