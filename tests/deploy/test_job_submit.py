@@ -57,21 +57,42 @@ def ray_head():
         os.killpg(head.pid, signal.SIGKILL)
 
 
+def submit(address: str, env: dict, entrypoint: list[str]) -> subprocess.CompletedProcess:
+    cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--", *entrypoint]
+    deadline = time.time() + 120
+    while True:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+        # The head answers `job list` before its node's job agent has registered; a loaded machine can take a while.
+        if "No available agent" not in r.stderr or time.time() > deadline:
+            return r
+        time.sleep(3)
+
+
 @pytest.mark.ray
 def test_job_submit_trains(ray_head, data_dir, tmp_path):
     address, env = ray_head
     out = tmp_path / "job-run"
-    cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-           "python", "-m", "jojoscl_dist.train", "--data", str(data_dir / "Yan.h5ad"), "--label-key", "cell_type",
-           "--num-workers", "2", "--epochs", "5", "--output", str(out), "--no-tracking"]
-    deadline = time.time() + 120
-    while True:
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=REPO)
-        # The head answers `job list` before its node's job agent has registered; a loaded machine can take a while.
-        if "No available agent" not in r.stderr or time.time() > deadline:
-            break
-        time.sleep(3)
+    r = submit(address, env, ["python", "-m", "jojoscl_dist.train", "--data", str(data_dir / "Yan.h5ad"),
+                              "--label-key", "cell_type", "--num-workers", "2", "--epochs", "5", "--output",
+                              str(out), "--no-tracking"])
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "succeeded" in (r.stdout + r.stderr).lower()
     final = json.loads((out / "metrics.json").read_text())["final"]
     assert final["num_workers"] == 2 and final["n_clusters_found"] == 7 and final["epochs"] == 5
+
+
+@pytest.mark.ray
+def test_job_submit_sweep(ray_head, data_dir, tmp_path):
+    """A short sweep as a Ray job: the driver joins the head's cluster (RAY_ADDRESS), trials run as Train runs there."""
+    address, env = ray_head
+    out = tmp_path / "sweep"
+    r = submit(address, env, ["python", "-m", "tune.sweep", "--data", str(data_dir / "Yan.h5ad"), "--label-key",
+                              "cell_type", "--num-samples", "2", "--epochs", "3", "--scheduler", "fifo",
+                              "--output", str(out)])
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert "succeeded" in (r.stdout + r.stderr).lower()
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / "best.yaml").exists() and (out / "best_run" / "labels.csv").exists()
+    trials = (out / "trials.csv").read_text().strip().splitlines()
+    assert len(trials) == 1 + 2, trials  # header + one row per trial
+    assert summary["best_run_n_clusters_found"] == 7
