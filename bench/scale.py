@@ -125,10 +125,10 @@ def write_subset_h5ad(raw: Path, n: int, dest: Path) -> None:
     ad.AnnData(X=x, obs=obs, var=var).write_h5ad(dest)
 
 
-def train_cmd(data: Path, out: Path, args) -> list[str]:
+def train_cmd(data: Path, out: Path, args) -> list[str]:  # no plots: not what is measured
     return [PY, "-m", "jojoscl_dist.train", "--data", str(data), "--label-key", "cell_type", "--num-workers",
             str(args.workers), "--epochs", "1", "--batch-size", str(args.batch_size), "--output", str(out),
-            "--no-tracking", "--overwrite", "-q"]
+            "--no-tracking", "--no-plots", "--overwrite", "-q"]
 
 
 def train_stats(out: Path, workers: int) -> dict:

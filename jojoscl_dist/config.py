@@ -85,7 +85,7 @@ class EvalConfig:
     selection: SelectionRule = "last"  # label-free model selection rule
     label_method: LabelMethod = "kmeans"  # final labels: k-means on the instance embedding z, or head argmax
     kmeans_restarts: int = 10  # final k-means restarts (k-means++ seeded)
-    max_eval_cells: int = 20000  # subsample for selection scores on large atlases
+    max_eval_cells: int = 20000  # ours: in-training evaluations embed a seeded sample of this many cells (atlases)
 
 
 @dataclass

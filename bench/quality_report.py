@@ -1,0 +1,121 @@
+"""Render the quality benchmark's CSVs (bench/quality.py) as the markdown in docs/benchmarks.md ("Quality").
+
+    python -m bench.quality_report TABLE.csv [ABLATIONS.csv ...] [--out FILE.md]
+
+Tables: the main one (variant 'full': label-free pick, last epoch, oracle epoch, three baselines, the paper's
+values), the targets of the quality issue checked against it, and the ablations pivoted per variant. Rows of
+every CSV are pooled, so the 'full' runs of the main table serve as the ablations' reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.quality import PAPER, PAPER_SETS
+
+METHODS = [("pick", "label-free pick (default)"), ("last", "last epoch"), ("oracle", "oracle epoch (labels!)"),
+           ("kmeans_pca", "k-means PCA(50)"), ("leiden_1.0", "Leiden r=1"), ("leiden_K", "Leiden to K")]
+BASELINES = ["kmeans_pca", "leiden_1.0", "leiden_K"]
+PRESELECTED = {"10X_PBMC_top2000", "Bladder_top2000"}  # the paper used all genes; these files hold 2000
+
+
+def _ms(v: pd.Series) -> str:
+    return f"{v.mean():.3f}±{v.std(ddof=0):.3f}" if len(v) else "-"
+
+
+def main_table(df: pd.DataFrame) -> list[str]:
+    full = df[df["variant"] == "full"]
+    seeds = full.groupby("dataset")["seed"].nunique()
+    head = ("| dataset | cells | K | " + " | ".join(f"{label} ARI / NMI" for _, label in METHODS)
+            + " | paper JojoSCL | paper ScCCL | s/run |")
+    lines = [f"Mean ± sd over {seeds.min()}-{seeds.max()} seeds per data set.", "", head,
+             "|---|---|---|" + "---|" * (len(METHODS) + 3)]
+    for name, g in full.groupby("dataset", sort=True):
+        cells = [f"{_ms(g[f'{m}_ari'].dropna())} / {g[f'{m}_nmi'].mean():.3f}" if f"{m}_ari" in g and
+                 g[f"{m}_ari"].notna().any() else "-" for m, _ in METHODS]
+        paper = PAPER.get(name)
+        pj = f"{paper[0][0]:.3f} / {paper[0][1]:.3f}" if paper else "-"
+        ps = f"{paper[1][0]:.3f} / {paper[1][1]:.3f}" if paper else "-"
+        if paper and name in PRESELECTED:
+            pj += " (paper: all genes)"
+        lines.append(f"| {name} | {int(g['n_cells'].iloc[0])} | {int(g['k'].iloc[0])} | " + " | ".join(cells)
+                     + f" | {pj} | {ps} | {g['train_s'].mean():.0f} |")
+    per_set = full.groupby("dataset")
+    means = {m: per_set[f"{m}_ari"].mean().mean() for m, _ in METHODS if f"{m}_ari" in full}
+    nmis = {m: per_set[f"{m}_nmi"].mean().mean() for m, _ in METHODS if f"{m}_nmi" in full}
+    lines.append(f"| **mean over {full['dataset'].nunique()} sets** | | | "
+                 + " | ".join(f"**{means[m]:.3f}** / {nmis[m]:.3f}" if m in means else "-" for m, _ in METHODS)
+                 + " | | | |")
+    return lines
+
+
+def targets(df: pd.DataFrame) -> list[str]:
+    full = df[df["variant"] == "full"]
+    per = full.groupby("dataset")[["pick_ari", "pick_nmi"] + [f"{b}_ari" for b in BASELINES
+                                                             if f"{b}_ari" in full]].mean()
+    lines = ["| target | paper ARI / NMI | ours ARI / NMI (label-free) | ARI gap | met |", "|---|---|---|---|---|"]
+    for name in PAPER_SETS:
+        if name not in per.index:
+            continue
+        (pa, pn), _ = PAPER[name]
+        a, n = per.loc[name, "pick_ari"], per.loc[name, "pick_nmi"]
+        ok = a >= pa and n >= pn
+        lines.append(f"| {name}{' (2000 pre-selected genes)' if name in PRESELECTED else ''} | {pa:.3f} / {pn:.3f} | "
+                     f"{a:.3f} / {n:.3f} | {a - pa:+.3f} | {'yes' if ok else 'no'} |")
+    if all(f"{b}_ari" in per for b in BASELINES):
+        best_b = max(BASELINES, key=lambda b: per[f"{b}_ari"].mean())
+        bar = per[f"{best_b}_ari"].mean() + 0.05
+        ours = per["pick_ari"].mean()
+        lines.append(f"| mean ARI over {len(per)} sets >= best baseline ({best_b} {per[f'{best_b}_ari'].mean():.3f}) "
+                     f"+ 0.05 | {bar:.3f} | {ours:.3f} | {ours - bar:+.3f} | {'yes' if ours >= bar else 'no'} |")
+    return lines
+
+
+def ablation_table(df: pd.DataFrame) -> list[str]:
+    variants = [v for v in dict.fromkeys(df["variant"]) if v != "full"]
+    if not variants:
+        return []
+    sets = [s for s in PAPER_SETS if s in set(df.loc[df["variant"].isin(variants), "dataset"])]
+    order = ["full"] + variants
+    lines = ["| data set | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
+    for name in sets:
+        cells = []
+        for v in order:
+            g = df[(df["dataset"] == name) & (df["variant"] == v)]
+            cells.append(f"{_ms(g['pick_ari'])} / {g['pick_nmi'].mean():.3f}" if len(g) else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    mean = []
+    for v in order:
+        g = df[(df["variant"] == v) & df["dataset"].isin(sets)]
+        mean.append(f"**{g.groupby('dataset')['pick_ari'].mean().mean():.3f}**" if len(g) else "-")
+    lines.append("| **mean ARI** | " + " | ".join(mean) + " |")
+    return lines
+
+
+def render(csvs: list[Path]) -> str:
+    df = pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True)
+    out = ["### Table II, label-free", ""] + main_table(df) + ["", "### Targets of the quality issue", ""] + targets(df)
+    abl = ablation_table(df)
+    if abl:
+        out += ["", "### Ablations (label-free pick, ARI mean±sd / NMI, same seeds)", ""] + abl
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.quality_report")
+    p.add_argument("csv", nargs="+", type=Path)
+    p.add_argument("--out", type=Path)
+    a = p.parse_args(argv)
+    text = render(a.csv)
+    if a.out:
+        a.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
