@@ -18,6 +18,7 @@ import yaml
 InputScale = Literal["auto", "counts", "normalized", "log"]
 SureVariant = Literal["cross", "same"]
 LabelMethod = Literal["kmeans", "head"]
+KMeansBackend = Literal["torch", "faiss"]
 SelectionRule = Literal["stability", "silhouette", "last"]
 KRule = Literal["leiden", "silhouette"]
 
@@ -65,6 +66,7 @@ class LossConfig:
     sure_variant: SureVariant = "cross"  # ours: prior from the key view (METHOD.md s5.1)
     kmeans_iters: int = 10  # Lloyd iterations of the per-batch k-means
     kmeans_warm_start: bool = True  # carry centroids from the previous step (ours: speed)
+    kmeans_backend: KMeansBackend = "torch"  # per-batch Lloyd: torch on the model's device, or faiss (GPU/CPU)
     reference_compatible: bool = False  # reproduce the authors' quirks (comparison only)
 
 

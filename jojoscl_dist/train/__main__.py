@@ -49,6 +49,7 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--tau-instance", "loss.tau_instance", float, "instance temperature"),
     ("--tau-cluster", "loss.tau_cluster", float, "cluster temperature"),
     ("--sure-variant", "loss.sure_variant", str, "cross | same"),
+    ("--kmeans-backend", "loss.kmeans_backend", str, "per-batch k-means: torch (on the model device) | faiss"),
     ("--selection", "eval.selection", str, "label-free model selection: last | silhouette | stability"),
     ("--label-method", "eval.label_method", str, "final labels: kmeans (on z) | head (argmax)"),
     ("--eval-every", "eval.eval_every", int, "epochs between evaluations"),

@@ -92,7 +92,8 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
              if oc.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     gen = torch.Generator(device=session.device).manual_seed(seed * 1000 + rank + 1)  # augmentation, per worker
-    kmeans = BatchKMeans(k, niter=lc.kmeans_iters, seed=seed, warm_start=lc.kmeans_warm_start)
+    kmeans = BatchKMeans(k, niter=lc.kmeans_iters, seed=seed, warm_start=lc.kmeans_warm_start,
+                         backend=lc.kmeans_backend)
     amp = autocast(session.device, oc.precision)
     ckpt_every = max(1, cfg.run.checkpoint_every)
     selector = Selector(rule=cfg.eval.selection, seed=seed, max_cells=cfg.eval.max_eval_cells)

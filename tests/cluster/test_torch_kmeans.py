@@ -46,3 +46,20 @@ def test_kmeanspp_only_on_first_call_and_state_round_trip(monkeypatch):
     km2.load_state_dict(km.state_dict())
     assert isinstance(km.state_dict()["centroids"], np.ndarray)
     assert torch.equal(km2(torch.from_numpy(x)), km(torch.from_numpy(x))) and len(calls) == 1
+
+
+def test_faiss_backend_gives_the_same_batches_as_torch():
+    x, y = blobs()
+    runs = {}
+    for backend in ("torch", "faiss"):
+        km = BatchKMeans(5, niter=10, seed=0, backend=backend, gpu=False)
+        runs[backend] = [km(torch.from_numpy(x)).numpy() for _ in range(2)]  # k-means++ once, then warm start
+        assert score_labels(y, runs[backend][1])["ari"] == 1.0 and km.centroids.shape == (5, 16)
+    assert all(score_labels(a, b)["ari"] == 1.0 for a, b in zip(runs["torch"], runs["faiss"]))
+
+
+def test_unknown_backend_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="torch or faiss"):
+        BatchKMeans(3, backend="sklearn")
