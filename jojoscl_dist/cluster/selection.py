@@ -4,7 +4,10 @@ Scores (no labels involved):
 - ``silhouette``: mean cosine silhouette of the k-means labels on the instance embedding z (subsampled).
 - ``stability``: ARI between the k-means labels of this evaluation and of the previous one; a model whose
   clustering has stopped moving is preferred (METHOD.md s7 suggests stability-based selection).
-Rules: ``last`` (final epoch), ``silhouette`` (max), ``stability`` (max; ties -> later epoch).
+Rules: ``last`` (final epoch), ``silhouette`` (max), ``stability`` (max; ties -> later epoch). Evaluations before
+``min_epoch`` are scored and logged but cannot be picked: right after initialisation the embedding has a high
+silhouette for reasons unrelated to cell types (measured: the first evaluations won on human_kidney and PBMC and
+were the worst epochs there; docs/benchmarks.md, "Quality").
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ class Selector:
     rule: str = "last"
     seed: int = 0
     max_cells: int = 20000
+    min_epoch: int = 0
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
     best_value: float = -np.inf
@@ -37,7 +41,7 @@ class Selector:
                                if self._prev_labels is not None else 0.0)
         self._prev_labels = labels.copy()
         value = {"last": float(epoch), "silhouette": scores["silhouette"], "stability": scores["stability"]}[self.rule]
-        is_best = value >= self.best_value  # >=: ties go to the later epoch
+        is_best = epoch >= self.min_epoch and value >= self.best_value  # >=: ties go to the later epoch
         if is_best:
             self.best_epoch, self.best_value = epoch, value
         self.history.append({"epoch": epoch, **scores})

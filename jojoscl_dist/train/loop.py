@@ -96,7 +96,8 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
                          backend=lc.kmeans_backend)
     amp = autocast(session.device, oc.precision)
     ckpt_every = max(1, cfg.run.checkpoint_every)
-    selector = Selector(rule=cfg.eval.selection, seed=seed, max_cells=cfg.eval.max_eval_cells)
+    selector = Selector(rule=cfg.eval.selection, seed=seed, max_cells=cfg.eval.max_eval_cells,
+                        min_epoch=min(epochs - 1, int(cfg.eval.select_from * epochs)))
     # Large atlases: evaluations embed a fixed seeded sample (the final labels still cover every cell).
     eval_idx = eval_subset(data.source, cfg.eval.max_eval_cells, seed)
     eval_source = data.source if eval_idx is None else SubsetSource(data.source, eval_idx)
