@@ -33,6 +33,7 @@ class CountingSession(LocalSession):
 def cfg_for(epochs, **over):
     cfg = JojoConfig()
     cfg.optim.epochs, cfg.optim.batch_size, cfg.eval.eval_every = epochs, 64, 100
+    cfg.optim.lr = 1e-3  # a few epochs must show learning: the faster rate (the default 3e-4 suits 100 epochs)
     return cfg.override(over) if over else cfg
 
 
