@@ -120,6 +120,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--datasets", default=",".join(PAPER_SETS), help="comma list, or 'all'")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seed-list", default=None, help="comma list of seeds (overrides --seeds), e.g. to split the "
+                   "table over processes: one per seed")
+    p.add_argument("--skip", default="", help="comma list of dataset:seed already measured (not rerun)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--ablations", action="store_true", help="run every ablation variant too")
     p.add_argument("--variants", default=None, help="comma list of ablation variants to run (default: full only, "
@@ -135,8 +138,13 @@ def main(argv=None) -> None:
         variants = {v: ABLATIONS[v] for v in args.variants.split(",")}
     rows = []
     workdir = Path(tempfile.mkdtemp(prefix="jojoscl-quality-"))
-    for name in names:
-        for seed in range(args.seeds):
+    seeds = [int(v) for v in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
+    skip = set(args.skip.split(",")) if args.skip else set()
+    # Seed-major: a table cut short still covers every data set.
+    for seed in seeds:
+        for name in names:
+            if f"{name}:{seed}" in skip:
+                continue
             for variant, ov in variants.items():
                 r, data = run_one(name, seed, ov, args.epochs, workdir)
                 r["variant"] = variant
