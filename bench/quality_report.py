@@ -2,6 +2,9 @@
 
     python -m bench.quality_report TABLE.csv [ABLATIONS.csv ...] [--out FILE.md]
 
+A ``.log`` argument is bench/quality.py's printed output: its one-dict-per-run lines are read, so a table cut
+short (or split over processes) still renders.
+
 Tables: the main one (variant 'full': label-free pick, last epoch, oracle epoch, three baselines, the paper's
 values), the targets of the quality issue checked against it, and the ablations pivoted per variant. Rows of
 every CSV are pooled, so the 'full' runs of the main table serve as the ablations' reference.
@@ -76,28 +79,42 @@ def targets(df: pd.DataFrame) -> list[str]:
 
 
 def ablation_table(df: pd.DataFrame) -> list[str]:
+    """Data set x variant, on the seeds every variant of that data set has (the 'full' column included)."""
     variants = [v for v in dict.fromkeys(df["variant"]) if v != "full"]
     if not variants:
         return []
-    sets = [s for s in PAPER_SETS if s in set(df.loc[df["variant"].isin(variants), "dataset"])]
     order = ["full"] + variants
-    lines = ["| data set | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
-    for name in sets:
+    lines = ["| data set | seeds | " + " | ".join(order) + " |", "|---|---|" + "---|" * len(order)]
+    per_set: dict[str, dict[str, float]] = {}
+    for name in [s for s in PAPER_SETS if s in set(df.loc[df["variant"].isin(variants), "dataset"])]:
+        d = df[df["dataset"] == name]
+        seeds = set.intersection(*[set(d.loc[d["variant"] == v, "seed"]) for v in order])
+        if not seeds:
+            continue
+        d = d[d["seed"].isin(seeds)]
         cells = []
         for v in order:
-            g = df[(df["dataset"] == name) & (df["variant"] == v)]
-            cells.append(f"{_ms(g['pick_ari'])} / {g['pick_nmi'].mean():.3f}" if len(g) else "-")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    mean = []
-    for v in order:
-        g = df[(df["variant"] == v) & df["dataset"].isin(sets)]
-        mean.append(f"**{g.groupby('dataset')['pick_ari'].mean().mean():.3f}**" if len(g) else "-")
-    lines.append("| **mean ARI** | " + " | ".join(mean) + " |")
+            g = d[d["variant"] == v]
+            cells.append(f"{_ms(g['pick_ari'])} / {g['pick_nmi'].mean():.3f}")
+            per_set.setdefault(name, {})[v] = g["pick_ari"].mean()
+        lines.append(f"| {name} | {','.join(str(int(x)) for x in sorted(seeds))} | " + " | ".join(cells) + " |")
+    if per_set:
+        lines.append(f"| **mean ARI ({len(per_set)} sets)** | | "
+                     + " | ".join(f"**{np.mean([p[v] for p in per_set.values()]):.3f}**" for v in order) + " |")
     return lines
 
 
+def _read(p: Path) -> pd.DataFrame:
+    if p.suffix == ".log":
+        import ast
+
+        return pd.DataFrame([ast.literal_eval(line) for line in p.read_text().splitlines() if line.startswith("{")])
+    return pd.read_csv(p)
+
+
 def render(csvs: list[Path]) -> str:
-    df = pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True)
+    df = pd.concat([_read(p) for p in csvs], ignore_index=True)
+    df = df.drop_duplicates(subset=["dataset", "seed", "variant"], keep="last")
     out = ["### Table II, label-free", ""] + main_table(df) + ["", "### Targets of the quality issue", ""] + targets(df)
     abl = ablation_table(df)
     if abl:

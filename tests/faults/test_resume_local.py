@@ -78,8 +78,9 @@ def test_resume_refuses_a_changed_config(data_dir, tmp_path, monkeypatch):
     with pytest.raises(Crash):
         run(cfg)
     monkeypatch.undo()
+    before = cfg.optim.lr
     cfg.optim.lr = 1e-2
-    with pytest.raises(JojoInputError, match=r"holds checkpoints of a different run \(optim.lr: 0.001 -> 0.01\)"):
+    with pytest.raises(JojoInputError, match=rf"holds checkpoints of a different run \(optim.lr: {before} -> 0.01\)"):
         run(cfg)
 
 
