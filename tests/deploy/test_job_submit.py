@@ -59,11 +59,11 @@ def ray_head():
 
 def submit(address: str, env: dict, entrypoint: list[str]) -> subprocess.CompletedProcess:
     cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--", *entrypoint]
-    deadline = time.time() + 120
+    deadline = time.time() + 240
     while True:
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-        # The head answers `job list` before its node's job agent has registered; a loaded machine can take a while.
-        if "No available agent" not in r.stderr or time.time() > deadline:
+        # The head answers `job list` before its node's job agent has registered; a loaded machine can take minutes.
+        if "No available agent" not in r.stdout + r.stderr or time.time() > deadline:
             return r
         time.sleep(3)
 

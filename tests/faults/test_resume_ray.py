@@ -48,7 +48,7 @@ def cfg_for(data_dir, out: Path, workers: int, epochs: int, **run_kw) -> JojoCon
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_same_seed_same_labels_and_embeddings_one_ray_worker(data_dir, tmp_path, ray_cluster):
     a = run(cfg_for(data_dir, tmp_path / "a", 1, 3))
     b = run(cfg_for(data_dir, tmp_path / "b", 1, 3))
