@@ -31,7 +31,7 @@ import zarr
 from jojoscl_dist.config import DataConfig
 from jojoscl_dist.data.preprocess import PreprocessStats, compute_stats
 from jojoscl_dist.data.readers import read_input
-from jojoscl_dist.data.zarr_store import FORMAT_VERSION, PREPARED_KEY, is_prepared_store, is_zarr_group
+from jojoscl_dist.data.zarr_store import FORMAT_VERSION, PREPARED_KEY, commit_store, is_prepared_store, is_zarr_group
 from jojoscl_dist.errors import JojoInputError
 
 log = logging.getLogger(__name__)
@@ -157,12 +157,7 @@ def prepare(input_path: str | Path, output: str | Path, *, n_top_genes: int = 20
         with dask.config.set(scheduler="threads", num_workers=n_workers):
             da.store(xt, zx, lock=False)
         bar.close()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # consolidated metadata is a zarr-python extension in v3
-            zarr.consolidate_metadata(str(tmp))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        commit_store(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

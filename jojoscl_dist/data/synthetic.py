@@ -122,6 +122,8 @@ def write_raw_zarr(spec: AtlasSpec, path: str | Path, chunk_size: int = 1000, pr
     import zarr
     from tqdm import tqdm
 
+    from jojoscl_dist.data.zarr_store import commit_store
+
     out = Path(path).resolve()
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (pass --overwrite to replace it)")
@@ -159,12 +161,7 @@ def write_raw_zarr(spec: AtlasSpec, path: str | Path, chunk_size: int = 1000, pr
         ad.io.write_elem(root, "uns", {"source": f"jojoscl_dist synthetic atlas {spec}"})
         for empty in ("obsm", "varm", "obsp", "varp", "layers"):
             ad.io.write_elem(root, empty, {})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            zarr.consolidate_metadata(str(tmp))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        commit_store(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -165,3 +165,18 @@ class ZarrSource:
             block = self.read_range(c0, min(c0 + self.chunk_rows, self.shape[0]))
             out[order[part_pos]] = block[sidx[part_pos] - c0]
         return out
+
+
+def commit_store(tmp: Path, out: Path) -> None:
+    """Consolidate a finished store's metadata and move it into place, replacing an older one: written under a
+    temporary name first, so a crash never leaves a store that looks complete."""
+    import os
+    import shutil
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # consolidated metadata is a zarr-python extension in v3
+        zarr.consolidate_metadata(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
