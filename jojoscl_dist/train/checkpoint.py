@@ -52,18 +52,35 @@ def set_global_rng_state(st: dict[str, Any]) -> None:
     random.setstate(st["python"])
 
 
-def latest_checkpoint(root: str | Path) -> Path | None:
-    """The newest readable checkpoint directory under ``root`` (Ray Train or LocalSession layout), or None.
+def checkpoints(root: str | Path) -> list[Path]:
+    """Checkpoint directories under ``root`` (Ray Train or LocalSession layout), newest first.
 
     Both name their folders so that name order is time order (checkpoint_<timestamp> / checkpoint_<counter>).
-    A folder without a complete state.pt (a copy cut short by a crash) is skipped.
     """
     root = Path(root)
     if not root.is_dir():
-        return None
-    for d in sorted((p for p in root.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name, reverse=True):
-        if (d / STATE_FILE).is_file():
-            return d
+        return []
+    return sorted((p for p in root.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name, reverse=True)
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest checkpoint directory under ``root`` holding a state.pt, or None."""
+    return next((d for d in checkpoints(root) if (d / STATE_FILE).is_file()), None)
+
+
+def latest_loadable(root: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint under ``root`` whose state.pt loads, with that state; None when there is none.
+
+    A driver killed while a worker was uploading can leave the newest folder with a truncated state.pt: it is
+    skipped (with a note), and the run resumes from the one before.
+    """
+    for d in checkpoints(root):
+        if not (d / STATE_FILE).is_file():
+            continue
+        try:
+            return d, load_state(d)
+        except Exception as e:  # truncated by a crash mid-copy
+            print(f"jojoscl: skipping unreadable checkpoint {d} ({e.__class__.__name__})", flush=True)
     return None
 
 

@@ -28,7 +28,8 @@ RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
 
 
 class RaySession(Session):
-    def __init__(self) -> None:
+    def __init__(self, resume_from: str | None = None) -> None:
+        self.resume_from = resume_from  # the checkpoint the driver announced (see resume_dir)
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
@@ -50,12 +51,20 @@ class RaySession(Session):
 
     @contextlib.contextmanager
     def resume_dir(self) -> Iterator[str | None]:
+        """The newer of Ray's checkpoint and the driver's.
+
+        Ray Train restores the last checkpoint its controller *registered* (its snapshot in storage); a driver
+        killed between a worker's upload and that registration leaves a newer complete checkpoint on disk, which
+        the driver found and announced. Within one fit (a worker restarted) Ray's is the newer one. Both layouts
+        name folders checkpoint_<timestamp>, so name order is time order.
+        """
         ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            yield None
+        own = self.resume_from
+        if ckpt is not None and (own is None or Path(ckpt.path).name >= Path(own).name):
+            with ckpt.as_directory() as d:
+                yield d
             return
-        with ckpt.as_directory() as d:
-            yield d
+        yield own
 
 
 def quiet_worker_logs() -> None:
@@ -79,7 +88,7 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     # A prepared store is opened by path (shared storage on a cluster); small data comes through the object store.
     source = ZarrSource(config["data_path"]) if config.get("data_path") else ArraySource(ray.get(config["data_ref"]))
     hook = config.get("fault_hook")
-    session = RaySession()
+    session = RaySession(config.get("resume_from"))
     if session.rank == 0 and not cfg.run.quiet:
         session.on_report = EpochProgress(resolve_epochs(cfg, source.shape[0]), mode="lines", stream=sys.stdout,
                                           prefix="")
@@ -118,8 +127,11 @@ def ensure_ray(num_workers: int, use_gpu: bool) -> None:
 
 
 def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name: str,
-            fault_hook: dict | None = None) -> tuple[str | None, Exception | None]:
-    """Run TorchTrainer; return (path of the latest checkpoint, error or None)."""
+            fault_hook: dict | None = None, resume_from: str | None = None) -> tuple[str | None, Exception | None]:
+    """Run TorchTrainer; return (path of the latest checkpoint, error or None).
+
+    ``resume_from``: the newest complete checkpoint the driver found under storage_path/name (or None).
+    """
     use_gpu = torch.cuda.is_available() if cfg.run.use_gpu is None else cfg.run.use_gpu
     n = cfg.run.num_workers
     ensure_ray(n, use_gpu)
@@ -128,6 +140,7 @@ def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name
     trainer = ray.train.torch.TorchTrainer(
         ray_train_loop,
         train_loop_config={"cfg": cfg.to_dict(), "n_clusters": n_clusters, "labels": labels, "fault_hook": fault_hook,
+                           "resume_from": resume_from,
                            **({"data_path": x.path} if isinstance(x, ZarrSource) else {"data_ref": ray.put(x)})},
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=n, use_gpu=use_gpu, resources_per_worker=per_worker),

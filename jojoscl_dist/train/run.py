@@ -25,7 +25,7 @@ from jojoscl_dist.errors import JojoInputError, TrackingError
 from jojoscl_dist.model import JojoSCL
 from jojoscl_dist.outputs import run_dir
 from jojoscl_dist.outputs.write_run import history_clean, write_run  # noqa: F401 - history_clean re-exported
-from jojoscl_dist.train.checkpoint import config_differences, latest_checkpoint, load_state
+from jojoscl_dist.train.checkpoint import config_differences, latest_loadable, load_state
 from jojoscl_dist.train.embed import embed, final_clustering
 from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
 from jojoscl_dist.train.progress import EpochProgress
@@ -195,7 +195,8 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
     """Train and return the final checkpoint state (a dict, see checkpoint.py)."""
     storage = default_storage(cfg)
     name = default_run_name(cfg)
-    done = check_resume(cfg, storage / name)
+    resume = check_resume(cfg, storage / name)
+    done = resume[1] if resume else None
     if done is not None and done["epoch"] >= resolve_epochs(cfg, data.x.shape[0]) - 1:
         return done  # finished earlier (e.g. its tracking step failed): nothing to train, no workers to start
     if cfg.run.num_workers <= 0:  # in-process, no Ray (tests, benchmarks, debugging); same checkpoint layout
@@ -212,7 +213,8 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
     if data.x.shape[0] < cfg.run.num_workers:
         raise JojoInputError(f"{data.x.shape[0]} cells cannot be shared among {cfg.run.num_workers} workers")
     try:
-        path, error = fit_ray(cfg, data.x, data.n_clusters, data.labels, str(storage), name, fault_hook)
+        path, error = fit_ray(cfg, data.x, data.n_clusters, data.labels, str(storage), name, fault_hook,
+                              resume_from=str(resume[0]) if resume else None)
     except Exception as e:  # TrainingFailedError wraps the worker's exception
         raise RuntimeError(f"training failed: {e}") from e
     if error is not None or path is None:
@@ -220,18 +222,19 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
     return load_state(path)
 
 
-def check_resume(cfg: JojoConfig, root: Path) -> dict | None:
-    """Before training: say when a run resumes from a checkpoint (returned), refuse one of a different config."""
-    ckpt = latest_checkpoint(root)
-    if ckpt is None:
+def check_resume(cfg: JojoConfig, root: Path) -> tuple[Path, dict] | None:
+    """Before training: say when a run resumes from a checkpoint (returned with its state), refuse one of a
+    different config."""
+    found = latest_loadable(root)
+    if found is None:
         return None
-    st = load_state(ckpt)
+    ckpt, st = found
     diffs = config_differences(st.get("config", {}), cfg.to_dict())
     if diffs:
         raise JojoInputError(f"{root} holds checkpoints of a different run ({'; '.join(diffs[:3])}): delete that "
                              f"folder to start over, or give this run another --run-name")
     print(f"jojoscl: resuming {root.name} from its checkpoint at epoch {st['epoch']} ({ckpt})", flush=True)
-    return st
+    return ckpt, st
 
 
 def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:

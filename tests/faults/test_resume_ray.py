@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jojoscl_dist.config import JojoConfig
-from jojoscl_dist.train.checkpoint import latest_checkpoint, load_state
+from jojoscl_dist.train.checkpoint import latest_checkpoint, latest_loadable, load_state
 from jojoscl_dist.train.run import default_run_name, default_storage, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,12 +140,14 @@ def test_driver_killed_then_relaunched_resumes(data_dir, tmp_path):
             pass
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()  # nothing committed
-    left = load_state(latest_checkpoint(ckpt_root))
+    left = latest_loadable(ckpt_root)[1]  # what the relaunch will announce
     assert seen["epoch"] <= left["epoch"] < epochs - 1
 
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming {ckpt_root.name} from its checkpoint at epoch {left['epoch']}" in r.stdout
+    # ... and the workers really start there, not from an older checkpoint Ray's snapshot had registered.
+    assert f"resumed from epoch {left['epoch']}" in r.stdout + r.stderr
     hist = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in hist] == list(range(epochs))
     # Epochs up to the kill were not retrained: their measured times come from before the kill.
