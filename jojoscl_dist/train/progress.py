@@ -48,7 +48,10 @@ class EpochProgress:
             self.bar.set_postfix_str(line.split(" ", 2)[2] if line.count(" ") >= 2 else line, refresh=False)
             self.bar.refresh()
         else:
-            print(self.prefix + line, file=self.stream, flush=True)
+            # write(), not print(): inside a Ray Train worker print() is patched to also log each line to the
+            # root logger (stderr), so every epoch line reached the driver twice.
+            self.stream.write(self.prefix + line + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -30,6 +30,8 @@ def test_two_worker_ray_run(data_dir, tmp_path):
     assert final["num_workers"] == 2 and final["n_clusters_found"] == 8
     assert final["ari"] > ARI_FLOOR
     assert [h["epoch"] for h in metrics["history"]] == list(range(30))
+    both = r.stdout + r.stderr  # rank 0's plain epoch line reaches the driver once (not also via Ray's print patch)
+    assert both.count(" epoch 7/30 loss ") == 1 and both.count(" epoch 30/30 loss ") == 1
     res = ad.read_h5ad(out / "results.h5ad")
     assert res.obs["jojoscl_cluster"].nunique() == 8 and res.obsm["X_jojoscl"].shape == (420, 192)
     assert (out / "model" / "model.pt").exists() and (out / "config.yaml").exists()
