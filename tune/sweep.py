@@ -39,8 +39,11 @@ log = logging.getLogger(__name__)
 
 OBJECTIVES = {  # name -> (reported metric, mode, supervised?)
     "label-free": ("select_silhouette", "max", False),
+    # Silhouette of the trial's clusters in PCA(50) of the input: a space shared by every trial (selection.py).
+    "label-free-input": ("select_input_silhouette", "max", False),
     "ari": ("eval_ari", "max", True),
 }
+LABEL_FREE_SCORES = ("select_silhouette", "select_input_silhouette", "select_stability")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha", help="asha stops weak trials early")
     p.add_argument("--search", choices=("optuna", "random"), default="optuna")
     p.add_argument("--objective", choices=tuple(OBJECTIVES), default="label-free",
-                   help="label-free: selection silhouette (default); ari: SUPERVISED, needs --label-key")
+                   help="label-free: silhouette in each trial's embedding (default); label-free-input: silhouette "
+                   "of its clusters in PCA of the input; ari: SUPERVISED, needs --label-key")
     p.add_argument("--space", help=f"search space YAML (default {DEFAULT_SPACE.name})")
     p.add_argument("--config", help="base JojoConfig YAML; the sampled values replace its fields")
     p.add_argument("--resources-per-trial", default="workers=1,cpu=1,gpu=0",
@@ -315,6 +319,10 @@ def trial_table(grid, callback, space: dict, metric: str, max_t: int,
         evals = [h for h in hist if metric in h]
         row[metric] = evals[-1][metric] if evals else np.nan  # the trial's final score (what the scheduler saw last)
         row[f"max_{metric}"] = max(h[metric] for h in evals) if evals else np.nan
+        for other in LABEL_FREE_SCORES:  # every label-free score side by side, whichever one is the objective
+            if other != metric:
+                last = [h for h in hist if other in h]
+                row[other] = last[-1][other] if last else np.nan
         ari = [h for h in hist if "eval_ari" in h]
         row["eval_ari"] = ari[-1]["eval_ari"] if ari else np.nan  # reported only; never used unless --objective ari
         row["loss"] = hist[-1]["loss"] if hist else np.nan

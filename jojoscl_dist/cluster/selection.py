@@ -4,6 +4,10 @@ Scores (no labels involved):
 - ``silhouette``: mean cosine silhouette of the k-means labels on the instance embedding z (subsampled).
 - ``stability``: ARI between the k-means labels of this evaluation and of the previous one; a model whose
   clustering has stopped moving is preferred (METHOD.md s7 suggests stability-based selection).
+- ``input_silhouette`` (when a reference is given): euclidean silhouette of the same labels in PCA(50) of the
+  evaluated cells' preprocessed expression. That space does not depend on the model, so unlike the silhouette in
+  z it compares across hyper-parameters (sweeps): a config that shrinks z into tight balls scores high in its own
+  z whatever it groups, but not here (measured on a PBMC sweep: docs/tune.md).
 Rules: ``last`` (final epoch), ``silhouette`` (max), ``stability`` (max; ties -> later epoch). Evaluations before
 ``min_epoch`` are scored and logged but cannot be picked: right after initialisation the embedding has a high
 silhouette for reasons unrelated to cell types (measured: the first evaluations won on human_kidney and PBMC and
@@ -29,14 +33,19 @@ class Selector:
     best_value: float = -np.inf
     _prev_labels: np.ndarray | None = None
 
-    def update(self, epoch: int, z: np.ndarray, labels: np.ndarray) -> tuple[dict, bool]:
-        """Score one evaluation; returns (scores, is_new_best)."""
+    def update(self, epoch: int, z: np.ndarray, labels: np.ndarray,
+               reference: np.ndarray | None = None) -> tuple[dict, bool]:
+        """Score one evaluation; returns (scores, is_new_best). z: (n, d) embedding, labels: (n,), reference:
+        (n, p) model-independent coordinates of the same cells (see ``input_reference``) or None."""
         n = len(labels)
         rng = np.random.default_rng(self.seed + epoch)
         idx = rng.choice(n, self.max_cells, replace=False) if n > self.max_cells else slice(None)
         scores: dict[str, float] = {}
         n_found = len(np.unique(labels[idx]))
         scores["silhouette"] = float(silhouette_score(z[idx], labels[idx], metric="cosine")) if 1 < n_found < len(labels[idx]) else -1.0
+        if reference is not None:
+            scores["input_silhouette"] = (float(silhouette_score(reference[idx], labels[idx]))
+                                          if 1 < n_found < len(labels[idx]) else -1.0)
         scores["stability"] = (float(adjusted_rand_score(self._prev_labels, labels))
                                if self._prev_labels is not None else 0.0)
         self._prev_labels = labels.copy()
@@ -55,3 +64,11 @@ class Selector:
         self.history = list(s["history"])
         self.best_epoch, self.best_value = int(s["best_epoch"]), float(s["best_value"])
         self._prev_labels = s.get("prev_labels")
+
+
+def input_reference(x: np.ndarray, seed: int, n_components: int = 50) -> np.ndarray:
+    """(n, G) preprocessed expression of the evaluated cells -> (n, min(50, n-1, G-1)) PCA coordinates (seeded)."""
+    from sklearn.decomposition import PCA
+
+    n_comp = max(1, min(n_components, x.shape[0] - 1, x.shape[1] - 1))
+    return PCA(n_components=n_comp, random_state=seed).fit_transform(np.asarray(x, dtype=np.float32))

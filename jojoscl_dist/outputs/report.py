@@ -91,6 +91,8 @@ def curves_png(history: list[dict[str, Any]], path: Path, selected_epoch: int | 
     evals = [h for h in history if "select_silhouette" in h]
     e_ep = [h["epoch"] + 1 for h in evals]
     for key, label, style in (("select_silhouette", "silhouette of k-means on z (label-free)", "o-"),
+                              ("select_input_silhouette", "silhouette of the same clusters in input PCA (label-free)",
+                               "d-"),
                               ("select_stability", "stability: ARI vs previous eval (label-free)", "s-"),
                               ("eval_ari", "ARI vs truth (not used to select)", "^--"),
                               ("eval_nmi", "NMI vs truth (not used to select)", "v--")):

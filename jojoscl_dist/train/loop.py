@@ -22,7 +22,7 @@ import torch
 
 from jojoscl_dist.cluster.kmeans import BatchKMeans, fit_kmeans
 from jojoscl_dist.cluster.metrics import score_labels
-from jojoscl_dist.cluster.selection import Selector
+from jojoscl_dist.cluster.selection import Selector, input_reference
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import SubsetSource, epoch_batch_count, eval_subset, iter_epoch
 from jojoscl_dist.losses import cluster_contrastive_loss, instance_contrastive_loss, sure_loss
@@ -103,6 +103,7 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     eval_source = data.source if eval_idx is None else SubsetSource(data.source, eval_idx)
     eval_truth = data.labels if (eval_idx is None or data.labels is None) else data.labels[eval_idx]
     best_model: dict | None = None
+    reference: np.ndarray | None = None
     history: list[dict] = []
     start_epoch, step = 0, 0
 
@@ -183,7 +184,9 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
             t1 = time.perf_counter()
             emb = embed(model, eval_source, session.device)
             labels = fit_kmeans(emb["z"], k, seed=seed, restarts=EVAL_KMEANS_RESTARTS)
-            scores, is_best = selector.update(epoch, emb["z"], labels)
+            if reference is None:  # once per run: PCA of the evaluated cells' input (fixed across epochs)
+                reference = input_reference(eval_source.rows(slice(0, eval_source.shape[0])), seed)
+            scores, is_best = selector.update(epoch, emb["z"], labels, reference)
             metrics.update({f"select_{n}": v for n, v in scores.items()})
             if is_best:
                 best_model = copy.deepcopy({n: t.cpu() for n, t in model.state_dict().items()})

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from jojoscl_dist.cluster.selection import Selector
+from jojoscl_dist.cluster.selection import Selector, input_reference
 
 
 def blobs(spread, seed=0):
@@ -44,3 +44,25 @@ def test_last_rule_picks_the_final_evaluation():
     for e, s in enumerate((0.1, 2.0)):
         sel.update(e, *blobs(s))
     assert sel.best_epoch == 1
+
+
+def test_input_silhouette_sees_a_wrong_grouping_that_a_collapsed_embedding_hides():
+    # Input: two far-apart cell types. A model that maps cells to two tight balls has a silhouette ~1 in its own
+    # z whatever it groups; in PCA of the input, a grouping that mixes the types scores far below the right one.
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (40, 20)), rng.normal(0, 1, (40, 20)) + 6]).astype(np.float32)
+    ref = input_reference(x, seed=0)
+    assert ref.shape == (80, 19)  # min(50, n - 1, G - 1) components
+    right = np.repeat([0, 1], 40)
+    wrong = np.tile([0, 1], 40)  # half of each type in each cluster
+    collapsed = lambda lab: np.eye(2)[lab] + rng.normal(0, 1e-3, (80, 2))  # noqa: E731
+    s_right, _ = Selector().update(0, collapsed(right), right, ref)
+    s_wrong, _ = Selector().update(0, collapsed(wrong), wrong, ref)
+    assert s_right["silhouette"] > 0.99 and s_wrong["silhouette"] > 0.99  # z cannot tell them apart
+    assert s_right["input_silhouette"] > 0.5 > 0.05 > s_wrong["input_silhouette"]
+
+
+def test_input_reference_is_seeded_pca():
+    x = np.random.default_rng(1).normal(size=(100, 300)).astype(np.float32)
+    a, b = input_reference(x, seed=3), input_reference(x, seed=3)
+    assert a.shape == (100, 50) and np.array_equal(a, b)
