@@ -56,13 +56,17 @@ def baselines(x: np.ndarray, truth: np.ndarray, k: int, seed: int) -> dict[str, 
     import scanpy as sc
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
+    from sklearn.neighbors import KNeighborsTransformer
 
     n_comp = min(50, x.shape[0] - 1, x.shape[1] - 1)
     pcs = PCA(n_components=n_comp, random_state=seed).fit_transform(x)
     out = {"kmeans_pca": score_labels(truth, KMeans(k, n_init=10, random_state=seed).fit_predict(pcs))}
     a = ad.AnnData(X=x)
     a.obsm["X_pca"] = pcs
-    sc.pp.neighbors(a, n_neighbors=15, use_rep="X_pca", random_state=seed)
+    # Exact 15-NN (what scanpy itself uses below 8,192 cells). Above that scanpy switches to pynndescent, whose
+    # 0.7 release returns a csr_array that scanpy 1.11.5 cannot read (.getnnz): it crashed on CITE_CBMC.
+    knn = KNeighborsTransformer(algorithm="brute", n_neighbors=min(15, x.shape[0] - 1))
+    sc.pp.neighbors(a, n_neighbors=15, use_rep="X_pca", random_state=seed, transformer=knn)
 
     def leiden(res: float) -> np.ndarray:
         sc.tl.leiden(a, resolution=res, random_state=seed, flavor="igraph", n_iterations=2, key_added="l")
