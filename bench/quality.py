@@ -116,6 +116,14 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
     evals = [h for h in state["history"] if "eval_ari" in h]
     best = max(evals, key=lambda h: h["eval_ari"])
     res["oracle_ari"], res["oracle_nmi"], res["oracle_epoch"] = best["eval_ari"], best["eval_nmi"], best["epoch"]
+    # Selection rules replayed on this run's own evaluations (evaluation-time ARI at the epoch each label-free
+    # score would pick after the warm-up; ties -> later epoch): compares the scores on the same footing.
+    min_epoch = min(state["epochs"] - 1, int(cfg.eval.select_from * state["epochs"]))
+    res["hist_last_ari"] = evals[-1]["eval_ari"]
+    for score in ("silhouette", "input_silhouette", "stability"):
+        cand = [h for h in evals if h["epoch"] >= min_epoch and f"select_{score}" in h]
+        if cand:
+            res[f"hist_{score}_ari"] = max(cand, key=lambda h: (h[f"select_{score}"], h["epoch"]))["eval_ari"]
     res["train_s"] = time.perf_counter() - t0
     return res, data
 
