@@ -61,9 +61,10 @@ def run(names: list[str], seeds: int, overrides: dict, out: Path, eval_every: in
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _pick(score: np.ndarray, ok: np.ndarray) -> int:
+def pick_index(score: np.ndarray, ok: np.ndarray) -> int:
+    """Index of the max of ``score`` among the indices ``ok`` (ties -> the later one, as Selector does)."""
     s = score[ok]
-    return int(ok[len(s) - 1 - np.argmax(s[::-1])])  # max; ties -> the later epoch, as Selector does
+    return int(ok[len(s) - 1 - np.argmax(s[::-1])])
 
 
 def rules(paths: list[Path], min_epochs: list[int]) -> str:
@@ -79,7 +80,7 @@ def rules(paths: list[Path], min_epochs: list[int]) -> str:
         for m in min_epochs:
             ok = np.flatnonzero(ep >= m - 1)
             for rule in ("silhouette", "stability"):
-                d[f"{rule[:4]}>={m}"].append(ari[_pick(np.array([e[f'select_{rule}'] for e in h]), ok)])
+                d[f"{rule[:4]}>={m}"].append(ari[pick_index(np.array([e[f'select_{rule}'] for e in h]), ok)])
     cols = ["last", "oracle"] + [f"{r}>={m}" for r in ("silh", "stab") for m in min_epochs]
     lines = ["| data set | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     means = collections.defaultdict(list)
@@ -99,7 +100,7 @@ def compare(base: Path, variant: Path, min_epoch: int = 20) -> str:
             ari = np.array([e["eval_ari"] for e in r["hist"]])
             ep = np.array([e["epoch"] for e in r["hist"]])
             sil = np.array([e["select_silhouette"] for e in r["hist"]])
-            out[(r["dataset"], r["seed"])] = (ari[-1], ari[_pick(sil, np.flatnonzero(ep >= min_epoch - 1))], ari.max())
+            out[(r["dataset"], r["seed"])] = (ari[-1], ari[pick_index(sil, np.flatnonzero(ep >= min_epoch - 1))], ari.max())
         return out
 
     b, v = load(base), load(variant)

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.defaults import pick_index
 from jojoscl_dist.cluster.metrics import score_labels
+from jojoscl_dist.cluster.selection import input_reference
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.model import JojoSCL
@@ -55,11 +57,9 @@ def baselines(x: np.ndarray, truth: np.ndarray, k: int, seed: int) -> dict[str, 
     import anndata as ad
     import scanpy as sc
     from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
     from sklearn.neighbors import KNeighborsTransformer
 
-    n_comp = min(50, x.shape[0] - 1, x.shape[1] - 1)
-    pcs = PCA(n_components=n_comp, random_state=seed).fit_transform(x)
+    pcs = input_reference(x, seed)  # PCA(50), the same space the input-space silhouette scores in
     out = {"kmeans_pca": score_labels(truth, KMeans(k, n_init=10, random_state=seed).fit_predict(pcs))}
     a = ad.AnnData(X=x)
     a.obsm["X_pca"] = pcs
@@ -119,11 +119,12 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
     # Selection rules replayed on this run's own evaluations (evaluation-time ARI at the epoch each label-free
     # score would pick after the warm-up; ties -> later epoch): compares the scores on the same footing.
     min_epoch = min(state["epochs"] - 1, int(cfg.eval.select_from * state["epochs"]))
-    res["hist_last_ari"] = evals[-1]["eval_ari"]
+    ari = np.array([h["eval_ari"] for h in evals])
+    ok = np.flatnonzero(np.array([h["epoch"] for h in evals]) >= min_epoch)
+    res["hist_last_ari"] = float(ari[-1])
     for score in ("silhouette", "input_silhouette", "stability"):
-        cand = [h for h in evals if h["epoch"] >= min_epoch and f"select_{score}" in h]
-        if cand:
-            res[f"hist_{score}_ari"] = max(cand, key=lambda h: (h[f"select_{score}"], h["epoch"]))["eval_ari"]
+        if len(ok) and all(f"select_{score}" in h for h in evals):
+            res[f"hist_{score}_ari"] = float(ari[pick_index(np.array([h[f"select_{score}"] for h in evals]), ok)])
     res["train_s"] = time.perf_counter() - t0
     return res, data
 

@@ -41,11 +41,10 @@ class Selector:
         rng = np.random.default_rng(self.seed + epoch)
         idx = rng.choice(n, self.max_cells, replace=False) if n > self.max_cells else slice(None)
         scores: dict[str, float] = {}
-        n_found = len(np.unique(labels[idx]))
-        scores["silhouette"] = float(silhouette_score(z[idx], labels[idx], metric="cosine")) if 1 < n_found < len(labels[idx]) else -1.0
+        defined = 1 < len(np.unique(labels[idx])) < len(labels[idx])  # silhouette needs 2..n-1 clusters
+        scores["silhouette"] = float(silhouette_score(z[idx], labels[idx], metric="cosine")) if defined else -1.0
         if reference is not None:
-            scores["input_silhouette"] = (float(silhouette_score(reference[idx], labels[idx]))
-                                          if 1 < n_found < len(labels[idx]) else -1.0)
+            scores["input_silhouette"] = float(silhouette_score(reference[idx], labels[idx])) if defined else -1.0
         scores["stability"] = (float(adjusted_rand_score(self._prev_labels, labels))
                                if self._prev_labels is not None else 0.0)
         self._prev_labels = labels.copy()
