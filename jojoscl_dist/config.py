@@ -89,6 +89,7 @@ class EvalConfig:
     label_method: LabelMethod = "kmeans"  # final labels: k-means on the instance embedding z, or head argmax
     kmeans_restarts: int = 10  # final k-means restarts (k-means++ seeded)
     max_eval_cells: int = 20000  # ours: in-training evaluations embed a seeded sample of this many cells (atlases)
+    final_fit_cells: int = 100000  # ours: on a prepared store, the final k-means fits on a seeded sample this size
 
 
 @dataclass

@@ -156,11 +156,13 @@ def write_raw_zarr(spec: AtlasSpec, path: str | Path, chunk_size: int = 1000, pr
         obs = pd.DataFrame({"cell_type": pd.Categorical.from_codes(types, [f"type{k}" for k in range(spec.n_types)])},
                            index=pd.Index([f"cell{i}" for i in range(spec.n_cells)]))
         var = pd.DataFrame(index=pd.Index([f"gene{j}" for j in range(spec.n_genes)]))
-        ad.io.write_elem(root, "obs", obs)
-        ad.io.write_elem(root, "var", var)
-        ad.io.write_elem(root, "uns", {"source": f"jojoscl_dist synthetic atlas {spec}"})
-        for empty in ("obsm", "varm", "obsp", "varp", "layers"):
-            ad.io.write_elem(root, empty, {})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the same zarr note, once per element
+            ad.io.write_elem(root, "obs", obs)
+            ad.io.write_elem(root, "var", var)
+            ad.io.write_elem(root, "uns", {"source": f"jojoscl_dist synthetic atlas {spec}"})
+            for empty in ("obsm", "varm", "obsp", "varp", "layers"):
+                ad.io.write_elem(root, empty, {})
         commit_store(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

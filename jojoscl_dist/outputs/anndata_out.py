@@ -65,6 +65,18 @@ def _plain(v: Any) -> Any:
     return v if isinstance(v, (int, float, str, bool)) else str(v)
 
 
+def cluster_categorical(labels: np.ndarray, cell_mask: np.ndarray | None = None) -> pd.Categorical:
+    """Integer cluster ids as a categorical with categories '0', '1', ..., '10' in numeric order; cells outside
+    ``cell_mask`` are missing. Built from codes, so no Python string per cell (atlases of millions of cells)."""
+    labels = np.asarray(labels)
+    ids, codes = np.unique(labels, return_inverse=True)
+    if cell_mask is not None:
+        full = np.full(len(cell_mask), -1, dtype=np.int64)
+        full[np.asarray(cell_mask, dtype=bool)] = codes
+        codes = full
+    return pd.Categorical.from_codes(codes, categories=[str(v) for v in ids])
+
+
 def annotate(adata: ad.AnnData, cell_mask: np.ndarray, labels: np.ndarray, embedding: np.ndarray,
              key: str = DEFAULT_KEY, uns: dict[str, Any] | None = None) -> ad.AnnData:
     """A copy of ``adata`` (all cells) with labels/embedding of the kept cells (``cell_mask``) filled in."""
@@ -73,14 +85,14 @@ def annotate(adata: ad.AnnData, cell_mask: np.ndarray, labels: np.ndarray, embed
         raise ValueError(f"shape mismatch: {adata.n_obs} cells, mask of {cell_mask.shape[0]} keeping "
                          f"{int(cell_mask.sum())}, {len(labels)} labels, {len(embedding)} embedding rows")
     out = adata.to_memory() if adata.isbacked else adata.copy()
-    full = np.full(adata.n_obs, None, dtype=object)
-    full[cell_mask] = np.asarray(labels).astype(str)
-    cats = sorted({str(v) for v in labels}, key=lambda s: (len(s), s))  # 0,1,..,10 in numeric order
     if key in out.obs.columns:
         out.obs = out.obs.drop(columns=[key])
-    out.obs[key] = pd.Categorical(full, categories=cats)
-    emb = np.full((adata.n_obs, embedding.shape[1]), np.nan, dtype=np.float32)
-    emb[cell_mask] = embedding
+    out.obs[key] = cluster_categorical(labels, cell_mask)
+    if cell_mask.all():  # every cell kept (always so for a prepared store): the embedding as given, maybe Dask
+        emb = embedding
+    else:
+        emb = np.full((adata.n_obs, embedding.shape[1]), np.nan, dtype=np.float32)
+        emb[cell_mask] = np.asarray(embedding)
     out.obsm[EMBEDDING_KEY] = emb
     out.uns["jojoscl"] = _plain({"obs_key": key, "embedding_key": EMBEDDING_KEY,
                                  "n_unassigned": int((~cell_mask).sum()), **(uns or {})})

@@ -38,7 +38,7 @@ def umap_2d(z: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     idx = np.sort(rng.choice(n, MAX_UMAP_CELLS, replace=False)) if n > MAX_UMAP_CELLS else np.arange(n)
     reducer = umap.UMAP(n_neighbors=min(15, max(2, len(idx) - 1)), min_dist=0.3, metric="cosine",
                         random_state=seed, n_jobs=1)
-    return idx, reducer.fit_transform(z[idx])
+    return idx, reducer.fit_transform(np.asarray(z[idx]))  # z may be a Dask array (atlases): read the sample only
 
 
 def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str) -> None:

@@ -31,7 +31,9 @@ def write_run(cfg: JojoConfig, data: "PreparedData", state: dict, chosen: dict, 
     try:
         obs = (data.adata.obs.loc[data.obs_names].copy() if data.adata.obs.index.is_unique
                else pd.DataFrame(index=data.obs_names))
-        obs["jojoscl_cluster"] = pd.Categorical(labels.astype(str))
+        obs["jojoscl_cluster"] = anndata_out.cluster_categorical(labels)
+        # NumPy arrays, or Dask arrays over the run's on-disk embedding (atlases): anndata writes those block
+        # by block, so results.h5ad never needs every cell's embedding in memory.
         res = ad.AnnData(obs=obs, obsm={"X_jojoscl": emb["z"], "X_jojoscl_h": emb["h"]})
         uns = {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
                "source": data.source}

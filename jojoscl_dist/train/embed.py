@@ -1,11 +1,19 @@
-"""Embedding all cells with a trained model (evaluation, final labels, prediction)."""
+"""Embedding all cells with a trained model (evaluation, final labels, prediction).
+
+In memory (``embed``: arrays of every cell), or for atlases on disk (``embed_to_zarr``: blocks written to a Zarr
+group as they are computed and read back as Dask arrays), so the driver's memory does not grow with the number of
+cells. ``final_clustering`` takes either: on Dask arrays, k-means fits its centroids on a seeded sample and then
+assigns every cell block by block.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from jojoscl_dist.cluster.kmeans import fit_kmeans, fit_kmeans_centroids
+from jojoscl_dist.cluster.kmeans import assign, fit_kmeans, fit_kmeans_centroids
 from jojoscl_dist.model.jojoscl import JojoSCL
 
 
@@ -25,6 +33,58 @@ def embed(model: JojoSCL, source, device: torch.device | str = "cpu", batch: int
     return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in outs.items()}
 
 
+@torch.no_grad()
+def embed_to_zarr(model: JojoSCL, source, path: str | Path, device: torch.device | str = "cpu",
+                  batch: int = 8192) -> dict:
+    """``embed`` for atlases: each block of rows goes straight into a Zarr group at ``path`` (arrays h, z, y,
+    chunked ``batch`` rows), so memory holds one block. Returns {'h','z','y'} as Dask arrays over that group."""
+    import dask.array as da
+    import zarr
+
+    was_training = model.training
+    model.eval()
+    n = source.shape[0]
+    group = zarr.open_group(str(path), mode="w")
+    arrays: dict = {}
+    for start in range(0, n, batch):
+        x = torch.as_tensor(np.array(source.rows(slice(start, min(start + batch, n))), dtype=np.float32), device=device)
+        for k, v in zip(("h", "z", "y"), model(x)):
+            v = v.float().cpu().numpy()
+            if k not in arrays:
+                arrays[k] = group.create_array(k, shape=(n, v.shape[1]), chunks=(batch, v.shape[1]), dtype="float32")
+            arrays[k][start:start + len(v)] = v
+    model.train(was_training)
+    return {k: da.from_zarr(a) for k, a in arrays.items()}
+
+
+def _blocks(a) -> list[tuple[int, int]]:
+    step = a.chunks[0][0] if hasattr(a, "chunks") and isinstance(a.chunks[0], tuple) else 8192
+    return [(s, min(s + step, a.shape[0])) for s in range(0, a.shape[0], step)]
+
+
+def _final_clustering_blocks(emb: dict, n_clusters: int, method: str, seed: int, restarts: int,
+                             fit_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """final_clustering on Dask arrays, one block in memory at a time (plus the k-means sample)."""
+    z = emb["z"]
+    n = z.shape[0]
+    if method == "head":
+        labels = np.concatenate([np.asarray(emb["y"][s:e]).argmax(axis=1) for s, e in _blocks(emb["y"])])
+        labels = labels.astype(np.int64)
+        sums = np.zeros((n_clusters, z.shape[1]), np.float64)
+        counts = np.zeros(n_clusters, np.int64)
+        for s, e in _blocks(z):
+            np.add.at(sums, labels[s:e], np.asarray(z[s:e], dtype=np.float64))
+            counts += np.bincount(labels[s:e], minlength=n_clusters)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return labels, (sums / counts[:, None]).astype(np.float32)  # NaN rows for empty clusters
+    # The centroids from a seeded sample (every cell when n <= fit_cells: then identical to the in-memory path).
+    take = (np.arange(n) if n <= fit_cells else
+            np.sort(np.random.default_rng(seed).choice(n, fit_cells, replace=False)))
+    _, centroids = fit_kmeans_centroids(np.asarray(z[take]), n_clusters, seed=seed, restarts=restarts)
+    labels = np.concatenate([assign(np.asarray(z[s:e]), centroids) for s, e in _blocks(z)])
+    return labels, centroids
+
+
 def final_labels(emb: dict[str, np.ndarray], n_clusters: int, method: str, seed: int, restarts: int) -> np.ndarray:
     """Cluster ids from k-means on the instance embedding z, or the cluster head's argmax."""
     if method == "head":
@@ -32,10 +92,15 @@ def final_labels(emb: dict[str, np.ndarray], n_clusters: int, method: str, seed:
     return fit_kmeans(emb["z"], n_clusters, seed=seed, restarts=restarts)
 
 
-def final_clustering(emb: dict[str, np.ndarray], n_clusters: int, method: str, seed: int,
-                     restarts: int) -> tuple[np.ndarray, np.ndarray]:
+def final_clustering(emb: dict, n_clusters: int, method: str, seed: int, restarts: int,
+                     fit_cells: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
     """(labels, centroids (K, d_z)): the labels of ``final_labels`` and the centroids in z that new cells are
-    assigned to (k-means: its final centroids; head: the mean z of each head cluster, NaN for empty ones)."""
+    assigned to (k-means: its final centroids; head: the mean z of each head cluster, NaN for empty ones).
+
+    ``emb`` from ``embed`` (NumPy: k-means on every cell) or ``embed_to_zarr`` (Dask: centroids fit on at most
+    ``fit_cells`` cells, then every cell assigned to its nearest centroid, block by block)."""
+    if not isinstance(emb["z"], np.ndarray):
+        return _final_clustering_blocks(emb, n_clusters, method, seed, restarts, fit_cells)
     if method == "head":
         labels = final_labels(emb, n_clusters, method, seed, restarts)
         return labels, cluster_means(emb["z"], labels, n_clusters)

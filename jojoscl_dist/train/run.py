@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from jojoscl_dist.model import JojoSCL
 from jojoscl_dist.outputs import run_dir
 from jojoscl_dist.outputs.write_run import history_clean, write_run  # noqa: F401 - history_clean re-exported
 from jojoscl_dist.train.checkpoint import config_differences, latest_loadable, load_state
-from jojoscl_dist.train.embed import embed, final_clustering
+from jojoscl_dist.train.embed import embed, embed_to_zarr, final_clustering
 from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
 from jojoscl_dist.train.progress import EpochProgress
 from jojoscl_dist.train.session import LocalSession
@@ -57,7 +58,7 @@ class PreparedData:
 class RunResult:
     output: Path
     labels: np.ndarray
-    embedding: np.ndarray
+    embedding: np.ndarray | None  # z of every cell; None for a prepared store (read results.h5ad obsm instead)
     metrics: dict[str, Any]
     history: list[dict] = field(default_factory=list)
 
@@ -256,9 +257,25 @@ def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
     model = JojoSCL(state["n_genes"], state["n_clusters"], cfg.model.hidden_dims, cfg.model.latent_dim,
                     cfg.model.instance_dim, cfg.model.cluster_hidden)
     model.load_state_dict(chosen)
-    emb = embed(model, as_source(data.x))
+    scratch = None
+    try:
+        if isinstance(data.x, ZarrSource):  # an atlas: embeddings go to disk, so memory stays flat in cells
+            scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.embedding-", dir=out.parent))
+            emb = embed_to_zarr(model, data.x, scratch / "embedding.zarr")
+        else:
+            emb = embed(model, as_source(data.x))
+        return _finish(cfg, data, state, chosen, emb, metrics_base={"time_prepare_s": t_prep, "time_train_s": t_train},
+                       out=out, t_start=t_start)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _finish(cfg: JojoConfig, data: PreparedData, state: dict, chosen: dict, emb: dict, metrics_base: dict,
+            out: Path, t_start: float) -> RunResult:
+    """Final labels, metrics, outputs and tracking of a trained run."""
     labels, centroids = final_clustering(emb, data.n_clusters, cfg.eval.label_method, cfg.run.seed,
-                                         cfg.eval.kmeans_restarts)
+                                         cfg.eval.kmeans_restarts, cfg.eval.final_fit_cells)
     history = state["history"]
     metrics: dict[str, Any] = {
         "n_cells": int(data.x.shape[0]), "n_genes": int(data.x.shape[1]), "n_clusters": data.n_clusters,
@@ -266,8 +283,7 @@ def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
         "selected_epoch": int(state["selector"]["best_epoch"]) if cfg.eval.selection != "last" else int(state["epoch"]),
         "selection_rule": cfg.eval.selection, "label_method": cfg.eval.label_method,
         "num_workers": cfg.run.num_workers, "seed": cfg.run.seed,
-        "k_rule": data.k_info["rule"] if data.k_info else "given",
-        "time_prepare_s": t_prep, "time_train_s": t_train,
+        "k_rule": data.k_info["rule"] if data.k_info else "given", **metrics_base,
     }
     if data.labels is not None:
         metrics.update(score_labels(data.labels, labels))
@@ -293,4 +309,4 @@ def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
     run_dir.mark_finished(out)
     if not cfg.run.storage_path:
         shutil.rmtree(default_storage(cfg), ignore_errors=True)  # finished: nothing left to resume
-    return RunResult(out, labels, emb["z"], metrics, history)
+    return RunResult(out, labels, emb["z"] if isinstance(emb["z"], np.ndarray) else None, metrics, history)

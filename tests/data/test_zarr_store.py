@@ -160,12 +160,20 @@ def test_large_raw_input_is_prepared_on_the_fly(tmp_path):
                                  "data.prepare_above_cells": 500, "data.store_chunk_rows": 128,
                                  "optim.epochs": 2, "optim.batch_size": 128, "run.num_workers": 0,
                                  "run.output": str(tmp_path / "out"), "run.tracking": False,
-                                 "eval.kmeans_restarts": 1})
+                                 "eval.kmeans_restarts": 1, "eval.final_fit_cells": 500})
     res = run(cfg)
     assert res.metrics["n_cells"] == 900 and res.metrics["n_genes"] == 100 and len(res.labels) == 900
     assert res.metrics["ari"] > 0.5  # three well-separated synthetic types
-    assert ad.read_h5ad(res.output / "results.h5ad").obsm["X_jojoscl"].shape == (900, 192)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw.zarr"]  # the run's store is cleaned up
+    # Atlas path: the embedding went to disk (not returned), final k-means fit on 500 cells, all 900 assigned.
+    assert res.embedding is None
+    results = ad.read_h5ad(res.output / "results.h5ad")
+    assert results.obsm["X_jojoscl"].shape == (900, 192) and results.obsm["X_jojoscl_h"].shape == (900, 128)
+    np.testing.assert_array_equal(results.obs["jojoscl_cluster"].astype(int).to_numpy(), res.labels)
+    annotated = ad.read_zarr(res.output / "raw.jojoscl.zarr")
+    np.testing.assert_array_equal(annotated.obsm["X_jojoscl"], results.obsm["X_jojoscl"])
+    assert list(annotated.obs["jojoscl_cluster"].cat.categories) == [str(c) for c in np.unique(res.labels)]
+    # the run's store and its on-disk embedding are cleaned up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw.zarr"]
 
 
 @pytest.mark.ray

@@ -1,0 +1,57 @@
+"""Embedding every cell: in memory, and on disk for atlases (blocks to Zarr, Dask back, k-means by blocks)."""
+
+import numpy as np
+import pytest
+import torch
+
+from jojoscl_dist.cluster.kmeans import assign
+from jojoscl_dist.cluster.metrics import score_labels
+from jojoscl_dist.data.loader import ArraySource
+from jojoscl_dist.model import JojoSCL
+from jojoscl_dist.train.embed import embed, embed_to_zarr, final_clustering
+
+
+def _blobs(n=3000, g=40, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, (k, g))
+    truth = rng.integers(0, k, n)
+    return (centres[truth] + rng.normal(0, 1, (n, g))).astype(np.float32), truth
+
+
+@pytest.fixture(scope="module")
+def model_and_data():
+    torch.manual_seed(0)
+    x, truth = _blobs()
+    return JojoSCL(x.shape[1], 4), x, truth
+
+
+def test_embed_to_zarr_matches_in_memory(model_and_data, tmp_path):
+    model, x, _ = model_and_data
+    mem = embed(model, ArraySource(x), batch=700)
+    disk = embed_to_zarr(model, ArraySource(x), tmp_path / "e.zarr", batch=700)
+    assert disk["z"].chunks[0][0] == 700 and disk["z"].shape == (3000, 192)  # written block by block
+    for k in ("h", "z", "y"):
+        np.testing.assert_array_equal(np.asarray(disk[k]), mem[k])
+
+
+@pytest.mark.parametrize("method", ["kmeans", "head"])
+def test_blockwise_final_clustering_equals_in_memory_when_the_sample_is_everything(model_and_data, tmp_path,
+                                                                                     method):
+    model, x, _ = model_and_data
+    mem = embed(model, ArraySource(x))
+    disk = embed_to_zarr(model, ArraySource(x), tmp_path / "e.zarr", batch=512)
+    lab_m, c_m = final_clustering(mem, 4, method, seed=1, restarts=2)
+    lab_d, c_d = final_clustering(disk, 4, method, seed=1, restarts=2, fit_cells=len(x))
+    np.testing.assert_array_equal(lab_d, lab_m)
+    np.testing.assert_allclose(c_d, c_m, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+def test_blockwise_kmeans_fits_a_sample_then_assigns_every_cell(tmp_path):
+    x, truth = _blobs(n=4000, g=192, k=5, seed=2)  # the "embedding" itself: well separated
+    import dask.array as da
+
+    emb = {"z": da.from_array(x, chunks=(333, 192))}
+    labels, centroids = final_clustering(emb, 5, "kmeans", seed=0, restarts=2, fit_cells=500)
+    assert labels.shape == (4000,) and centroids.shape == (5, 192)
+    np.testing.assert_array_equal(labels, assign(x, centroids))  # every cell: its nearest centroid
+    assert score_labels(truth, labels)["ari"] > 0.99
