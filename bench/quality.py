@@ -49,7 +49,8 @@ ABLATIONS = {
     "no_clu": {"loss.beta": 0.0},
     "ins_only": {"loss.beta": 0.0, "loss.w_sure": 0.0},
     "sure_same_view": {"loss.sure_variant": "same"},
-    "reference_compatible": {"loss.reference_compatible": True, "loss.tau_instance": 0.07},
+    "reference_compatible": {"loss.reference_compatible": True, "loss.tau_instance": 0.07,
+                             "model.mask_min_nonzero": 0.0},  # the reference's fixed 10% mask
 }
 
 
@@ -103,7 +104,8 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
     shutil.rmtree(default_storage(cfg), ignore_errors=True)
     model = JojoSCL(state["n_genes"], state["n_clusters"], cfg.model.hidden_dims, cfg.model.latent_dim,
                     cfg.model.instance_dim, cfg.model.cluster_hidden)
-    res: dict = {"dataset": name, "seed": seed, "n_cells": data.x.shape[0], "k": data.n_clusters}
+    res: dict = {"dataset": name, "seed": seed, "n_cells": data.x.shape[0], "k": data.n_clusters,
+                 "mask_keep": state["config"]["model"]["mask_keep"]}  # after the sparsity rule
     picks = {"last": state["model"]}
     if state.get("best_model") is not None:
         picks["pick"] = state["best_model"] if cfg.eval.selection != "last" else state["model"]

@@ -52,6 +52,8 @@ class ModelConfig:
     instance_dim: int = 192  # paper: instance head 128 -> 192 -> 192
     cluster_hidden: int = 64  # paper: cluster head 128 -> 64 -> K
     mask_keep: float = 0.1  # ref: inverted dropout p=0.9 -> keep 10%, survivors x10
+    mask_min_nonzero: float = 10.0  # ours: on sparse data raise the keep rate (<= 0.5) so a view keeps this many
+    #                                 of a cell's non-zero genes on average; 0 = the reference's fixed rate
     noise_std: float = 0.1  # ref: Gaussian noise N(0, 0.1^2)
     momentum: float = 0.5  # ref: theta_k <- m*theta_k + (1-m)*theta_q
 

@@ -42,6 +42,7 @@ class PreprocessStats:
     mean: np.ndarray  # (n_hvg,) mean of the log data
     std: np.ndarray  # (n_hvg,) std (ddof=1) of the log data
     clip: float | None = None
+    mean_nonzero: float | None = None  # mean number of non-zero HVG values per kept cell (sparsity of the data)
 
     @property
     def n_genes(self) -> int:
@@ -168,6 +169,7 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
     ss_norm = np.zeros(n_genes)
     s_log = np.zeros(n_genes)
     ss_log = np.zeros(n_genes)
+    nonzero = np.zeros(n_genes)  # cells with a non-zero value, per gene
     n_kept = int(cell_mask.sum())
     for start, stop, rows in iter_row_chunks(x, chunk_size):
         rows = _as_float(rows)
@@ -180,6 +182,7 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
         for acc_s, acc_ss, m in ((s_norm, ss_norm, normed), (s_log, ss_log, logged)):
             acc_s += np.asarray(m.sum(axis=0)).ravel()
             acc_ss += np.asarray(m.multiply(m).sum(axis=0) if sp.issparse(m) else (m * m).sum(axis=0)).ravel()
+        nonzero += np.asarray((logged != 0).sum(axis=0)).ravel()
         if progress is not None:
             progress(stop - start)
 
@@ -197,7 +200,8 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
     std[std == 0] = 1.0  # constant genes stay at 0 after centring (as scanpy)
     return PreprocessStats(input_scale=scale, n_input_cells=n_cells, n_input_genes=n_genes, cell_mask=cell_mask,
                            gene_names=[str(var_names[i]) for i in gene_index], gene_index=gene_index,
-                           target_sum=target_sum, mean=mean_l, std=std, clip=clip)
+                           target_sum=target_sum, mean=mean_l, std=std, clip=clip,
+                           mean_nonzero=float(nonzero[gene_index].sum() / n_kept))
 
 
 def _log_sparse_or_dense(rows, totals: np.ndarray, scale: str, target_sum: float):

@@ -24,6 +24,7 @@ from jojoscl_dist.data.readers import get_labels, read_input
 from jojoscl_dist.data.synthetic import demo_atlas
 from jojoscl_dist.errors import JojoInputError, TrackingError
 from jojoscl_dist.model import JojoSCL
+from jojoscl_dist.model.augment import effective_keep
 from jojoscl_dist.outputs import run_dir
 from jojoscl_dist.outputs.write_run import history_clean, write_run  # noqa: F401 - history_clean re-exported
 from jojoscl_dist.train.checkpoint import config_differences, latest_loadable, load_state
@@ -192,8 +193,22 @@ def default_storage(cfg: JojoConfig) -> Path:
     return out.parent / f".{out.name}.ray"
 
 
+def resolve_for_data(cfg: JojoConfig, data: PreparedData) -> JojoConfig:
+    """Settings that depend on the data, fixed before training (so checkpoints and config.yaml hold them): the
+    mask keep rate on sparse data (``effective_keep``)."""
+    keep = effective_keep(cfg.model.mask_keep, cfg.model.mask_min_nonzero, data.stats.mean_nonzero)
+    if keep == cfg.model.mask_keep:
+        return cfg
+    if not cfg.run.quiet:
+        print(f"jojoscl: sparse data ({data.stats.mean_nonzero:.0f} non-zero genes per cell on average): mask keep "
+              f"rate {cfg.model.mask_keep:g} -> {keep:.3g} (model.mask_min_nonzero = {cfg.model.mask_min_nonzero:g})",
+              flush=True)
+    return cfg.override({"model.mask_keep": keep})
+
+
 def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -> dict:
     """Train and return the final checkpoint state (a dict, see checkpoint.py)."""
+    cfg = resolve_for_data(cfg, data)
     storage = default_storage(cfg)
     name = default_run_name(cfg)
     resume = check_resume(cfg, storage / name)
@@ -246,6 +261,7 @@ def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
 
         check_tracking(cfg, out)
     data = prepare_data(cfg)
+    cfg = resolve_for_data(cfg, data)
     t_prep = time.perf_counter() - t_start
     if cfg.data.path is None:
         print(f"jojoscl: no --data given: training on the {data.source}", flush=True)

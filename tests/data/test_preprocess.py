@@ -48,6 +48,11 @@ def test_drops_empty_cells_and_genes():
     assert not st.cell_mask[3] and st.cell_mask.sum() == 29
     assert "g5" not in st.gene_names and st.n_genes == 10
     assert materialize(sp.csr_matrix(x), st).shape == (29, 10)
+    # sparsity of the model input: non-zero HVG values per kept cell, counted by hand; dense input agrees
+    kept = x[st.cell_mask][:, st.gene_index]
+    assert st.mean_nonzero == pytest.approx((kept > 0).sum() / 29)
+    dense = compute_stats(x, [f"g{i}" for i in range(20)], n_top_genes=10, chunk_size=7)
+    assert dense.mean_nonzero == pytest.approx((x[dense.cell_mask][:, dense.gene_index] > 0).sum() / 29)
 
 
 def test_log_scale_input_detected():

@@ -48,6 +48,7 @@ def test_prepare_matches_in_memory_materialize(data_dir, brain_store):
     st = PreprocessStats.from_dict(read_prepared_meta(brain_store)["stats"])
     np.testing.assert_allclose(st.mean, stats.mean)
     np.testing.assert_array_equal(st.gene_index, stats.gene_index)
+    assert st.mean_nonzero == pytest.approx(stats.mean_nonzero) and 0 < st.mean_nonzero < st.n_genes
     assert is_prepared_store(brain_store) and not is_prepared_store(data_dir / "Human_brain.h5ad")
     assert not [p for p in brain_store.parent.iterdir() if p.name.startswith(".")]  # no staging left
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from jojoscl_dist.model import JojoSCL, augment, momentum_update
@@ -50,3 +51,13 @@ def test_augment_keep_rate_noise_and_seed():
     assert torch.equal(a, augment(x, keep=0.1, noise_std=0.0, generator=g2))
     n = augment(torch.zeros(200, 100), keep=1.0, noise_std=0.1, generator=g1)
     assert abs(n.std().item() - 0.1) < 0.005
+
+
+def test_effective_keep_rises_only_on_sparse_data():
+    from jojoscl_dist.model.augment import effective_keep
+
+    assert effective_keep(0.1, 10.0, 180.0) == 0.1  # PBMC-like: 18 non-zeros kept per view already
+    assert effective_keep(0.1, 10.0, 69.0) == pytest.approx(10 / 69)  # Mouse-like: keep 10 of 69
+    assert effective_keep(0.1, 10.0, 20.0) == 0.5  # worm_neuron-like: capped at half the entries
+    assert effective_keep(0.1, 0.0, 20.0) == 0.1 and effective_keep(0.1, 10.0, None) == 0.1  # off / unknown
+    assert effective_keep(effective_keep(0.1, 10.0, 69.0), 10.0, 69.0) == pytest.approx(10 / 69)  # idempotent

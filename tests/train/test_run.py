@@ -1,0 +1,35 @@
+"""The run driver's data-dependent settings: the mask keep rate follows the sparsity of the data."""
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import yaml
+
+from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.train.run import run
+
+
+def _counts(n_cells: int, n_genes: int, rate: float, seed: int = 0) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    x = rng.poisson(rate, size=(n_cells, n_genes)).astype(np.float32)
+    x[:, 0] += 1  # no empty cells
+    obs = {"cell_type": np.array(["a", "b"])[rng.integers(0, 2, n_cells)]}
+    return ad.AnnData(X=sp.csr_matrix(x), obs=obs)
+
+
+@pytest.mark.parametrize("rate, sparse", [(0.02, True), (0.5, False)])
+def test_mask_keep_rises_on_sparse_data_and_is_recorded(tmp_path, capsys, rate, sparse):
+    path = tmp_path / "d.h5ad"
+    _counts(200, 300, rate).write_h5ad(path)
+    cfg = JojoConfig().override({"data.path": str(path), "data.label_key": "cell_type", "optim.epochs": 1,
+                                 "optim.batch_size": 100, "run.num_workers": 0, "run.tracking": False,
+                                 "run.plots": False, "run.output": str(tmp_path / "out"),
+                                 "eval.kmeans_restarts": 1})
+    run(cfg)
+    saved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["model"]["mask_keep"]
+    note = "sparse data" in capsys.readouterr().out
+    if sparse:  # ~7 non-zero genes per cell (6 + the forced one): keep 10 of them -> capped at 0.5
+        assert saved == 0.5 and note
+    else:  # ~120 non-zero genes per cell: the configured 10% already keeps 12
+        assert saved == 0.1 and not note
