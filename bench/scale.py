@@ -150,7 +150,8 @@ def main() -> None:
     ap.add_argument("--memory-cells", type=int, default=30_000, help="subset size of the in-memory comparison")
     ap.add_argument("--workdir", default="/tmp/jojoscl-scale")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the raw atlas and the store")
+    ap.add_argument("--reuse", action="store_true", help="skip generate + prepare where --keep left them")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -159,18 +160,21 @@ def main() -> None:
                f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB", "sizes": []}
     for n in args.cells:
         d = work / f"n{n}"
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir()
         raw, store = d / "raw.zarr", d / "prepared.zarr"
         r: dict = {"cells": n, "genes": args.genes}
-        print(f"[{n}] generating", flush=True)
-        r["generate"] = run_stage([PY, "-m", "jojoscl_dist.data.synthetic", "--cells", str(n), "--genes",
-                                   str(args.genes), "--types", str(args.types), "--output", str(raw), "-q"],
-                                  d / "generate.log", 7200)
-        print(f"[{n}] preparing", flush=True)
-        r["prepare"] = run_stage([PY, "-m", "jojoscl_dist.prepare", "--input", str(raw), "--output", str(store),
-                                  "--n-top-genes", str(args.hvg), "-q"], d / "prepare.log", 7200)
-        r["prepare"]["cells_per_s"] = n / r["prepare"]["wall_s"]
+        if args.reuse and store.exists() and raw.exists():  # re-measure training only (kept by --keep)
+            print(f"[{n}] reusing {raw} and {store}", flush=True)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+            print(f"[{n}] generating", flush=True)
+            r["generate"] = run_stage([PY, "-m", "jojoscl_dist.data.synthetic", "--cells", str(n), "--genes",
+                                       str(args.genes), "--types", str(args.types), "--output", str(raw), "-q"],
+                                      d / "generate.log", 7200)
+            print(f"[{n}] preparing", flush=True)
+            r["prepare"] = run_stage([PY, "-m", "jojoscl_dist.prepare", "--input", str(raw), "--output", str(store),
+                                      "--n-top-genes", str(args.hvg), "-q"], d / "prepare.log", 7200)
+            r["prepare"]["cells_per_s"] = n / r["prepare"]["wall_s"]
         r["store_gib"] = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2**30
         print(f"[{n}] training on the store (streaming)", flush=True)
         r["train_stream"] = run_stage(train_cmd(store, d / "run_stream", args), d / "train_stream.log", 7200)

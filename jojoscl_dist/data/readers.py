@@ -126,4 +126,8 @@ def get_labels(adata: ad.AnnData, label_key: str | None) -> np.ndarray | None:
     if col.isna().any():
         raise JojoInputError(f"--label-key {label_key!r} has {int(col.isna().sum())} missing values "
                              f"(fill or drop those cells, or run without --label-key)")
-    return col.astype(str).to_numpy()
+    # Strings shared per category (one object per label, not per cell): an atlas of millions of cells would
+    # otherwise hold a Python string for every cell.
+    cat = pd.Categorical(col)
+    names = np.array([str(v) for v in cat.categories], dtype=object)
+    return names[cat.codes]

@@ -29,8 +29,8 @@ def write_run(cfg: JojoConfig, data: "PreparedData", state: dict, chosen: dict, 
               labels: np.ndarray, centroids: np.ndarray, metrics: dict[str, Any], out: Path) -> None:
     stage = run_dir.staging_dir(out)
     try:
-        obs = (data.adata.obs.loc[data.obs_names].copy() if data.adata.obs.index.is_unique
-               else pd.DataFrame(index=data.obs_names))
+        kept = data.kept_mask  # positional (no lookup by name, no copy of the strings; atlases)
+        obs = data.adata.obs.copy(deep=False) if kept.all() else data.adata.obs.iloc[np.flatnonzero(kept)].copy()
         obs["jojoscl_cluster"] = anndata_out.cluster_categorical(labels)
         # NumPy arrays, or Dask arrays over the run's on-disk embedding (atlases): anndata writes those block
         # by block, so results.h5ad never needs every cell's embedding in memory.

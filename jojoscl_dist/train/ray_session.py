@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -137,6 +138,8 @@ def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name
     ensure_ray(n, use_gpu)
     total_cpu = int(ray.cluster_resources().get("CPU", 1))
     per_worker = {"CPU": max(1, (total_cpu - 1) // n)}  # torch threads follow the CPUs Ray grants a worker
+    if labels is not None:  # workers only score against the truth: int32 codes, 4 bytes a cell in every actor
+        labels = np.unique(labels, return_inverse=True)[1].astype(np.int32)
     trainer = ray.train.torch.TorchTrainer(
         ray_train_loop,
         train_loop_config={"cfg": cfg.to_dict(), "n_clusters": n_clusters, "labels": labels, "fault_hook": fault_hook,
