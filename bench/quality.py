@@ -22,6 +22,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bench.defaults import pick_index
 from jojoscl_dist.cluster.metrics import score_labels
@@ -86,7 +87,15 @@ def baselines(x: np.ndarray, truth: np.ndarray, k: int, seed: int) -> dict[str, 
     return out
 
 
+# The thread count this process was started with (OMP_NUM_THREADS). scanpy's neighbours (the Leiden baselines)
+# raise torch's OpenMP pool to every core as a side effect, so without re-pinning, every run after a process's
+# first one trained with 2 threads instead of 1: different numerics (so a (set, seed) row depended on what ran
+# before it in the process) and oversubscribed cores when processes run side by side.
+THREADS = torch.get_num_threads()
+
+
 def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: Path) -> dict:
+    torch.set_num_threads(THREADS)
     cfg = JojoConfig()
     # Own output path per run: train() resumes from (or refuses) checkpoints it finds under the output's storage.
     cfg.run.output = str(workdir / f"{name}-s{seed}-{zlib.crc32(repr(sorted(overrides.items())).encode()):08x}")
@@ -128,6 +137,7 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
         if len(ok) and all(f"select_{score}" in h for h in evals):
             res[f"hist_{score}_ari"] = float(ari[pick_index(np.array([h[f"select_{score}"] for h in evals]), ok)])
     res["train_s"] = time.perf_counter() - t0
+    res["torch_threads"] = torch.get_num_threads()
     return res, data
 
 
