@@ -121,11 +121,6 @@ def ensure_ray(num_workers: int, use_gpu: bool) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env={"env_vars": RAY_ENV})  # an existing cluster (ray job submit)
         return
-    # Our own local cluster: cap the task events its GCS keeps (Ray's default: the last 100,000 tasks, ~500 B each).
-    # The Train controller polls the workers every 0.1 s (above), so on a long epoch the GCS grew with the run's
-    # duration (54 -> 80 MB over a 7-minute 1M-cell epoch, docs/benchmarks.md "Scale"); a cluster's own GCS is
-    # left as configured.
-    os.environ.setdefault("RAY_task_events_max_num_task_in_gcs", "10000")
     cpus = os.cpu_count() or 1
     # Logical CPUs above physical: the Train controller needs a slot beside the workers (STACK-NOTES).
     ray.init(num_cpus=max(cpus, num_workers) + 1, log_to_driver=True, runtime_env={"env_vars": RAY_ENV},
