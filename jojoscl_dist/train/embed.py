@@ -18,22 +18,29 @@ from jojoscl_dist.model.jojoscl import JojoSCL
 
 
 @torch.no_grad()
-def embed(model: JojoSCL, source, device: torch.device | str = "cpu", batch: int = 8192) -> dict[str, np.ndarray]:
-    """Eval-mode forward over every row of ``source`` -> {'h': (n,128), 'z': (n,192), 'y': (n,K)}."""
+def _blocks_out(model: JojoSCL, source, device, batch: int):
+    """Eval-mode forward over ``source`` in row blocks: yields (start, {'h','z','y'} as NumPy float32)."""
     was_training = model.training
     model.eval()
     n = source.shape[0]
+    try:
+        for start in range(0, n, batch):
+            x = torch.as_tensor(np.array(source.rows(slice(start, min(start + batch, n))), dtype=np.float32),
+                                device=device)
+            yield start, {k: v.float().cpu().numpy() for k, v in zip(("h", "z", "y"), model(x))}
+    finally:
+        model.train(was_training)
+
+
+def embed(model: JojoSCL, source, device: torch.device | str = "cpu", batch: int = 8192) -> dict[str, np.ndarray]:
+    """Eval-mode forward over every row of ``source`` -> {'h': (n,128), 'z': (n,192), 'y': (n,K)}."""
     outs: dict[str, list[np.ndarray]] = {"h": [], "z": [], "y": []}
-    for start in range(0, n, batch):
-        x = torch.as_tensor(np.array(source.rows(slice(start, min(start + batch, n))), dtype=np.float32), device=device)
-        h, z, y = model(x)
-        for k, v in zip(("h", "z", "y"), (h, z, y)):
-            outs[k].append(v.float().cpu().numpy())
-    model.train(was_training)
+    for _, block in _blocks_out(model, source, device, batch):
+        for k, v in block.items():
+            outs[k].append(v)
     return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in outs.items()}
 
 
-@torch.no_grad()
 def embed_to_zarr(model: JojoSCL, source, path: str | Path, device: torch.device | str = "cpu",
                   batch: int = 8192) -> dict:
     """``embed`` for atlases: each block of rows goes straight into a Zarr group at ``path`` (arrays h, z, y,
@@ -41,24 +48,20 @@ def embed_to_zarr(model: JojoSCL, source, path: str | Path, device: torch.device
     import dask.array as da
     import zarr
 
-    was_training = model.training
-    model.eval()
     n = source.shape[0]
     group = zarr.open_group(str(path), mode="w")
     arrays: dict = {}
-    for start in range(0, n, batch):
-        x = torch.as_tensor(np.array(source.rows(slice(start, min(start + batch, n))), dtype=np.float32), device=device)
-        for k, v in zip(("h", "z", "y"), model(x)):
-            v = v.float().cpu().numpy()
+    for start, block in _blocks_out(model, source, device, batch):
+        for k, v in block.items():
             if k not in arrays:
                 arrays[k] = group.create_array(k, shape=(n, v.shape[1]), chunks=(batch, v.shape[1]), dtype="float32")
             arrays[k][start:start + len(v)] = v
-    model.train(was_training)
     return {k: da.from_zarr(a) for k, a in arrays.items()}
 
 
-def _blocks(a) -> list[tuple[int, int]]:
-    step = a.chunks[0][0] if hasattr(a, "chunks") and isinstance(a.chunks[0], tuple) else 8192
+def _row_blocks(a) -> list[tuple[int, int]]:
+    """(start, stop) of each row chunk of a Dask array."""
+    step = a.chunks[0][0]
     return [(s, min(s + step, a.shape[0])) for s in range(0, a.shape[0], step)]
 
 
@@ -68,11 +71,11 @@ def _final_clustering_blocks(emb: dict, n_clusters: int, method: str, seed: int,
     z = emb["z"]
     n = z.shape[0]
     if method == "head":
-        labels = np.concatenate([np.asarray(emb["y"][s:e]).argmax(axis=1) for s, e in _blocks(emb["y"])])
+        labels = np.concatenate([np.asarray(emb["y"][s:e]).argmax(axis=1) for s, e in _row_blocks(emb["y"])])
         labels = labels.astype(np.int64)
         sums = np.zeros((n_clusters, z.shape[1]), np.float64)
         counts = np.zeros(n_clusters, np.int64)
-        for s, e in _blocks(z):
+        for s, e in _row_blocks(z):
             np.add.at(sums, labels[s:e], np.asarray(z[s:e], dtype=np.float64))
             counts += np.bincount(labels[s:e], minlength=n_clusters)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -81,7 +84,7 @@ def _final_clustering_blocks(emb: dict, n_clusters: int, method: str, seed: int,
     take = (np.arange(n) if n <= fit_cells else
             np.sort(np.random.default_rng(seed).choice(n, fit_cells, replace=False)))
     _, centroids = fit_kmeans_centroids(np.asarray(z[take]), n_clusters, seed=seed, restarts=restarts)
-    labels = np.concatenate([assign(np.asarray(z[s:e]), centroids) for s, e in _blocks(z)])
+    labels = np.concatenate([assign(np.asarray(z[s:e]), centroids) for s, e in _row_blocks(z)])
     return labels, centroids
 
 
