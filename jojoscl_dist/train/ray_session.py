@@ -25,7 +25,7 @@ from jojoscl_dist.train.session import Session
 log = logging.getLogger(__name__)
 
 # ray.train.report is throttled by the controller's health-check interval (default 2 s per report).
-RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")}
 
 
 class RaySession(Session):
@@ -121,6 +121,12 @@ def ensure_ray(num_workers: int, use_gpu: bool) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env={"env_vars": RAY_ENV})  # an existing cluster (ray job submit)
         return
+    # Our own local cluster: keep the GCS's task-event table small. The Train controller polls every worker each
+    # health-check interval (0.1 s above), and the GCS kept ~3 KB of events per poll up to Ray's default of
+    # 100,000 tasks: +29 MB over a 7-minute run, so its memory grew with a run's duration. With 1,000 it levels
+    # off after ~1 minute at +5 MB (docs/benchmarks.md "Scale"); the dashboard still lists the latest 1,000 tasks.
+    # A cluster we join (RAY_ADDRESS) keeps its own settings.
+    os.environ.setdefault("RAY_task_events_max_num_task_in_gcs", "1000")
     cpus = os.cpu_count() or 1
     # Logical CPUs above physical: the Train controller needs a slot beside the workers (STACK-NOTES).
     ray.init(num_cpus=max(cpus, num_workers) + 1, log_to_driver=True, runtime_env={"env_vars": RAY_ENV},
