@@ -151,12 +151,38 @@ def render(csvs: list[Path]) -> str:
     return "\n".join(out) + "\n"
 
 
+def compare(before: list[Path], after: list[Path]) -> str:
+    """Label-free pick ARI / NMI of the 'full' runs, before vs after a change, on the (data set, seed) pairs both
+    measured: the check that a speed change leaves quality alone."""
+    def load(paths: list[Path]) -> pd.DataFrame:
+        df = pd.concat([_read(p) for p in paths], ignore_index=True)
+        df = df[df["variant"] == "full"].drop_duplicates(subset=["dataset", "seed"], keep="last")
+        return df.set_index(["dataset", "seed"])[["pick_ari", "pick_nmi", "oracle_ari", "train_s"]]
+
+    b, a = load(before), load(after)
+    both = b.join(a, how="inner", lsuffix="_before", rsuffix="_after")
+    lines = ["| data set | seeds | pick ARI before | after | pick NMI before | after | oracle ARI before | after | "
+             "train s before | after |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, g in both.groupby(level="dataset", sort=True):
+        seeds = ",".join(str(s) for s in g.index.get_level_values("seed"))
+        lines.append(f"| {name} | {seeds} | " + " | ".join(
+            f"{g[f'{c}_{w}'].mean():.3f}" if c != "train_s" else f"{g[f'{c}_{w}'].mean():.0f}"
+            for c in ("pick_ari", "pick_nmi", "oracle_ari", "train_s") for w in ("before", "after")) + " |")
+    m = both.groupby(level="dataset").mean()  # each data set weighs the same, whatever its seed count
+    lines.append(f"| **mean over {len(m)} sets** | {len(both)} runs | " + " | ".join(
+        f"**{m[f'{c}_{w}'].mean():.3f}**" if c != "train_s" else f"{m[f'{c}_{w}'].sum():.0f} (sum)"
+        for c in ("pick_ari", "pick_nmi", "oracle_ari", "train_s") for w in ("before", "after")) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.quality_report")
     p.add_argument("csv", nargs="+", type=Path)
     p.add_argument("--out", type=Path)
+    p.add_argument("--before", nargs="+", type=Path,
+                   help="compare: runs before a change (the positional files are the runs after it)")
     a = p.parse_args(argv)
-    text = render(a.csv)
+    text = compare(a.before, a.csv) if a.before else render(a.csv)
     if a.out:
         a.out.write_text(text)
     print(text)

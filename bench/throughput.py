@@ -135,6 +135,13 @@ def profile_step(data: str, batch: int, steps: int, threads: int) -> dict[str, f
         torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
     km = BatchKMeans(k, niter=lc.kmeans_iters)
     gen = torch.Generator().manual_seed(0)
+    try:  # the noise pool (absent in older checkouts measured with --baseline-src)
+        from jojoscl_dist.model import NoisePool
+        pool = NoisePool(batch * x.shape[1], mc.noise_std, gen, "cpu")
+    except ImportError:
+        pool = None
+    views = (lambda xb: augment(xb, mc.mask_keep, mc.noise_std, gen, pool)) if pool is not None else \
+        (lambda xb: augment(xb, mc.mask_keep, mc.noise_std, gen))
     src = ArraySource(x)
     T: dict[str, float] = {}
     idxs = [b for e in range(4) for b in epoch_batches(x.shape[0], batch, 1, 0, 0, e)]
@@ -150,8 +157,8 @@ def profile_step(data: str, batch: int, steps: int, threads: int) -> dict[str, f
         t = time.perf_counter()
         xb = torch.as_tensor(src.rows(idxs[i % len(idxs)]))
         t = lap("data_loading", t)
-        xa = augment(xb, mc.mask_keep, mc.noise_std, gen)
-        xk = augment(xb, mc.mask_keep, mc.noise_std, gen)
+        xa = views(xb)
+        xk = views(xb)
         t = lap("augmentation", t)
         with torch.no_grad():
             h_b = key(xk)
@@ -179,6 +186,10 @@ def profile_step(data: str, batch: int, steps: int, threads: int) -> dict[str, f
     labels = fit_kmeans(emb["z"], k, seed=0, restarts=L.EVAL_KMEANS_RESTARTS)
     Selector().update(0, emb["z"], labels)
     out["evaluation_per_eval_ms"] = 1e3 * (time.perf_counter() - t)
+    if pool is not None:
+        t = time.perf_counter()
+        pool.refill()
+        out["noise_refill_per_epoch_ms"] = 1e3 * (time.perf_counter() - t)
     state = {"model": model.state_dict(), "key_encoder": key.state_dict(), "optimizer": opt.state_dict(),
              "best_model": {n: v.clone() for n, v in model.state_dict().items()}}
     with tempfile.TemporaryDirectory() as tmp:

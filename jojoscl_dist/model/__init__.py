@@ -1,6 +1,6 @@
 """JojoSCL network: augmentation, encoder, heads, momentum key encoder (pure torch, no Ray)."""
 
-from jojoscl_dist.model.augment import augment
+from jojoscl_dist.model.augment import NoisePool, augment
 from jojoscl_dist.model.jojoscl import JojoSCL, momentum_update
 
-__all__ = ["augment", "JojoSCL", "momentum_update"]
+__all__ = ["NoisePool", "augment", "JojoSCL", "momentum_update"]

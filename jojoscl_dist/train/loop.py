@@ -26,7 +26,7 @@ from jojoscl_dist.cluster.selection import Selector, input_reference
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import SubsetSource, epoch_batch_count, eval_subset, iter_epoch
 from jojoscl_dist.losses import cluster_contrastive_loss, instance_contrastive_loss, sure_loss
-from jojoscl_dist.model import JojoSCL, augment, momentum_update
+from jojoscl_dist.model import JojoSCL, NoisePool, augment, momentum_update
 from jojoscl_dist.model.jojoscl import make_key_encoder
 from jojoscl_dist.train import distributed as D
 from jojoscl_dist.train.checkpoint import global_rng_state, load_state, save_state, set_global_rng_state
@@ -92,6 +92,8 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
              if oc.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     gen = torch.Generator(device=session.device).manual_seed(seed * 1000 + rank + 1)  # augmentation, per worker
+    local_batch = -(-oc.batch_size // world)
+    pool = NoisePool(local_batch * n_genes, mc.noise_std, gen, session.device) if mc.noise_std > 0 else None
     kmeans = BatchKMeans(k, niter=lc.kmeans_iters, seed=seed, warm_start=lc.kmeans_warm_start,
                          backend=lc.kmeans_backend)
     amp = autocast(session.device, oc.precision)
@@ -132,12 +134,14 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
         key_encoder.train()
         sums = torch.zeros(4, dtype=torch.float64, device=session.device)  # loss, l_ins, l_clu, l_sure
         n_seen, n_steps = 0, 0
+        if pool is not None:
+            pool.refill()  # from the generator's state at the epoch start: a resumed epoch reads the same noise
         # Streamed sources (prepared Zarr stores) read whole chunks ahead in a background thread.
         for rows in iter_epoch(data.source, oc.batch_size, world, rank, seed, epoch, cfg.data.shuffle_buffer_chunks,
                                cfg.data.prefetch_batches):
             x = torch.as_tensor(rows, device=session.device)
-            xa = augment(x, mc.mask_keep, mc.noise_std, gen)
-            xb = augment(x, mc.mask_keep, mc.noise_std, gen)
+            xa = augment(x, mc.mask_keep, mc.noise_std, gen, pool)
+            xb = augment(x, mc.mask_keep, mc.noise_std, gen, pool)
             with amp:
                 with torch.no_grad():
                     h_b = key_encoder(xb)

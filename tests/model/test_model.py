@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from jojoscl_dist.model import JojoSCL, augment, momentum_update
+from jojoscl_dist.model import JojoSCL, NoisePool, augment, momentum_update
 from jojoscl_dist.model.jojoscl import make_key_encoder
 
 
@@ -51,6 +51,61 @@ def test_augment_keep_rate_noise_and_seed():
     assert torch.equal(a, augment(x, keep=0.1, noise_std=0.0, generator=g2))
     n = augment(torch.zeros(200, 100), keep=1.0, noise_std=0.1, generator=g1)
     assert abs(n.std().item() - 0.1) < 0.005
+
+
+def test_noise_pool_values_windows_and_refresh():
+    g = torch.Generator().manual_seed(5)
+    pool = NoisePool(numel=6 * 50, std=0.1, generator=g, device="cpu", reads=4, refresh=8)
+    a = pool.take((6, 50))
+    assert a.shape == (6, 50) and pool.buf.numel() == 4 * 300
+    assert abs(pool.buf.std().item() - 0.1) < 0.01 and abs(pool.buf.mean().item()) < 0.01
+    # A window is consecutive pool values.
+    flat = pool.buf.tolist()
+    vals = a.flatten().tolist()
+    starts = [i for i in range(len(flat) - 299) if flat[i] == vals[0] and flat[i:i + 300] == vals]
+    assert len(starts) == 1
+    # Reads land at different offsets.
+    offs = {pool.offsets.randrange(pool.buf.numel() - 299) for _ in range(20)}
+    assert len(offs) > 10
+    # `refresh` reads redraw every value of the pool once.
+    before = pool.buf.clone()
+    pool.cursor = 0
+    for _ in range(8):
+        pool.take((6, 50))
+    assert (pool.buf != before).all()
+    # A batch larger than the pool is drawn fresh, with the right scale.
+    big = pool.take((40, 50))
+    assert big.shape == (40, 50) and abs(big.std().item() - 0.1) < 0.01
+
+
+def test_noise_pool_is_reproducible_from_the_generator_state():
+    def reads(g):
+        pool = NoisePool(numel=300, std=0.1, generator=g, device="cpu")
+        pool.refill()
+        return torch.stack([pool.take((6, 50)).clone() for _ in range(5)])
+
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    assert torch.equal(reads(g1), reads(g2))
+    state = g1.get_state()  # an epoch start: refill from a saved state reads the same noise
+    first = reads(g1)
+    g1.set_state(state)
+    assert torch.equal(first, reads(g1))
+    assert not torch.equal(first, reads(g1))  # and the stream moves on
+
+
+def test_augment_with_pool_adds_the_pool_window_and_leaves_the_pool_alone():
+    g = torch.Generator().manual_seed(2)
+    pool = NoisePool(numel=200 * 100, std=0.1, generator=g, device="cpu")
+    x = torch.ones(200, 100)
+    a = augment(x, keep=0.1, noise_std=0.1, generator=g, noise=pool)
+    snapshot = pool.buf.clone()
+    dropped = a[(a - 10.0).abs() > 1.0]  # entries far from 10 were masked: pure noise
+    assert 0.85 < dropped.numel() / a.numel() < 0.95 and abs(dropped.std().item() - 0.1) < 0.01
+    kept = a[(a - 10.0).abs() <= 1.0]
+    assert abs((kept - 10.0).std().item() - 0.1) < 0.02  # survivors x 1/keep plus noise
+    assert torch.equal(pool.buf, snapshot)  # the view was not written into the pool
+    full = augment(x, keep=1.0, noise_std=0.1, generator=g, noise=pool)
+    assert abs((full - 1.0).std().item() - 0.1) < 0.01
 
 
 def test_effective_keep_rises_only_on_sparse_data():
