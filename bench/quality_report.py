@@ -138,9 +138,30 @@ def _read(p: Path) -> pd.DataFrame:
     return pd.read_csv(p)
 
 
-def render(csvs: list[Path]) -> str:
+def fill_baselines(df: pd.DataFrame, sources: list[Path]) -> pd.DataFrame:
+    """Runs made with --no-baselines take the baseline columns of the same (data set, seed) from ``sources``.
+
+    The baselines see only the preprocessed matrix and the seed, so a change to training leaves them as they were.
+    """
+    src = pd.concat([_read(p) for p in sources], ignore_index=True)
+    cols = [c for b in BASELINES for c in (f"{b}_ari", f"{b}_nmi") if c in src]
+    src = src.dropna(subset=cols).drop_duplicates(subset=["dataset", "seed"], keep="last")
+    src = src.set_index(["dataset", "seed"])[cols]
+    df = df.copy()
+    for c in cols:
+        if c not in df:
+            df[c] = np.nan
+    key = pd.MultiIndex.from_frame(df[["dataset", "seed"]])
+    for c in cols:
+        df[c] = df[c].fillna(pd.Series(src[c].reindex(key).to_numpy(), index=df.index))
+    return df
+
+
+def render(csvs: list[Path], baselines_from: list[Path] | None = None) -> str:
     df = pd.concat([_read(p) for p in csvs], ignore_index=True)
     df = df.drop_duplicates(subset=["dataset", "seed", "variant"], keep="last")
+    if baselines_from:
+        df = fill_baselines(df, baselines_from)
     out = ["### Table II, label-free", ""] + main_table(df) + ["", "### Targets of the quality issue", ""] + targets(df)
     replay = selection_replay(df)
     if replay:
@@ -181,8 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--before", nargs="+", type=Path,
                    help="compare: runs before a change (the positional files are the runs after it)")
+    p.add_argument("--baselines-from", nargs="+", type=Path,
+                   help="fill the baseline columns of runs made with --no-baselines from these files")
     a = p.parse_args(argv)
-    text = compare(a.before, a.csv) if a.before else render(a.csv)
+    text = compare(a.before, a.csv) if a.before else render(a.csv, a.baselines_from)
     if a.out:
         a.out.write_text(text)
     print(text)
