@@ -98,6 +98,9 @@ class EvalConfig:
 class RunConfig:
     seed: int = 0
     num_workers: int = 1
+    # Ray CPUs per Train worker, which set its torch threads; None: the local cluster's CPUs shared out. The
+    # sweep's best-config rerun sets the trials' value: float results depend on the thread count.
+    cpus_per_worker: int | None = None
     use_gpu: bool | None = None  # None: use CUDA when available
     output: str = "runs/jojoscl"
     run_name: str | None = None

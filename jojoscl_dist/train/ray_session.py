@@ -143,7 +143,8 @@ def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name
     n = cfg.run.num_workers
     ensure_ray(n, use_gpu)
     total_cpu = int(ray.cluster_resources().get("CPU", 1))
-    per_worker = {"CPU": max(1, (total_cpu - 1) // n)}  # torch threads follow the CPUs Ray grants a worker
+    # torch threads follow the CPUs Ray grants a worker
+    per_worker = {"CPU": cfg.run.cpus_per_worker or max(1, (total_cpu - 1) // n)}
     if labels is not None:  # workers only score against the truth: int32 codes, 4 bytes a cell in every actor
         labels = np.unique(labels, return_inverse=True)[1].astype(np.int32)
     trainer = ray.train.torch.TorchTrainer(

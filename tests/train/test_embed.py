@@ -8,7 +8,7 @@ from jojoscl_dist.cluster.kmeans import assign
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.model import JojoSCL
-from jojoscl_dist.train.embed import embed, embed_to_zarr, final_clustering
+from jojoscl_dist.train.embed import _take_rows, embed, embed_to_zarr, final_clustering
 
 
 def _blobs(n=3000, g=40, k=4, seed=0):
@@ -55,3 +55,15 @@ def test_blockwise_kmeans_fits_a_sample_then_assigns_every_cell(tmp_path):
     assert labels.shape == (4000,) and centroids.shape == (5, 192)
     np.testing.assert_array_equal(labels, assign(x, centroids))  # every cell: its nearest centroid
     assert score_labels(truth, labels)["ari"] > 0.99
+
+
+def test_take_rows_reads_a_sorted_sample_chunk_by_chunk():
+    import dask.array as da
+
+
+    a = np.arange(1000 * 3, dtype=np.float32).reshape(1000, 3)
+    d = da.from_array(a, chunks=(64, 3))
+    take = np.sort(np.random.default_rng(0).choice(1000, 137, replace=False))
+    assert np.array_equal(_take_rows(d, take), a[take])
+    assert np.array_equal(_take_rows(d, np.array([0, 63, 64, 999])), a[[0, 63, 64, 999]])  # chunk edges
+    assert _take_rows(d, np.array([], dtype=np.int64)).shape == (0, 3)
