@@ -138,12 +138,16 @@ def _read(p: Path) -> pd.DataFrame:
     return pd.read_csv(p)
 
 
+def _read_all(paths: list[Path]) -> pd.DataFrame:
+    return pd.concat([_read(p) for p in paths], ignore_index=True)
+
+
 def fill_baselines(df: pd.DataFrame, sources: list[Path]) -> pd.DataFrame:
     """Runs made with --no-baselines take the baseline columns of the same (data set, seed) from ``sources``.
 
     The baselines see only the preprocessed matrix and the seed, so a change to training leaves them as they were.
     """
-    src = pd.concat([_read(p) for p in sources], ignore_index=True)
+    src = _read_all(sources)
     cols = [c for b in BASELINES for c in (f"{b}_ari", f"{b}_nmi") if c in src]
     src = src.dropna(subset=cols).drop_duplicates(subset=["dataset", "seed"], keep="last")
     src = src.set_index(["dataset", "seed"])[cols]
@@ -158,8 +162,7 @@ def fill_baselines(df: pd.DataFrame, sources: list[Path]) -> pd.DataFrame:
 
 
 def render(csvs: list[Path], baselines_from: list[Path] | None = None) -> str:
-    df = pd.concat([_read(p) for p in csvs], ignore_index=True)
-    df = df.drop_duplicates(subset=["dataset", "seed", "variant"], keep="last")
+    df = _read_all(csvs).drop_duplicates(subset=["dataset", "seed", "variant"], keep="last")
     if baselines_from:
         df = fill_baselines(df, baselines_from)
     out = ["### Table II, label-free", ""] + main_table(df) + ["", "### Targets of the quality issue", ""] + targets(df)
@@ -176,7 +179,7 @@ def compare(before: list[Path], after: list[Path]) -> str:
     """Label-free pick ARI / NMI of the 'full' runs, before vs after a change, on the (data set, seed) pairs both
     measured: the check that a speed change leaves quality alone."""
     def load(paths: list[Path]) -> pd.DataFrame:
-        df = pd.concat([_read(p) for p in paths], ignore_index=True)
+        df = _read_all(paths)
         df = df[df["variant"] == "full"].drop_duplicates(subset=["dataset", "seed"], keep="last")
         return df.set_index(["dataset", "seed"])[["pick_ari", "pick_nmi", "oracle_ari", "train_s"]]
 

@@ -70,7 +70,7 @@ class NoisePool:
 
     def __init__(self, numel: int, std: float, generator: torch.Generator, device: torch.device | str,
                  dtype: torch.dtype = torch.float32, reads: int = 4, refresh: int = 32) -> None:
-        self.numel, self.std, self.gen = numel, std, generator
+        self.std, self.gen = std, generator
         self.buf = torch.empty(max(1, reads) * numel, device=device, dtype=dtype)
         self.chunk = -(-self.buf.numel() // max(1, refresh))
         self.cursor = 0
