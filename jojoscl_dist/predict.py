@@ -32,7 +32,7 @@ from jojoscl_dist.data.readers import get_labels, read_input
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.outputs import anndata_out, bundle as bundle_mod
 from jojoscl_dist.outputs.bundle import ModelBundle
-from jojoscl_dist.train.embed import embed
+from jojoscl_dist.train.embed import cluster_features, embed
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +114,13 @@ def predict(b: ModelBundle, adata: ad.AnnData, chunk_size: int = 4096) -> Predic
     x, mask = preprocess_new(adata.X, b.stats, cols, chunk_size)
     if not mask.any():
         raise JojoInputError("every new cell has zero total counts: nothing to assign")
-    emb = embed(b.model(), ArraySource(x))
+    project = b.input_pca.project if (b.input_pca is not None and b.label_method != "head") else None
+    emb = embed(b.model(), ArraySource(x), project=project)
     if b.label_method == "head":
         labels = emb["y"].argmax(axis=1).astype(np.int64)
     else:
         ok = np.flatnonzero(np.isfinite(b.centroids).all(axis=1))  # clusters that held training cells
-        labels = ok[assign(emb["z"], b.centroids[ok])]
+        labels = ok[assign(cluster_features(emb), b.centroids[ok])]
     return Prediction(labels, emb["z"], mask, n_missing)
 
 

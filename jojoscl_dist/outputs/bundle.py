@@ -9,6 +9,8 @@ Contents (a torch-saved dict, schema ``SCHEMA``):
   centroids     (K, d_z) final cluster centroids in the instance embedding z (k-means centroids, or the mean z
                 of each head cluster); new cells go to the nearest one
   label_method  'kmeans' (nearest centroid) or 'head' (cluster-head argmax)
+  input_pca     None, or the input PCA projection (cluster/input_pca.py) whose coordinates follow z in the
+                centroids: (K, d_z + n_components); absent in older bundles (read as None)
   config        the resolved JojoConfig as a dict
   versions      jojoscl_dist, torch, python
 """
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from jojoscl_dist import __version__
+from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.preprocess import PreprocessStats
 from jojoscl_dist.errors import JojoInputError
@@ -44,6 +47,7 @@ class ModelBundle:
     config: JojoConfig
     versions: dict[str, str]
     schema: int = SCHEMA
+    input_pca: InputPCA | None = None
 
     @property
     def gene_names(self) -> list[str]:
@@ -60,7 +64,8 @@ class ModelBundle:
                 "n_genes": int(self.n_genes), "n_clusters": int(self.n_clusters),
                 "gene_names": self.gene_names, "preprocess": self.stats.to_dict(),
                 "centroids": np.asarray(self.centroids, dtype=np.float32), "label_method": self.label_method,
-                "config": self.config.to_dict(), "versions": dict(self.versions)}
+                "config": self.config.to_dict(), "versions": dict(self.versions),
+                "input_pca": self.input_pca.to_dict() if self.input_pca is not None else None}
 
 
 def versions() -> dict[str, str]:
@@ -109,4 +114,5 @@ def load(path: str | Path) -> ModelBundle:
     return ModelBundle(weights=d["weights"], n_genes=int(d["n_genes"]), n_clusters=int(d["n_clusters"]),
                        stats=stats, centroids=np.asarray(d["centroids"], dtype=np.float32),
                        label_method=str(d["label_method"]), config=JojoConfig.from_dict(d["config"]),
-                       versions=dict(d.get("versions", {})), schema=int(d["schema"]))
+                       versions=dict(d.get("versions", {})), schema=int(d["schema"]),
+                       input_pca=InputPCA.from_dict(d.get("input_pca")))

@@ -11,6 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.outputs import anndata_out, bundle, report, run_dir
 
@@ -26,7 +27,8 @@ def annotated_name(cfg: JojoConfig) -> str:
 
 
 def write_run(cfg: JojoConfig, data: "PreparedData", state: dict, chosen: dict, emb: dict[str, np.ndarray],
-              labels: np.ndarray, centroids: np.ndarray, metrics: dict[str, Any], out: Path) -> None:
+              labels: np.ndarray, centroids: np.ndarray, metrics: dict[str, Any], out: Path,
+              input_pca: InputPCA | None = None) -> None:
     stage = run_dir.staging_dir(out)
     try:
         kept = data.kept_mask  # positional (no lookup by name, no copy of the strings; atlases)
@@ -43,7 +45,7 @@ def write_run(cfg: JojoConfig, data: "PreparedData", state: dict, chosen: dict, 
 
         bundle.save(bundle.ModelBundle(weights=chosen, n_genes=state["n_genes"], n_clusters=state["n_clusters"],
                                        stats=data.stats, centroids=centroids, label_method=cfg.eval.label_method,
-                                       config=cfg, versions=bundle.versions()), stage / "model")
+                                       config=cfg, versions=bundle.versions(), input_pca=input_pca), stage / "model")
         cfg.save(stage / "config.yaml")
 
         ann_name = annotated_name(cfg)

@@ -52,6 +52,8 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--kmeans-backend", "loss.kmeans_backend", str, "per-batch k-means: torch (on the model device) | faiss"),
     ("--selection", "eval.selection", str, "label-free model selection: last | silhouette | stability"),
     ("--label-method", "eval.label_method", str, "final labels: kmeans (on z) | head (argmax)"),
+    ("--input-pca-weight", "eval.input_pca_weight", float, "weight of the input's PCA(50) coordinates beside z "
+     "in the final k-means (0 = z alone)"),
     ("--eval-every", "eval.eval_every", int, "epochs between evaluations"),
     ("--checkpoint-every", "run.checkpoint_every", int, "epochs between checkpoints (the last one always)"),
     ("--precision", "optim.precision", str, "fp32 | bf16 (autocast forward passes; a GPU speed option)"),

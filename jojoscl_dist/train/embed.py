@@ -18,33 +18,39 @@ from jojoscl_dist.model.jojoscl import JojoSCL
 
 
 @torch.no_grad()
-def _blocks_out(model: JojoSCL, source, device, batch: int):
-    """Eval-mode forward over ``source`` in row blocks: yields (start, {'h','z','y'} as NumPy float32)."""
+def _blocks_out(model: JojoSCL, source, device, batch: int, project=None):
+    """Eval-mode forward over ``source`` in row blocks: yields (start, {'h','z','y'} as NumPy float32), plus
+    'p' = ``project(rows)`` (the input's weighted PCA coordinates, ``cluster.input_pca``) when given."""
     was_training = model.training
     model.eval()
     n = source.shape[0]
     try:
         for start in range(0, n, batch):
-            x = torch.as_tensor(np.array(source.rows(slice(start, min(start + batch, n))), dtype=np.float32),
-                                device=device)
-            yield start, {k: v.float().cpu().numpy() for k, v in zip(("h", "z", "y"), model(x))}
+            rows = np.array(source.rows(slice(start, min(start + batch, n))), dtype=np.float32)
+            out = {k: v.float().cpu().numpy() for k, v in zip(("h", "z", "y"), model(torch.as_tensor(rows, device=device)))}
+            if project is not None:
+                out["p"] = project(rows)
+            yield start, out
     finally:
         model.train(was_training)
 
 
-def embed(model: JojoSCL, source, device: torch.device | str = "cpu", batch: int = 8192) -> dict[str, np.ndarray]:
-    """Eval-mode forward over every row of ``source`` -> {'h': (n,128), 'z': (n,192), 'y': (n,K)}."""
-    outs: dict[str, list[np.ndarray]] = {"h": [], "z": [], "y": []}
-    for _, block in _blocks_out(model, source, device, batch):
+def embed(model: JojoSCL, source, device: torch.device | str = "cpu", batch: int = 8192,
+          project=None) -> dict[str, np.ndarray]:
+    """Eval-mode forward over every row of ``source`` -> {'h': (n,128), 'z': (n,192), 'y': (n,K)}, and
+    'p': (n, n_components) with ``project`` (see ``_blocks_out``)."""
+    outs: dict[str, list[np.ndarray]] = {"h": [], "z": [], "y": []} | ({"p": []} if project is not None else {})
+    for _, block in _blocks_out(model, source, device, batch, project):
         for k, v in block.items():
             outs[k].append(v)
     return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in outs.items()}
 
 
 def embed_to_zarr(model: JojoSCL, source, path: str | Path, device: torch.device | str = "cpu",
-                  batch: int | None = None) -> dict:
+                  batch: int | None = None, project=None) -> dict:
     """``embed`` for atlases: each block of rows goes straight into a Zarr group at ``path`` (arrays h, z, y,
-    chunked ``batch`` rows), so memory holds one block. Returns {'h','z','y'} as Dask arrays over that group.
+    chunked ``batch`` rows), so memory holds one block. Returns {'h','z','y'} (and 'p' with ``project``) as Dask
+    arrays over that group.
 
     ``batch`` defaults to the source's chunk rows (one stored chunk per block; 2048 for a prepared store): an
     8192-row block held ~4 decoded chunks plus their activations, and raised the driver's peak by ~250 MB."""
@@ -55,7 +61,7 @@ def embed_to_zarr(model: JojoSCL, source, path: str | Path, device: torch.device
     batch = batch or int(getattr(source, "chunk_rows", 0)) or 8192
     group = zarr.open_group(str(path), mode="w")
     arrays: dict = {}
-    for start, block in _blocks_out(model, source, device, batch):
+    for start, block in _blocks_out(model, source, device, batch, project):
         for k, v in block.items():
             if k not in arrays:
                 arrays[k] = group.create_array(k, shape=(n, v.shape[1]), chunks=(batch, v.shape[1]), dtype="float32")
@@ -100,22 +106,34 @@ def _final_clustering_blocks(emb: dict, n_clusters: int, method: str, seed: int,
     # The centroids from a seeded sample (every cell when n <= fit_cells: then identical to the in-memory path).
     take = (np.arange(n) if n <= fit_cells else
             np.sort(np.random.default_rng(seed).choice(n, fit_cells, replace=False)))
-    _, centroids = fit_kmeans_centroids(_take_rows(z, take), n_clusters, seed=seed, restarts=restarts)
-    labels = np.concatenate([assign(np.asarray(z[s:e]), centroids) for s, e in _row_blocks(z)])
+    parts = [z] + ([emb["p"]] if "p" in emb else [])
+    sample = np.concatenate([_take_rows(a, take) for a in parts], axis=1)
+    _, centroids = fit_kmeans_centroids(sample, n_clusters, seed=seed, restarts=restarts)
+    del sample
+    labels = np.concatenate([assign(np.concatenate([np.asarray(a[s:e]) for a in parts], axis=1), centroids)
+                             for s, e in _row_blocks(z)])
     return labels, centroids
 
 
+def cluster_features(emb: dict[str, np.ndarray]) -> np.ndarray:
+    """What the final k-means clusters: z, or [z, p] when the input's PCA coordinates were added
+    (``eval.input_pca_weight`` > 0, see ``cluster.input_pca``)."""
+    return np.concatenate([emb["z"], emb["p"]], axis=1) if "p" in emb else emb["z"]
+
+
 def final_labels(emb: dict[str, np.ndarray], n_clusters: int, method: str, seed: int, restarts: int) -> np.ndarray:
-    """Cluster ids from k-means on the instance embedding z, or the cluster head's argmax."""
+    """Cluster ids from k-means on the instance embedding z (with the input's PCA coordinates appended when
+    ``emb`` holds them: ``cluster_features``), or the cluster head's argmax."""
     if method == "head":
         return emb["y"].argmax(axis=1).astype(np.int64)
-    return fit_kmeans(emb["z"], n_clusters, seed=seed, restarts=restarts)
+    return fit_kmeans(cluster_features(emb), n_clusters, seed=seed, restarts=restarts)
 
 
 def final_clustering(emb: dict, n_clusters: int, method: str, seed: int, restarts: int,
                      fit_cells: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, centroids (K, d_z)): the labels of ``final_labels`` and the centroids in z that new cells are
-    assigned to (k-means: its final centroids; head: the mean z of each head cluster, NaN for empty ones).
+    """(labels, centroids): the labels of ``final_labels`` and the centroids new cells are assigned to (k-means:
+    its final centroids in ``cluster_features``' space, (K, d_z [+ n_components]); head: the mean z of each head
+    cluster, (K, d_z), NaN for empty ones).
 
     ``emb`` from ``embed`` (NumPy: k-means on every cell) or ``embed_to_zarr`` (Dask: centroids fit on at most
     ``fit_cells`` cells, then every cell assigned to its nearest centroid, block by block)."""
@@ -124,7 +142,7 @@ def final_clustering(emb: dict, n_clusters: int, method: str, seed: int, restart
     if method == "head":
         labels = final_labels(emb, n_clusters, method, seed, restarts)
         return labels, cluster_means(emb["z"], labels, n_clusters)
-    return fit_kmeans_centroids(emb["z"], n_clusters, seed=seed, restarts=restarts)
+    return fit_kmeans_centroids(cluster_features(emb), n_clusters, seed=seed, restarts=restarts)
 
 
 def cluster_means(z: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jojoscl_dist.cluster.input_pca import cluster_space
 from jojoscl_dist.cluster.kmeans import BatchKMeans, fit_kmeans
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.cluster.selection import Selector, input_reference
@@ -198,6 +199,12 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
                 metrics.update({f"eval_{n}": v for n, v in score_labels(eval_truth, labels).items()})
                 head = emb["y"].argmax(1)
                 metrics["eval_head_ari"] = score_labels(eval_truth, head)["ari"]
+                if cfg.eval.input_pca_weight > 0 and cfg.eval.label_method == "kmeans":
+                    # What the final labels would be at this epoch (k-means on [z, PCA of the input]); logged
+                    # for the oracle column only: selection scores the z clustering above.
+                    final = fit_kmeans(cluster_space(emb["z"], reference, cfg.eval.input_pca_weight), k, seed=seed,
+                                       restarts=EVAL_KMEANS_RESTARTS)
+                    metrics.update({f"eval_final_{n}": v for n, v in score_labels(eval_truth, final).items()})
             metrics["eval_time_s"] = time.perf_counter() - t1
         metrics["best_epoch"] = selector.best_epoch
         history.append(metrics)

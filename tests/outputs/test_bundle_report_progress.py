@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import compute_stats
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.model import JojoSCL
@@ -37,6 +39,18 @@ def test_bundle_roundtrip(tmp_path):
         x = torch.randn(4, b.n_genes)
         m.eval()
         assert torch.allclose(got.model()(x)[1], m(x)[1])
+
+
+def test_bundle_keeps_the_input_pca_and_reads_older_bundles_without_it(tmp_path):
+    b, _ = small_bundle()
+    x = np.random.default_rng(1).normal(size=(30, b.n_genes)).astype(np.float32)
+    b.input_pca = InputPCA.fit(ArraySource(x), 1.0, seed=0, n_components=4)
+    got = bundle.load(bundle.save(b, tmp_path / "new"))
+    np.testing.assert_array_equal(got.input_pca.project(x), b.input_pca.project(x))
+    d = b.to_dict()
+    del d["input_pca"]  # a bundle written before the input PCA existed: z alone, as it was trained
+    torch.save(d, tmp_path / "model.pt")
+    assert bundle.load(tmp_path).input_pca is None
 
 
 def test_bundle_schema_and_missing(tmp_path):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.cluster.kmeans import assign
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.data.loader import ArraySource
@@ -34,16 +35,30 @@ def test_embed_to_zarr_matches_in_memory(model_and_data, tmp_path):
         np.testing.assert_array_equal(np.asarray(disk[k]), mem[k])
 
 
-@pytest.mark.parametrize("method", ["kmeans", "head"])
+@pytest.mark.parametrize("method,pca", [("kmeans", False), ("head", False), ("kmeans", True)])
 def test_blockwise_final_clustering_equals_in_memory_when_the_sample_is_everything(model_and_data, tmp_path,
-                                                                                     method):
+                                                                                     method, pca):
     model, x, _ = model_and_data
-    mem = embed(model, ArraySource(x))
-    disk = embed_to_zarr(model, ArraySource(x), tmp_path / "e.zarr", batch=512)
+    project = InputPCA.fit(ArraySource(x), 1.0, seed=0, n_components=8).project if pca else None
+    mem = embed(model, ArraySource(x), project=project)
+    disk = embed_to_zarr(model, ArraySource(x), tmp_path / "e.zarr", batch=512, project=project)
     lab_m, c_m = final_clustering(mem, 4, method, seed=1, restarts=2)
     lab_d, c_d = final_clustering(disk, 4, method, seed=1, restarts=2, fit_cells=len(x))
     np.testing.assert_array_equal(lab_d, lab_m)
     np.testing.assert_allclose(c_d, c_m, rtol=1e-4, atol=1e-5, equal_nan=True)
+    # k-means centroids live in [z, p]; head centroids are mean z
+    assert c_m.shape == (4, 192 + (8 if pca and method == "kmeans" else 0))
+
+
+def test_input_pca_coordinates_enter_the_final_kmeans():
+    """z carries no structure here, the input does: with the PCA part appended the clusters follow the input."""
+    x, truth = _blobs(n=600, g=30, k=3, seed=4)
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(600, 192)).astype(np.float32)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    p = InputPCA.fit(ArraySource(x), 2.0, seed=0).project(x)
+    assert score_labels(truth, final_clustering({"z": z}, 3, "kmeans", seed=0, restarts=3)[0])["ari"] < 0.1
+    assert score_labels(truth, final_clustering({"z": z, "p": p}, 3, "kmeans", seed=0, restarts=3)[0])["ari"] > 0.95
 
 
 def test_blockwise_kmeans_fits_a_sample_then_assigns_every_cell(tmp_path):

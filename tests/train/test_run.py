@@ -33,3 +33,26 @@ def test_mask_keep_rises_on_sparse_data_and_is_recorded(tmp_path, capsys, rate, 
         assert saved == 0.5 and note
     else:  # ~120 non-zero genes per cell: the configured 10% already keeps 12
         assert saved == 0.1 and not note
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.0])
+def test_final_kmeans_space_follows_input_pca_weight(tmp_path, weight):
+    from jojoscl_dist.outputs import bundle
+
+    path = tmp_path / "d.h5ad"
+    _counts(200, 300, 0.5).write_h5ad(path)
+    cfg = JojoConfig().override({"data.path": str(path), "data.label_key": "cell_type", "optim.epochs": 2,
+                                 "optim.batch_size": 100, "run.num_workers": 0, "run.tracking": False,
+                                 "run.plots": False, "run.output": str(tmp_path / "out"), "eval.eval_every": 1,
+                                 "eval.kmeans_restarts": 1, "eval.input_pca_weight": weight})
+    res = run(cfg)
+    b = bundle.load(res.output)
+    evals = [h for h in res.history if "eval_ari" in h]
+    if weight:
+        assert b.input_pca is not None and b.centroids.shape == (2, 192 + 50)
+        # the oracle column is the final label method (k-means on [z, PCA]) at its best evaluation
+        assert res.metrics["oracle_ari"] == max(h["eval_final_ari"] for h in evals)
+    else:
+        assert b.input_pca is None and b.centroids.shape == (2, 192)
+        assert not any("eval_final_ari" in h for h in evals)
+        assert res.metrics["oracle_ari"] == max(h["eval_ari"] for h in evals)
