@@ -20,7 +20,8 @@ import pandas as pd
 
 from bench.quality import PAPER, PAPER_SETS
 
-METHODS = [("pick", "label-free pick (default)"), ("last", "last epoch"), ("oracle", "oracle epoch (labels!)"),
+METHODS = [("pick", "label-free pick (default)"), ("pick_w0", "pick, k-means on z alone"), ("last", "last epoch"),
+           ("oracle", "oracle epoch (labels!)"),
            ("kmeans_pca", "k-means PCA(50)"), ("leiden_1.0", "Leiden r=1"), ("leiden_K", "Leiden to K")]
 BASELINES = ["kmeans_pca", "leiden_1.0", "leiden_K"]
 PRESELECTED = {"10X_PBMC_top2000", "Bladder_top2000"}  # the paper used all genes; these files hold 2000
@@ -130,6 +131,27 @@ def selection_replay(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def weight_replay(df: pd.DataFrame) -> list[str]:
+    """Mean over data sets of the pick's ARI / NMI with the final k-means on [z, w * input PCA], per weight w
+    (bench/quality.py replays every weight on the same picked models)."""
+    full = df[df["variant"] == "full"]
+    ws = sorted({c[len("pick_w"):-len("_ari")] for c in full if c.startswith("pick_w") and c.endswith("_ari")},
+                key=float)
+    if not ws:
+        return []
+    full = full.dropna(subset=[f"pick_w{w}_ari" for w in ws])
+    per = full.groupby("dataset")[[f"pick_w{w}_{m}" for w in ws for m in ("ari", "nmi")]].mean()
+    lines = [f"{len(full)} runs on {len(per)} sets, the same picked models; w = 0 is k-means on z alone:", "",
+             "| input-PCA weight w | mean ARI | mean NMI | sets where it beats w = 0 by > 0.02 | ... loses by > 0.02 |",
+             "|---|---|---|---|---|"]
+    base = per["pick_w0_ari"]
+    for w in ws:
+        col = per[f"pick_w{w}_ari"]
+        lines.append(f"| {w} | {col.mean():.3f} | {per[f'pick_w{w}_nmi'].mean():.3f} | "
+                     f"{int(((col - base) > 0.02).sum())} | {int(((base - col) > 0.02).sum())} |")
+    return lines
+
+
 def _read(p: Path) -> pd.DataFrame:
     if p.suffix == ".log":
         import ast
@@ -166,6 +188,9 @@ def render(csvs: list[Path], baselines_from: list[Path] | None = None) -> str:
     if baselines_from:
         df = fill_baselines(df, baselines_from)
     out = ["### Table II, label-free", ""] + main_table(df) + ["", "### Targets of the quality issue", ""] + targets(df)
+    weights = weight_replay(df)
+    if weights:
+        out += ["", "### Final k-means space: input-PCA weight replayed on the same runs", ""] + weights
     replay = selection_replay(df)
     if replay:
         out += ["", "### Selection rules replayed on the same runs", ""] + replay

@@ -94,7 +94,8 @@ def curves_png(history: list[dict[str, Any]], path: Path, selected_epoch: int | 
                               ("select_input_silhouette", "silhouette of the same clusters in input PCA (label-free)",
                                "d-"),
                               ("select_stability", "stability: ARI vs previous eval (label-free)", "s-"),
-                              ("eval_ari", "ARI vs truth (not used to select)", "^--"),
+                              ("eval_ari", "ARI of k-means on z vs truth (not used to select)", "^--"),
+                              ("eval_final_ari", "ARI of the final labels' k-means [z, input PCA] vs truth", "x--"),
                               ("eval_nmi", "NMI vs truth (not used to select)", "v--")):
         vals = [h.get(key) for h in evals]
         if evals and all(v is not None for v in vals):
@@ -132,7 +133,9 @@ def summary_md(path: Path, *, source: str, n_input_cells: int, n_input_genes: in
                      f"the preprocessed data{extra}")
     else:
         lines.append(f"- K = {m['n_clusters']} (given)")
-    lines += [f"- clusters found: {m['n_clusters_found']}; labels by `{m['label_method']}`",
+    space = (f" on [z, {m['input_pca_weight']:g} x input PCA(50)]" if m.get("label_method") == "kmeans"
+             and m.get("input_pca_weight", 0) > 0 else " on z" if m.get("label_method") == "kmeans" else "")
+    lines += [f"- clusters found: {m['n_clusters_found']}; labels by `{m['label_method']}`{space}",
               f"- model selection: rule `{m['selection_rule']}` kept epoch {m['selected_epoch'] + 1} of "
               f"{m['epochs']} (label-free)"]
     if "ari" in m:

@@ -310,6 +310,7 @@ def _finish(cfg: JojoConfig, data: PreparedData, state: dict, chosen: dict, emb:
         "n_clusters_found": int(len(np.unique(labels))), "epochs": int(state["epochs"]),
         "selected_epoch": int(state["selector"]["best_epoch"]) if cfg.eval.selection != "last" else int(state["epoch"]),
         "selection_rule": cfg.eval.selection, "label_method": cfg.eval.label_method,
+        "input_pca_weight": float(input_pca.weight) if input_pca is not None else 0.0,
         "num_workers": cfg.run.num_workers, "seed": cfg.run.seed,
         "k_rule": data.k_info["rule"] if data.k_info else "given", **metrics_base,
     }
