@@ -52,8 +52,9 @@ ABLATIONS = {
     "no_clu": {"loss.beta": 0.0},
     "ins_only": {"loss.beta": 0.0, "loss.w_sure": 0.0},
     "sure_same_view": {"loss.sure_variant": "same"},
+    # The reference's fixed 10% mask, and its final labels: k-means on z alone.
     "reference_compatible": {"loss.reference_compatible": True, "loss.tau_instance": 0.07,
-                             "model.mask_min_nonzero": 0.0},  # the reference's fixed 10% mask
+                             "model.mask_min_nonzero": 0.0, "eval.input_pca_weight": 0.0},
 }
 
 
