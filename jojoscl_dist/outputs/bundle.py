@@ -6,11 +6,12 @@ Contents (a torch-saved dict, schema ``SCHEMA``):
   n_genes, n_clusters
   gene_names    ordered model-input genes (the HVGs), used to align new data by name
   preprocess    PreprocessStats.to_dict(): input scale, target sum, per-gene mean/std
-  centroids     (K, d_z) final cluster centroids in the instance embedding z (k-means centroids, or the mean z
-                of each head cluster); new cells go to the nearest one
+  centroids     final cluster centroids: k-means centroids in [z, input PCA] (K, d_z + n_components), or in z
+                alone (K, d_z) without input_pca; for the head method the mean z of each head cluster; new
+                cells go to the nearest one
   label_method  'kmeans' (nearest centroid) or 'head' (cluster-head argmax)
   input_pca     None, or the input PCA projection (cluster/input_pca.py) whose coordinates follow z in the
-                centroids: (K, d_z + n_components); absent in older bundles (read as None)
+                centroids; absent in older bundles (read as None: z alone, as they were trained)
   config        the resolved JojoConfig as a dict
   versions      jojoscl_dist, torch, python
 """

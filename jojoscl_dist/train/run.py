@@ -15,6 +15,7 @@ import anndata as ad
 import numpy as np
 import torch
 
+from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
@@ -28,7 +29,6 @@ from jojoscl_dist.model.augment import effective_keep
 from jojoscl_dist.outputs import run_dir
 from jojoscl_dist.outputs.write_run import history_clean, write_run  # noqa: F401 - history_clean re-exported
 from jojoscl_dist.train.checkpoint import config_differences, latest_loadable, load_state
-from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.train.embed import embed, embed_to_zarr, final_clustering
 from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
 from jojoscl_dist.train.progress import EpochProgress
