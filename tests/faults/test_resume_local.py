@@ -26,6 +26,7 @@ def cfg_for(data_dir, out, epochs=3) -> JojoConfig:
     cfg.optim.batch_size = 128
     cfg.eval.eval_every = epochs
     cfg.eval.kmeans_restarts = 2
+    cfg.loss.w_sure = 1.0  # the per-batch k-means warm start is part of the resumed state
     cfg.run.num_workers = 0
     cfg.run.use_gpu = False
     cfg.run.tracking = False

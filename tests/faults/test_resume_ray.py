@@ -38,6 +38,7 @@ def cfg_for(data_dir, out: Path, workers: int, epochs: int, **run_kw) -> JojoCon
     cfg.optim.batch_size = 64
     cfg.eval.eval_every = epochs  # evaluate at the end only
     cfg.eval.kmeans_restarts = 3
+    cfg.loss.w_sure = 1.0  # the per-batch k-means (rank 0, broadcast) is part of the resumed state
     cfg.run.num_workers = workers
     cfg.run.use_gpu = False
     cfg.run.tracking = False

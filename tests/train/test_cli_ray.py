@@ -22,7 +22,7 @@ def cli(*args, timeout=400):
 def test_two_worker_ray_run(data_dir, tmp_path):
     out = tmp_path / "run"
     r = cli("--data", str(data_dir / "Human_brain.h5ad"), "--label-key", "cell_type", "--num-workers", "2",
-            "--epochs", "30", "--batch-size", "64", "--lr", "1e-3", "--eval-every", "10", "--output",
+            "--epochs", "30", "--batch-size", "64", "--lr", "1e-3", "--eval-every", "10", "--w-sure", "1", "--output",
             str(out), timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

@@ -28,6 +28,7 @@ def small_cfg(epochs=6) -> JojoConfig:
     cfg.optim.batch_size = 128
     cfg.eval.eval_every = 3
     cfg.optim.lr = 1e-3  # six epochs must show learning: the faster rate (the default 3e-4 suits 100 epochs)
+    cfg.loss.w_sure = 1.0  # every loss term and the per-batch k-means in the loop
     return cfg
 
 
