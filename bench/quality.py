@@ -33,7 +33,7 @@ from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.model import JojoSCL
 from jojoscl_dist.train.embed import embed, final_labels
-from jojoscl_dist.train.run import default_storage, fit_input_pca, prepare_data, train
+from jojoscl_dist.train.run import default_storage, fit_input_pca, oracle, prepare_data, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # Table II of the paper (ARI, NMI): JojoSCL and ScCCL, for the sets that are theirs (METHOD.md s6).
@@ -143,9 +143,7 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
                                                            cfg.eval.kmeans_restarts))
                 res[f"pick_w{w:g}_ari"], res[f"pick_w{w:g}_nmi"] = m["ari"], m["nmi"]
     evals = [h for h in state["history"] if "eval_ari" in h]
-    key = "eval_final" if all("eval_final_ari" in h for h in evals) else "eval"  # the final label method
-    best = max(evals, key=lambda h: h[f"{key}_ari"])
-    res["oracle_ari"], res["oracle_nmi"], res["oracle_epoch"] = best[f"{key}_ari"], best[f"{key}_nmi"], best["epoch"]
+    res.update(oracle(state["history"]))
     res["oracle_z_ari"] = max(h["eval_ari"] for h in evals)  # k-means on z alone (the selection's clustering)
     # Selection rules replayed on this run's own evaluations (evaluation-time ARI at the epoch each label-free
     # score would pick after the warm-up; ties -> later epoch): compares the scores on the same footing.

@@ -239,6 +239,19 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
     return load_state(path)
 
 
+def oracle(history: list[dict]) -> dict[str, float]:
+    """The evaluation with the best ARI against the truth (what the paper reports): {'oracle_epoch',
+    'oracle_ari', 'oracle_nmi'} of the final label method when it was logged (``eval_final_*``: input PCA
+    appended), else of k-means on z; {} without labelled evaluations."""
+    evals = [h for h in history if "eval_ari" in h]
+    if not evals:
+        return {}
+    key = "eval_final" if all("eval_final_ari" in h for h in evals) else "eval"
+    best = max(evals, key=lambda h: h[f"{key}_ari"])
+    return {"oracle_epoch": int(best["epoch"]), "oracle_ari": float(best[f"{key}_ari"]),
+            "oracle_nmi": float(best[f"{key}_nmi"])}
+
+
 def fit_input_pca(cfg: JojoConfig, x) -> InputPCA | None:
     """The input PCA whose coordinates the final k-means sees beside z (cluster/input_pca.py), fitted once per
     run on at most ``eval.max_eval_cells`` seeded cells and kept in the model bundle for predict; None when the
@@ -316,14 +329,7 @@ def _finish(cfg: JojoConfig, data: PreparedData, state: dict, chosen: dict, emb:
     }
     if data.labels is not None:
         metrics.update(score_labels(data.labels, labels))
-        evals = [h for h in history if "eval_ari" in h]
-        if evals:  # reported for comparison with the paper only; never used to pick anything
-            # The final label method at each evaluation when it was logged (input PCA appended), else z alone.
-            key = "eval_final" if all("eval_final_ari" in h for h in evals) else "eval"
-            best = max(evals, key=lambda h: h[f"{key}_ari"])
-            metrics["oracle_epoch"] = int(best["epoch"])
-            metrics["oracle_ari"] = float(best[f"{key}_ari"])
-            metrics["oracle_nmi"] = float(best[f"{key}_nmi"])
+        metrics.update(oracle(history))  # reported for comparison with the paper only; never used to pick
     metrics["time_total_s"] = time.perf_counter() - t_start
     write_run(cfg, data, state, chosen, emb, labels, centroids, metrics, out, input_pca)
     if cfg.run.tracking:
