@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.defaults import pick_index
+from bench.defaults import _value, pick_index
 from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.cluster.selection import input_reference
@@ -170,6 +170,9 @@ def main(argv=None) -> None:
     p.add_argument("--ablations", action="store_true", help="run every ablation variant too")
     p.add_argument("--variants", default=None, help="comma list of ablation variants to run (default: full only, "
                    f"or all with --ablations): {','.join(ABLATIONS)}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted config override (repeatable): runs one extra variant named 'set:KEY=VALUE,...' "
+                   "with all of them, e.g. --set model.momentum=0.9 (evidence for a default)")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--out", default="docs/quality")
     args = p.parse_args(argv)
@@ -179,6 +182,10 @@ def main(argv=None) -> None:
     variants = ABLATIONS if args.ablations else {"full": {}}
     if args.variants:
         variants = {v: ABLATIONS[v] for v in args.variants.split(",")}
+    if args.set:
+        ov = dict(kv.split("=", 1) for kv in args.set)
+        extra = {f"set:{','.join(args.set)}": {k: _value(v) for k, v in ov.items()}}
+        variants = {**variants, **extra} if (args.variants or args.ablations) else extra
     rows = []
     workdir = Path(tempfile.mkdtemp(prefix="jojoscl-quality-"))
     seeds = [int(v) for v in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
