@@ -81,7 +81,7 @@ def targets(df: pd.DataFrame) -> list[str]:
 
 def ablation_table(df: pd.DataFrame) -> list[str]:
     """Data set x variant, on the seeds every variant of that data set has (the 'full' column included)."""
-    variants = [v for v in dict.fromkeys(df["variant"]) if v != "full"]
+    variants = [v for v in dict.fromkeys(df["variant"]) if v != "full" and not v.startswith("set:")]
     if not variants:
         return []
     order = ["full"] + variants
@@ -103,6 +103,25 @@ def ablation_table(df: pd.DataFrame) -> list[str]:
         lines.append(f"| **mean ARI ({len(per_set)} sets)** | | "
                      + " | ".join(f"**{np.mean([p[v] for p in per_set.values()]):.3f}**" for v in order) + " |")
     return lines
+
+
+def knob_table(df: pd.DataFrame) -> list[str]:
+    """Each ``--set`` variant against 'full' on the (data set, seed) pairs both measured: mean over data sets of the
+    label-free pick's ARI / NMI, the oracle ARI, and how many sets move by more than 0.02 either way."""
+    knobs = [v for v in dict.fromkeys(df["variant"]) if v.startswith("set:")]
+    full = df[df["variant"] == "full"].set_index(["dataset", "seed"])
+    lines = ["| override | runs (sets) | pick ARI full -> override | pick NMI | oracle ARI | sets > +0.02 | "
+             "sets < -0.02 |", "|---|---|---|---|---|---|---|"]
+    for v in knobs:
+        both = full.join(df[df["variant"] == v].set_index(["dataset", "seed"]), how="inner", rsuffix="_v")
+        if both.empty:
+            continue
+        m = both.groupby(level="dataset").mean(numeric_only=True)  # each data set weighs the same
+        d = m["pick_ari_v"] - m["pick_ari"]
+        cells = [f"{m[c].mean():.3f} -> {m[c + '_v'].mean():.3f}" for c in ("pick_ari", "pick_nmi", "oracle_ari")]
+        lines.append(f"| `{v[len('set:'):]}` | {len(both)} ({len(m)}) | " + " | ".join(cells)
+                     + f" | {int((d > 0.02).sum())} | {int((d < -0.02).sum())} |")
+    return lines if len(lines) > 2 else []
 
 
 RULES = [("hist_last", "last evaluation"), ("hist_silhouette", "silhouette in z (default rule)"),
@@ -194,6 +213,9 @@ def render(csvs: list[Path], baselines_from: list[Path] | None = None) -> str:
     replay = selection_replay(df)
     if replay:
         out += ["", "### Selection rules replayed on the same runs", ""] + replay
+    knobs = knob_table(df)
+    if knobs:
+        out += ["", "### Config overrides (`bench.quality --set`) against the defaults, same seeds", ""] + knobs
     abl = ablation_table(df)
     if abl:
         out += ["", "### Ablations (label-free pick, ARI mean±sd / NMI, same seeds)", ""] + abl

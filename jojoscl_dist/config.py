@@ -21,6 +21,7 @@ LabelMethod = Literal["kmeans", "head"]
 KMeansBackend = Literal["torch", "faiss"]
 SelectionRule = Literal["stability", "silhouette", "last"]
 KRule = Literal["leiden", "silhouette"]
+KMeansSelect = Literal["inertia", "consensus"]
 
 
 @dataclass
@@ -90,6 +91,8 @@ class EvalConfig:
     select_from: float = 0.2  # ours: evaluations in the first 20% of epochs are never picked (docs/benchmarks.md)
     label_method: LabelMethod = "kmeans"  # final labels: k-means on the instance embedding z, or head argmax
     kmeans_restarts: int = 10  # final k-means restarts (k-means++ seeded)
+    # ours: keep the restart that agrees most with the others, not the lowest inertia (cluster/kmeans.py)
+    kmeans_select: KMeansSelect = "inertia"
     # ours: the final k-means clusters [z, w * PCA(50) of the input] (cluster/input_pca.py); 0 = z alone.
     # 1.5 beat 0-3 on 42 runs (21 sets x 2 seeds): mean ARI 0.712 vs 0.663 for z alone (docs/benchmarks.md)
     input_pca_weight: float = 1.5

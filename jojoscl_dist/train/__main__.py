@@ -54,6 +54,9 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--label-method", "eval.label_method", str, "final labels: kmeans (on z) | head (argmax)"),
     ("--input-pca-weight", "eval.input_pca_weight", float, "weight of the input's PCA(50) coordinates beside z "
      "in the final k-means (0 = z alone)"),
+    ("--kmeans-restarts", "eval.kmeans_restarts", int, "final k-means restarts"),
+    ("--kmeans-select", "eval.kmeans_select", str, "final k-means restart kept: consensus (agrees most with the "
+     "others) | inertia (lowest)"),
     ("--eval-every", "eval.eval_every", int, "epochs between evaluations"),
     ("--checkpoint-every", "run.checkpoint_every", int, "epochs between checkpoints (the last one always)"),
     ("--precision", "optim.precision", str, "fp32 | bf16 (autocast forward passes; a GPU speed option)"),

@@ -88,7 +88,7 @@ def _take_rows(a, take: np.ndarray) -> np.ndarray:
     return out
 
 
-def _final_clustering_blocks(emb: dict, n_clusters: int, method: str, seed: int, restarts: int,
+def _final_clustering_blocks(emb: dict, n_clusters: int, method: str, seed: int, restarts: int, select: str,
                              fit_cells: int) -> tuple[np.ndarray, np.ndarray]:
     """final_clustering on Dask arrays, one block in memory at a time (plus the k-means sample)."""
     z = emb["z"]
@@ -108,7 +108,7 @@ def _final_clustering_blocks(emb: dict, n_clusters: int, method: str, seed: int,
             np.sort(np.random.default_rng(seed).choice(n, fit_cells, replace=False)))
     parts = [z] + ([emb["p"]] if "p" in emb else [])
     sample = np.concatenate([_take_rows(a, take) for a in parts], axis=1)
-    _, centroids = fit_kmeans_centroids(sample, n_clusters, seed=seed, restarts=restarts)
+    _, centroids = fit_kmeans_centroids(sample, n_clusters, seed=seed, restarts=restarts, select=select)
     del sample
     labels = np.concatenate([assign(np.concatenate([np.asarray(a[s:e]) for a in parts], axis=1), centroids)
                              for s, e in _row_blocks(z)])
@@ -121,16 +121,17 @@ def cluster_features(emb: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([emb["z"], emb["p"]], axis=1) if "p" in emb else emb["z"]
 
 
-def final_labels(emb: dict[str, np.ndarray], n_clusters: int, method: str, seed: int, restarts: int) -> np.ndarray:
+def final_labels(emb: dict[str, np.ndarray], n_clusters: int, method: str, seed: int, restarts: int,
+                 select: str = "inertia") -> np.ndarray:
     """Cluster ids from k-means on the instance embedding z (with the input's PCA coordinates appended when
     ``emb`` holds them: ``cluster_features``), or the cluster head's argmax."""
     if method == "head":
         return emb["y"].argmax(axis=1).astype(np.int64)
-    return fit_kmeans(cluster_features(emb), n_clusters, seed=seed, restarts=restarts)
+    return fit_kmeans(cluster_features(emb), n_clusters, seed=seed, restarts=restarts, select=select)
 
 
 def final_clustering(emb: dict, n_clusters: int, method: str, seed: int, restarts: int,
-                     fit_cells: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
+                     fit_cells: int = 100_000, select: str = "inertia") -> tuple[np.ndarray, np.ndarray]:
     """(labels, centroids): the labels of ``final_labels`` and the centroids new cells are assigned to (k-means:
     its final centroids in ``cluster_features``' space, (K, d_z [+ n_components]); head: the mean z of each head
     cluster, (K, d_z), NaN for empty ones).
@@ -138,11 +139,11 @@ def final_clustering(emb: dict, n_clusters: int, method: str, seed: int, restart
     ``emb`` from ``embed`` (NumPy: k-means on every cell) or ``embed_to_zarr`` (Dask: centroids fit on at most
     ``fit_cells`` cells, then every cell assigned to its nearest centroid, block by block)."""
     if not isinstance(emb["z"], np.ndarray):
-        return _final_clustering_blocks(emb, n_clusters, method, seed, restarts, fit_cells)
+        return _final_clustering_blocks(emb, n_clusters, method, seed, restarts, select, fit_cells)
     if method == "head":
         labels = final_labels(emb, n_clusters, method, seed, restarts)
         return labels, cluster_means(emb["z"], labels, n_clusters)
-    return fit_kmeans_centroids(cluster_features(emb), n_clusters, seed=seed, restarts=restarts)
+    return fit_kmeans_centroids(cluster_features(emb), n_clusters, seed=seed, restarts=restarts, select=select)
 
 
 def cluster_means(z: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:

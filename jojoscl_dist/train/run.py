@@ -316,13 +316,15 @@ def _finish(cfg: JojoConfig, data: PreparedData, state: dict, chosen: dict, emb:
             out: Path, t_start: float, input_pca: InputPCA | None = None) -> RunResult:
     """Final labels, metrics, outputs and tracking of a trained run."""
     labels, centroids = final_clustering(emb, data.n_clusters, cfg.eval.label_method, cfg.run.seed,
-                                         cfg.eval.kmeans_restarts, cfg.eval.final_fit_cells)
+                                         cfg.eval.kmeans_restarts, cfg.eval.final_fit_cells,
+                                         cfg.eval.kmeans_select)
     history = state["history"]
     metrics: dict[str, Any] = {
         "n_cells": int(data.x.shape[0]), "n_genes": int(data.x.shape[1]), "n_clusters": data.n_clusters,
         "n_clusters_found": int(len(np.unique(labels))), "epochs": int(state["epochs"]),
         "selected_epoch": int(state["selector"]["best_epoch"]) if cfg.eval.selection != "last" else int(state["epoch"]),
         "selection_rule": cfg.eval.selection, "label_method": cfg.eval.label_method,
+        "kmeans_restarts": cfg.eval.kmeans_restarts, "kmeans_select": cfg.eval.kmeans_select,
         "input_pca_weight": float(input_pca.weight) if input_pca is not None else 0.0,
         "num_workers": cfg.run.num_workers, "seed": cfg.run.seed,
         "k_rule": data.k_info["rule"] if data.k_info else "given", **metrics_base,

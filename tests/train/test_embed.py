@@ -35,15 +35,16 @@ def test_embed_to_zarr_matches_in_memory(model_and_data, tmp_path):
         np.testing.assert_array_equal(np.asarray(disk[k]), mem[k])
 
 
-@pytest.mark.parametrize("method,pca", [("kmeans", False), ("head", False), ("kmeans", True)])
+@pytest.mark.parametrize("method,pca,select", [("kmeans", False, "inertia"), ("head", False, "inertia"),
+                                               ("kmeans", True, "inertia"), ("kmeans", True, "consensus")])
 def test_blockwise_final_clustering_equals_in_memory_when_the_sample_is_everything(model_and_data, tmp_path,
-                                                                                     method, pca):
+                                                                                     method, pca, select):
     model, x, _ = model_and_data
     project = InputPCA.fit(ArraySource(x), 1.0, seed=0, n_components=8).project if pca else None
     mem = embed(model, ArraySource(x), project=project)
     disk = embed_to_zarr(model, ArraySource(x), tmp_path / "e.zarr", batch=512, project=project)
-    lab_m, c_m = final_clustering(mem, 4, method, seed=1, restarts=2)
-    lab_d, c_d = final_clustering(disk, 4, method, seed=1, restarts=2, fit_cells=len(x))
+    lab_m, c_m = final_clustering(mem, 4, method, seed=1, restarts=3, select=select)
+    lab_d, c_d = final_clustering(disk, 4, method, seed=1, restarts=3, fit_cells=len(x), select=select)
     np.testing.assert_array_equal(lab_d, lab_m)
     np.testing.assert_allclose(c_d, c_m, rtol=1e-4, atol=1e-5, equal_nan=True)
     # k-means centroids live in [z, p]; head centroids are mean z

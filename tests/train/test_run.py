@@ -56,3 +56,24 @@ def test_final_kmeans_space_follows_input_pca_weight(tmp_path, weight):
         assert b.input_pca is None and b.centroids.shape == (2, 192)
         assert not any("eval_final_ari" in h for h in evals)
         assert res.metrics["oracle_ari"] == max(h["eval_ari"] for h in evals)
+
+
+def test_final_kmeans_restart_selection_reaches_the_labels(tmp_path, monkeypatch):
+    """eval.kmeans_select / kmeans_restarts (CLI --kmeans-select / --kmeans-restarts) reach the final k-means,
+    and the run's metrics record them."""
+    import jojoscl_dist.cluster.kmeans as km
+    from jojoscl_dist.train.__main__ import config_from_args
+
+    seen = []
+    real = km.consensus_index
+    monkeypatch.setattr(km, "consensus_index", lambda labels, objs: seen.append(len(labels)) or real(labels, objs))
+    path = tmp_path / "d.h5ad"
+    _counts(200, 300, 0.5).write_h5ad(path)
+    cfg = config_from_args(["--data", str(path), "--label-key", "cell_type", "--epochs", "1", "--batch-size", "100",
+                            "--num-workers", "0", "--no-tracking", "--no-plots", "--output", str(tmp_path / "out"),
+                            "--kmeans-select", "consensus", "--kmeans-restarts", "4"])
+    res = run(cfg)
+    assert seen == [4]  # the final k-means only: in-training evaluations keep 3 restarts by inertia
+    assert res.metrics["kmeans_select"] == "consensus" and res.metrics["kmeans_restarts"] == 4
+    with pytest.raises(ValueError, match="kmeans_select must be one of"):
+        config_from_args(["--kmeans-select", "best"])
