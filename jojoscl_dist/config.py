@@ -90,9 +90,9 @@ class EvalConfig:
     selection: SelectionRule = "silhouette"  # ours: label-free pick; beat 'last' and 'stability' (docs/benchmarks.md)
     select_from: float = 0.2  # ours: evaluations in the first 20% of epochs are never picked (docs/benchmarks.md)
     label_method: LabelMethod = "kmeans"  # final labels: k-means on the instance embedding z, or head argmax
-    kmeans_restarts: int = 10  # final k-means restarts (k-means++ seeded)
+    kmeans_restarts: int = 40  # final k-means restarts (k-means++ seeded; 40 with consensus, docs/benchmarks.md)
     # ours: keep the restart that agrees most with the others, not the lowest inertia (cluster/kmeans.py)
-    kmeans_select: KMeansSelect = "inertia"
+    kmeans_select: KMeansSelect = "consensus"
     # ours: the final k-means clusters [z, w * PCA(50) of the input] (cluster/input_pca.py); 0 = z alone.
     # 1.5 beat 0-3 on 42 runs (21 sets x 2 seeds): mean ARI 0.712 vs 0.663 for z alone (docs/benchmarks.md)
     input_pca_weight: float = 1.5
