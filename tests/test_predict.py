@@ -55,9 +55,10 @@ def test_run_directory_contents(split_run):
     assert ann.uns["jojoscl"]["params"]["n_clusters"] == 5
     assert not (tmp / "train.jojoscl.h5ad").exists()  # nothing written beside the training input
     b = bundle.load(out)
-    # k-means centroids in [z, PCA(50) of the input] (eval.input_pca_weight > 0 by default)
-    assert b.centroids.shape == (5, 192 + 50) and len(b.gene_names) == b.n_genes == 2000
-    assert b.input_pca.components.shape == (50, 2000)
+    # k-means centroids in [z, PCA(n) of the input] (eval.input_pca_weight > 0 by default)
+    n_pc = result.metrics["input_pca_components"]
+    assert b.centroids.shape == (5, 192 + n_pc) and len(b.gene_names) == b.n_genes == 2000
+    assert b.input_pca.components.shape == (n_pc, 2000)
 
 
 @pytest.mark.slow

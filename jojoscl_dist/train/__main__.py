@@ -52,8 +52,9 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--kmeans-backend", "loss.kmeans_backend", str, "per-batch k-means: torch (on the model device) | faiss"),
     ("--selection", "eval.selection", str, "label-free model selection: last | silhouette | stability"),
     ("--label-method", "eval.label_method", str, "final labels: kmeans (on z) | head (argmax)"),
-    ("--input-pca-weight", "eval.input_pca_weight", float, "weight of the input's PCA(50) coordinates beside z "
+    ("--input-pca-weight", "eval.input_pca_weight", float, "weight of the input's PCA coordinates beside z "
      "in the final k-means (0 = z alone)"),
+    ("--input-pca-components", "eval.input_pca_components", int, "input principal components beside z"),
     ("--kmeans-restarts", "eval.kmeans_restarts", int, "final k-means restarts"),
     ("--kmeans-select", "eval.kmeans_select", str, "final k-means restart kept: consensus (agrees most with the "
      "others) | inertia (lowest)"),

@@ -202,8 +202,9 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
                 if cfg.eval.input_pca_weight > 0 and cfg.eval.label_method == "kmeans":
                     # What the final labels would be at this epoch (k-means on [z, PCA of the input]); logged
                     # for the oracle column only: selection scores the z clustering above.
-                    final = fit_kmeans(cluster_space(emb["z"], reference, cfg.eval.input_pca_weight), k, seed=seed,
-                                       restarts=EVAL_KMEANS_RESTARTS)
+                    space = cluster_space(emb["z"], reference[:, :cfg.eval.input_pca_components],
+                                          cfg.eval.input_pca_weight)
+                    final = fit_kmeans(space, k, seed=seed, restarts=EVAL_KMEANS_RESTARTS)
                     metrics.update({f"eval_final_{n}": v for n, v in score_labels(eval_truth, final).items()})
             metrics["eval_time_s"] = time.perf_counter() - t1
         metrics["best_epoch"] = selector.best_epoch

@@ -258,7 +258,8 @@ def fit_input_pca(cfg: JojoConfig, x) -> InputPCA | None:
     weight is 0 or the labels come from the cluster head."""
     if cfg.eval.input_pca_weight <= 0 or cfg.eval.label_method != "kmeans":
         return None
-    return InputPCA.fit(as_source(x), cfg.eval.input_pca_weight, cfg.run.seed, cfg.eval.max_eval_cells)
+    return InputPCA.fit(as_source(x), cfg.eval.input_pca_weight, cfg.run.seed, cfg.eval.max_eval_cells,
+                        cfg.eval.input_pca_components)
 
 
 def check_resume(cfg: JojoConfig, root: Path) -> tuple[Path, dict] | None:
@@ -278,6 +279,9 @@ def check_resume(cfg: JojoConfig, root: Path) -> tuple[Path, dict] | None:
 
 def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
     t_start = time.perf_counter()
+    if cfg.eval.input_pca_components < 1:  # refused before any output or hours of training
+        raise JojoInputError(f"--input-pca-components must be at least 1, got {cfg.eval.input_pca_components} "
+                             "(for z alone set --input-pca-weight 0)")
     out = run_dir.check_output(cfg.run.output, cfg.run.overwrite)
     if cfg.run.tracking:  # an unreachable MLflow store fails here, not after hours of training
         from jojoscl_dist.tracking.mlflow_log import check_tracking
@@ -326,6 +330,7 @@ def _finish(cfg: JojoConfig, data: PreparedData, state: dict, chosen: dict, emb:
         "selection_rule": cfg.eval.selection, "label_method": cfg.eval.label_method,
         "kmeans_restarts": cfg.eval.kmeans_restarts, "kmeans_select": cfg.eval.kmeans_select,
         "input_pca_weight": float(input_pca.weight) if input_pca is not None else 0.0,
+        "input_pca_components": int(input_pca.components.shape[0]) if input_pca is not None else 0,
         "num_workers": cfg.run.num_workers, "seed": cfg.run.seed,
         "k_rule": data.k_info["rule"] if data.k_info else "given", **metrics_base,
     }

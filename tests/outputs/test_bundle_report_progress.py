@@ -83,7 +83,7 @@ def test_curves_umap_and_summary(tmp_path):
     metrics = {"n_cells": 120, "n_genes": 16, "n_clusters": 3, "n_clusters_found": 3, "epochs": 6,
                "selected_epoch": 5, "selection_rule": "last", "label_method": "kmeans", "num_workers": 0,
                "seed": 0, "time_prepare_s": 1.0, "time_train_s": 2.0, "time_total_s": 3.5, "ari": 0.9,
-               "nmi": 0.9, "acc": 0.95, "input_pca_weight": 1.5}
+               "nmi": 0.9, "acc": 0.95, "input_pca_weight": 1.5, "input_pca_components": 20}
     files = report.write_report(tmp_path, z=z, labels=truth, truth=truth.astype(str), history=history(),
                                 metrics=metrics, seed=0, source="toy.h5ad", n_input_cells=121, n_input_genes=50,
                                 cfg_dict=JojoConfig().to_dict(), k_info={"rule": "leiden", "resolution": 1.0,
@@ -95,7 +95,7 @@ def test_curves_umap_and_summary(tmp_path):
     md = (tmp_path / "summary.md").read_text()
     assert "K = 3, chosen without labels by rule `leiden`" in md and "![umap.png](umap.png)" in md
     assert "1 cells with zero counts" in md and "ARI 0.9000" in md
-    assert "labels by `kmeans` on [z, 1.5 x input PCA(50)]" in md
+    assert "labels by `kmeans` on [z, 1.5 x input PCA(20)]" in md
 
 
 def test_epoch_line_and_plain_progress():

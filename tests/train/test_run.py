@@ -7,6 +7,7 @@ import scipy.sparse as sp
 import yaml
 
 from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.train.run import run
 
 
@@ -49,7 +50,7 @@ def test_final_kmeans_space_follows_input_pca_weight(tmp_path, weight):
     b = bundle.load(res.output)
     evals = [h for h in res.history if "eval_ari" in h]
     if weight:
-        assert b.input_pca is not None and b.centroids.shape == (2, 192 + 50)
+        assert b.input_pca is not None and b.centroids.shape == (2, 192 + cfg.eval.input_pca_components)
         # the oracle column is the final label method (k-means on [z, PCA]) at its best evaluation
         assert res.metrics["oracle_ari"] == max(h["eval_final_ari"] for h in evals)
     else:
@@ -77,3 +78,30 @@ def test_final_kmeans_restart_selection_reaches_the_labels(tmp_path, monkeypatch
     assert res.metrics["kmeans_select"] == "consensus" and res.metrics["kmeans_restarts"] == 4
     with pytest.raises(ValueError, match="kmeans_select must be one of"):
         config_from_args(["--kmeans-select", "best"])
+
+
+def test_input_pca_components_from_the_cli(tmp_path, monkeypatch):
+    """--input-pca-components sets the input PCA columns appended to z: in the bundle's centroids (so predict
+    assigns in the same space), the metrics, and the in-training evaluations' final-space k-means."""
+    from jojoscl_dist.outputs import bundle
+    from jojoscl_dist.train.__main__ import config_from_args
+
+    path = tmp_path / "d.h5ad"
+    _counts(200, 300, 0.5).write_h5ad(path)
+    cfg = config_from_args(["--data", str(path), "--label-key", "cell_type", "--epochs", "1", "--batch-size", "100",
+                            "--num-workers", "0", "--no-tracking", "--no-plots", "--output", str(tmp_path / "out"),
+                            "--kmeans-restarts", "2", "--input-pca-components", "12"])
+    assert cfg.eval.input_pca_components == 12
+    import jojoscl_dist.train.loop as loop
+
+    dims = []
+    real = loop.fit_kmeans
+    monkeypatch.setattr(loop, "fit_kmeans", lambda x, k, **kw: dims.append(x.shape[1]) or real(x, k, **kw))
+    res = run(cfg)
+    assert dims == [192, 192 + 12]  # the evaluation: k-means on z (selection), on [z, p] (oracle column)
+    assert bundle.load(res.output).centroids.shape == (2, 192 + 12)
+    assert res.metrics["input_pca_components"] == 12
+    cfg.eval.input_pca_components, cfg.run.output = 0, str(tmp_path / "bad")
+    with pytest.raises(JojoInputError, match="--input-pca-components must be at least 1"):
+        run(cfg)
+    assert not (tmp_path / "bad").exists()
