@@ -147,7 +147,7 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
         if tag == "pick" and cfg.eval.label_method == "kmeans":
             # The final k-means of the same picked model at other input-PCA weights (evidence for the default).
             base = pca or InputPCA.fit(ArraySource(data.x), 1.0, seed, cfg.eval.max_eval_cells,
-                                          cfg.eval.input_pca_components)
+                                       cfg.eval.input_pca_components)
             for w in PCA_WEIGHTS:
                 e = {"z": emb["z"], "p": dataclasses.replace(base, weight=w).project(data.x)} if w > 0 else {"z": emb["z"]}
                 m = score_labels(data.labels, final_labels(e, data.n_clusters, "kmeans", seed,

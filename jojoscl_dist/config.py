@@ -94,7 +94,8 @@ class EvalConfig:
     # ours: keep the restart that agrees most with the others, not the lowest inertia (cluster/kmeans.py)
     kmeans_select: KMeansSelect = "consensus"
     # ours: the final k-means clusters [z, w * PCA(n) of the input] (cluster/input_pca.py); 0 = z alone.
-    # 1.5 beat 0-3 on 42 runs (21 sets x 2 seeds): mean ARI 0.712 vs 0.663 for z alone (docs/benchmarks.md)
+    # 1.5 beat 0-3 on 42 runs (21 sets x 2 seeds): mean ARI 0.712 vs 0.663 for z alone; at 20 PCs, 3 seeds:
+    # 0.715 vs 0.706-0.709 for w 1, 2, 3 (docs/benchmarks.md)
     input_pca_weight: float = 1.5
     # ours: 20 beat 10-50 (0.723 vs 0.709 for 50 on 42 runs, replayed; docs/benchmarks.md)
     input_pca_components: int = 20  # input principal components appended to z

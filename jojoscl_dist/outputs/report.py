@@ -133,7 +133,8 @@ def summary_md(path: Path, *, source: str, n_input_cells: int, n_input_genes: in
                      f"the preprocessed data{extra}")
     else:
         lines.append(f"- K = {m['n_clusters']} (given)")
-    space = (f" on [z, {m['input_pca_weight']:g} x input PCA({m.get('input_pca_components', 50)})]" if m.get("label_method") == "kmeans"
+    n_pc = m.get("input_pca_components", 50)  # runs written before the setting existed used 50
+    space = (f" on [z, {m['input_pca_weight']:g} x input PCA({n_pc})]" if m.get("label_method") == "kmeans"
              and m.get("input_pca_weight", 0) > 0 else " on z" if m.get("label_method") == "kmeans" else "")
     lines += [f"- clusters found: {m['n_clusters_found']}; labels by `{m['label_method']}`{space}",
               f"- model selection: rule `{m['selection_rule']}` kept epoch {m['selected_epoch'] + 1} of "
