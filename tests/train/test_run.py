@@ -83,6 +83,7 @@ def test_final_kmeans_restart_selection_reaches_the_labels(tmp_path, monkeypatch
 def test_input_pca_components_from_the_cli(tmp_path, monkeypatch):
     """--input-pca-components sets the input PCA columns appended to z: in the bundle's centroids (so predict
     assigns in the same space), the metrics, and the in-training evaluations' final-space k-means."""
+    import jojoscl_dist.train.loop as loop
     from jojoscl_dist.outputs import bundle
     from jojoscl_dist.train.__main__ import config_from_args
 
@@ -92,8 +93,6 @@ def test_input_pca_components_from_the_cli(tmp_path, monkeypatch):
                             "--num-workers", "0", "--no-tracking", "--no-plots", "--output", str(tmp_path / "out"),
                             "--kmeans-restarts", "2", "--input-pca-components", "12"])
     assert cfg.eval.input_pca_components == 12
-    import jojoscl_dist.train.loop as loop
-
     dims = []
     real = loop.fit_kmeans
     monkeypatch.setattr(loop, "fit_kmeans", lambda x, k, **kw: dims.append(x.shape[1]) or real(x, k, **kw))
