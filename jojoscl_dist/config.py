@@ -61,6 +61,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
+    # ours: 1 and 1; alpha 2 / beta 2 (the two free ratios under Adam) were no better (docs/benchmarks.md)
     alpha: float = 1.0  # weight of L_INS
     beta: float = 1.0  # weight of L_CLU
     w_sure: float = 1.0  # paper: 1
