@@ -112,7 +112,8 @@ PCA_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 THREADS = torch.get_num_threads()
 
 
-def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: Path) -> dict:
+def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: Path,
+            save_dir: Path | None = None) -> dict:
     torch.set_num_threads(THREADS)
     cfg = JojoConfig()
     # Own output path per run: train() resumes from (or refuses) checkpoints it finds under the output's storage.
@@ -144,6 +145,8 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
                            cfg.eval.kmeans_select)
         m = score_labels(data.labels, lab)
         res[f"{tag}_ari"], res[f"{tag}_nmi"] = m["ari"], m["nmi"]
+        if tag == "pick" and save_dir is not None:
+            save_embedding(save_dir / f"{name}-s{seed}.npz", emb["z"], data, seed)
         if tag == "pick" and cfg.eval.label_method == "kmeans":
             # The final k-means of the same picked model at other input-PCA weights (evidence for the default).
             base = pca or InputPCA.fit(ArraySource(data.x), 1.0, seed, cfg.eval.max_eval_cells,
@@ -170,6 +173,13 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
     return res, data
 
 
+def save_embedding(path: Path, z: np.ndarray, data, seed: int) -> None:
+    """The picked model's z with what bench.replay needs to recluster it: truth, K, and the input's PCA(50)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, pick_z=z, pca=input_reference(data.x, seed), truth=np.unique(np.asarray(data.labels), return_inverse=True)[1],
+                        k=data.n_clusters)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--datasets", default=",".join(PAPER_SETS), help="comma list, or 'all'")
@@ -185,6 +195,9 @@ def main(argv=None) -> None:
                    help="dotted config override (repeatable): runs one extra variant named 'set:KEY=VALUE,...' "
                    "with all of them, e.g. --set model.momentum=0.9 (evidence for a default)")
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--save-embeddings", default=None, metavar="DIR",
+                   help="save each run's picked embedding to DIR/<set>-s<seed>.npz (full variant only), to replay "
+                   "final clusterings with bench.replay without retraining")
     p.add_argument("--out", default="docs/quality")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -207,7 +220,8 @@ def main(argv=None) -> None:
             if f"{name}:{seed}" in skip:
                 continue
             for variant, ov in variants.items():
-                r, data = run_one(name, seed, ov, args.epochs, workdir)
+                save = Path(args.save_embeddings) if args.save_embeddings and variant == "full" else None
+                r, data = run_one(name, seed, ov, args.epochs, workdir, save)
                 r["variant"] = variant
                 if variant == "full" and not args.no_baselines:
                     for b, m in baselines(data.x, data.labels, data.n_clusters, seed).items():

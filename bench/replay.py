@@ -1,0 +1,131 @@
+"""Replay final clusterings on saved picked embeddings: evidence for the final-label rule without retraining.
+
+    python -m bench.quality --datasets all --seed-list 0 --no-baselines --save-embeddings runs/emb
+    python -m bench.replay runs/emb [--rules default,medoid,overmerge] [--restarts 40]
+
+Each saved run (``<set>-s<seed>.npz``: the picked model's z, the input's PCA(50) coordinates, the truth and K)
+is reclustered by every rule, and the ARI of each rule is printed per run and averaged. Labels are used only to
+score; no rule sees them. Rules:
+
+- ``default``: the product's final labels, k-means on [z, 1.5 x PCA(20)] with the consensus restart of 40
+  (``eval.input_pca_weight``, ``eval.input_pca_components``, ``eval.kmeans_select``).
+- ``w<x>``: the same at input-PCA weight x (``w0`` = z alone).
+- ``medoid``: R k-means++ restarts in each of [z, w x PCA(20)] for w in 0, 0.75, 1.5, 3; keep the partition with
+  the highest mean ARI to all the others, so the data, not a fixed w, chooses the space (session 16: rejected).
+- ``overmerge``: k-means with 2K clusters in the default space (consensus of R), then the clusters merged
+  pairwise by the size-weighted Ward cost n_a n_b / (n_a + n_b) ||c_a - c_b||^2 down to K (session 17: rejected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import numpy as np
+from sklearn.cluster import kmeans_plusplus
+from sklearn.metrics import adjusted_rand_score
+
+from jojoscl_dist.cluster.input_pca import cluster_space
+from jojoscl_dist.cluster.kmeans import _lloyd, assign, consensus_index, fit_kmeans
+
+N_COMPONENTS = 20
+WEIGHT = 1.5
+MEDOID_WEIGHTS = (0.0, 0.75, 1.5, 3.0)
+
+
+def space(run: dict, weight: float) -> np.ndarray:
+    """[z, w * PCA(20) scaled to unit mean squared norm] (the product's final space), or z alone at w = 0."""
+    z = run["pick_z"]
+    if weight == 0:
+        return np.ascontiguousarray(z, dtype=np.float32)
+    return np.ascontiguousarray(cluster_space(z, run["pca"][:, :N_COMPONENTS], weight), dtype=np.float32)
+
+
+def restarts(x: np.ndarray, k: int, n: int, rng: np.random.Generator, seed: int) -> list[np.ndarray]:
+    """Labels of n k-means++-seeded Lloyd runs (50 iterations), as the product's fit_kmeans draws them."""
+    out = []
+    for r in range(n):
+        init, _ = kmeans_plusplus(x, k, random_state=int(rng.integers(2**31 - 1)))
+        c, _ = _lloyd(x, k, 50, seed + r, init.astype(np.float32), False)
+        out.append(assign(x, c))
+    return out
+
+
+def rule_default(run: dict, seed: int, n: int, weight: float = WEIGHT) -> np.ndarray:
+    return fit_kmeans(space(run, weight), run["k"], seed=seed, restarts=n, select="consensus")
+
+
+def rule_medoid(run: dict, seed: int, n: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    per = max(2, n // len(MEDOID_WEIGHTS))
+    labels = [lab for w in MEDOID_WEIGHTS for lab in restarts(space(run, w), run["k"], per, rng, seed)]
+    return labels[consensus_index(labels, [0.0] * len(labels))]
+
+
+def ward_merge(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Merge clusters greedily by the size-weighted Ward cost until k remain; returns the merged labels."""
+    ids = [int(i) for i in np.unique(labels)]
+    size = {i: float((labels == i).sum()) for i in ids}
+    cent = {i: x[labels == i].mean(axis=0) for i in ids}
+    root = {i: i for i in ids}
+    while len(ids) > k:
+        _, a, b = min((size[a] * size[b] / (size[a] + size[b]) * float(((cent[a] - cent[b]) ** 2).sum()), a, b)
+                      for ai, a in enumerate(ids) for b in ids[ai + 1:])
+        cent[a] = (size[a] * cent[a] + size[b] * cent[b]) / (size[a] + size[b])
+        size[a] += size[b]
+        ids.remove(b)
+        root = {i: (a if r == b else r) for i, r in root.items()}
+    codes = {r: c for c, r in enumerate(ids)}
+    return np.array([codes[root[int(i)]] for i in labels])
+
+
+def rule_overmerge(run: dict, seed: int, n: int, factor: float = 2.0) -> np.ndarray:
+    x = space(run, WEIGHT)
+    k = run["k"]
+    fine = fit_kmeans(x, min(len(x) - 1, int(round(factor * k))), seed=seed, restarts=max(2, n // 2),
+                      select="consensus")
+    return ward_merge(x, fine, k)
+
+
+def run_rule(rule: str, run: dict, seed: int, n: int) -> np.ndarray:
+    if rule == "default":
+        return rule_default(run, seed, n)
+    if rule == "medoid":
+        return rule_medoid(run, seed, n)
+    if rule == "overmerge":
+        return rule_overmerge(run, seed, n)
+    if rule.startswith("w"):
+        return rule_default(run, seed, n, float(rule[1:]))
+    raise ValueError(f"unknown rule {rule!r}: default, w<weight>, medoid or overmerge")
+
+
+def load(path: Path) -> dict:
+    d = np.load(path, allow_pickle=True)  # allow_pickle: older dumps kept string truth labels
+    return {"pick_z": d["pick_z"], "pca": d["pca"], "truth": d["truth"], "k": int(d["k"])}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("dir", help="folder of <set>-s<seed>.npz written by bench.quality --save-embeddings")
+    p.add_argument("--rules", default="default,medoid,overmerge")
+    p.add_argument("--restarts", type=int, default=40, help="k-means restarts per rule (its budget)")
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    files = sorted(Path(args.dir).glob("*-s*.npz"))
+    if not files:
+        raise SystemExit(f"no <set>-s<seed>.npz in {args.dir}: write them with bench.quality --save-embeddings")
+    rules = args.rules.split(",")
+    scores: dict[str, list[float]] = {r: [] for r in rules}
+    for f in files:
+        run = load(f)
+        seed = int(f.stem.rsplit("-s", 1)[1])
+        row = {r: adjusted_rand_score(run["truth"], run_rule(r, run, seed, args.restarts)) for r in rules}
+        for r, v in row.items():
+            scores[r].append(v)
+        print(f"{f.stem:30s} K={run['k']:3d} " + " ".join(f"{r} {v:.3f}" for r, v in row.items()), flush=True)
+    print(f"mean over {len(files)} runs: " + " ".join(f"{r} {np.mean(v):.4f}" for r, v in scores.items()))
+
+
+if __name__ == "__main__":
+    main()
