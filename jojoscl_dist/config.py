@@ -52,7 +52,7 @@ class ModelConfig:
     latent_dim: int = 128
     instance_dim: int = 192  # paper: instance head 128 -> 192 -> 192
     cluster_hidden: int = 64  # paper: cluster head 128 -> 64 -> K
-    mask_keep: float = 0.1  # ref: inverted dropout p=0.9 -> keep 10%, survivors x10
+    mask_keep: float = 0.1  # ref: inverted dropout p=0.9 -> keep 10%, survivors x10 (0.05 and 0.5 lost)
     mask_min_nonzero: float = 10.0  # ours: on sparse data raise the keep rate (<= 0.5) so a view keeps this many
     #                                 of a cell's non-zero genes on average; 0 = the reference's fixed rate
     noise_std: float = 0.1  # ref: Gaussian noise N(0, 0.1^2)
@@ -65,7 +65,7 @@ class LossConfig:
     alpha: float = 1.0  # weight of L_INS
     beta: float = 1.0  # weight of L_CLU
     w_sure: float = 1.0  # paper: 1
-    tau_instance: float = 0.07  # ref/paper; Human_brain label-free ARI .71 at 0.07 vs .49 at 0.5 (docs/benchmarks.md)
+    tau_instance: float = 0.07  # ref/paper; 0.05 and 0.2 lost on all 21 sets (docs/benchmarks.md)
     tau_cluster: float = 1.0  # CC: 1.0
     sure_variant: SureVariant = "cross"  # ours: prior from the key view (METHOD.md s5.1)
     kmeans_iters: int = 10  # Lloyd iterations of the per-batch k-means
@@ -76,7 +76,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = 100  # ours (METHOD.md s7: longer runs degrade on small sets)
+    epochs: int = 100  # ours: 50 and 150 lost (docs/benchmarks.md); longer runs degrade on small sets
     batch_size: int = 256  # GLOBAL batch; each of N workers takes batch_size / N
     lr: float = 3e-4  # ours: the reference's 0.2 collapsed the cluster head; 3e-4 beat 1e-3 (docs/benchmarks.md)
     weight_decay: float = 0.0
