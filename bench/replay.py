@@ -23,11 +23,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from sklearn.cluster import kmeans_plusplus
 from sklearn.metrics import adjusted_rand_score
 
 from jojoscl_dist.cluster.input_pca import cluster_space
-from jojoscl_dist.cluster.kmeans import _lloyd, assign, consensus_index, fit_kmeans
+from jojoscl_dist.cluster.kmeans import consensus_index, fit_kmeans
 
 N_COMPONENTS = 20
 WEIGHT = 1.5
@@ -42,14 +41,9 @@ def space(run: dict, weight: float) -> np.ndarray:
     return np.ascontiguousarray(cluster_space(z, run["pca"][:, :N_COMPONENTS], weight), dtype=np.float32)
 
 
-def restarts(x: np.ndarray, k: int, n: int, rng: np.random.Generator, seed: int) -> list[np.ndarray]:
-    """Labels of n k-means++-seeded Lloyd runs (50 iterations), as the product's fit_kmeans draws them."""
-    out = []
-    for r in range(n):
-        init, _ = kmeans_plusplus(x, k, random_state=int(rng.integers(2**31 - 1)))
-        c, _ = _lloyd(x, k, 50, seed + r, init.astype(np.float32), False)
-        out.append(assign(x, c))
-    return out
+def restarts(x: np.ndarray, k: int, n: int, seed: int) -> list[np.ndarray]:
+    """Labels of n single k-means++-seeded runs of the product's k-means, seeds seed, seed + 1, ..."""
+    return [fit_kmeans(x, k, seed=seed + r, restarts=1) for r in range(n)]
 
 
 def rule_default(run: dict, seed: int, n: int, weight: float = WEIGHT) -> np.ndarray:
@@ -57,9 +51,9 @@ def rule_default(run: dict, seed: int, n: int, weight: float = WEIGHT) -> np.nda
 
 
 def rule_medoid(run: dict, seed: int, n: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
     per = max(2, n // len(MEDOID_WEIGHTS))
-    labels = [lab for w in MEDOID_WEIGHTS for lab in restarts(space(run, w), run["k"], per, rng, seed)]
+    labels = [lab for i, w in enumerate(MEDOID_WEIGHTS)
+              for lab in restarts(space(run, w), run["k"], per, 1000 * seed + per * i)]
     return labels[consensus_index(labels, [0.0] * len(labels))]
 
 
