@@ -26,6 +26,7 @@ METHODS = [("pick", "label-free pick (default)"), ("pick_w0", "pick, k-means on 
            ("kmeans_pca_ours", "our final k-means on input PCA alone (no model)")]
 BASELINES = ["kmeans_pca", "leiden_1.0", "leiden_K"]
 PRESELECTED = {"10X_PBMC_top2000", "Bladder_top2000"}  # the paper used all genes; these files hold 2000
+ISSUE_BAR = 0.72  # the quality issue's 'so >= 0.72' (its November k-means on PCA, 0.673, + 0.05)
 
 
 def _ms(v: pd.Series) -> str:
@@ -81,6 +82,10 @@ def targets(df: pd.DataFrame) -> list[str]:
                          f"{per['pick_ari'].mean():.3f} | {per['pick_ari'].mean() - nm:+.3f} | - |")
         lines.append(f"| mean ARI over {len(per)} sets >= best baseline ({best_b} {per[f'{best_b}_ari'].mean():.3f}) "
                      f"+ 0.05 | {bar:.3f} | {ours:.3f} | {ours - bar:+.3f} | {'yes' if ours >= bar else 'no'} |")
+        # The issue states the bar as a fixed number too; the in-harness baseline moves with the seeds.
+        lines.append(f"| mean ARI over {len(per)} sets >= the issue's fixed bar (k-means on PCA measured in November, "
+                     f"0.673, + 0.05) | {ISSUE_BAR:.3f} | {ours:.3f} | {ours - ISSUE_BAR:+.3f} | "
+                     f"{'yes' if ours >= ISSUE_BAR else 'no'} |")
     return lines
 
 
