@@ -176,8 +176,8 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
 def save_embedding(path: Path, z: np.ndarray, data, seed: int) -> None:
     """The picked model's z with what bench.replay needs to recluster it: truth, K, and the input's PCA(50)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, pick_z=z, pca=input_reference(data.x, seed), truth=np.unique(np.asarray(data.labels), return_inverse=True)[1],
-                        k=data.n_clusters)
+    truth = np.unique(np.asarray(data.labels), return_inverse=True)[1]  # codes: loadable without pickle
+    np.savez_compressed(path, pick_z=z, pca=input_reference(data.x, seed), truth=truth, k=data.n_clusters)
 
 
 def main(argv=None) -> None:

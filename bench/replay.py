@@ -7,8 +7,8 @@ Each saved run (``<set>-s<seed>.npz``: the picked model's z, the input's PCA(50)
 is reclustered by every rule, and the ARI of each rule is printed per run and averaged. Labels are used only to
 score; no rule sees them. Rules:
 
-- ``default``: the product's final labels, k-means on [z, 1.5 x PCA(20)] with the consensus restart of 40
-  (``eval.input_pca_weight``, ``eval.input_pca_components``, ``eval.kmeans_select``).
+- ``default``: the product's final labels at the current defaults: k-means on [z, w x PCA(n)] with the consensus
+  restart (``eval.input_pca_weight`` 1.5, ``eval.input_pca_components`` 20, ``eval.kmeans_select``).
 - ``w<x>``: the same at input-PCA weight x (``w0`` = z alone).
 - ``medoid``: R k-means++ restarts in each of [z, w x PCA(20)] for w in 0, 0.75, 1.5, 3; keep the partition with
   the highest mean ARI to all the others, so the data, not a fixed w, chooses the space (session 16: rejected).
@@ -27,14 +27,16 @@ from sklearn.metrics import adjusted_rand_score
 
 from jojoscl_dist.cluster.input_pca import cluster_space
 from jojoscl_dist.cluster.kmeans import consensus_index, fit_kmeans
+from jojoscl_dist.config import EvalConfig
 
-N_COMPONENTS = 20
-WEIGHT = 1.5
+DEFAULTS = EvalConfig()  # the final space and restart budget follow the product's defaults
+N_COMPONENTS = DEFAULTS.input_pca_components
+WEIGHT = DEFAULTS.input_pca_weight
 MEDOID_WEIGHTS = (0.0, 0.75, 1.5, 3.0)
 
 
 def space(run: dict, weight: float) -> np.ndarray:
-    """[z, w * PCA(20) scaled to unit mean squared norm] (the product's final space), or z alone at w = 0."""
+    """[z, w * PCA(n) scaled to unit mean squared norm] (the product's final space), or z alone at w = 0."""
     z = run["pick_z"]
     if weight == 0:
         return np.ascontiguousarray(z, dtype=np.float32)
@@ -47,7 +49,7 @@ def restarts(x: np.ndarray, k: int, n: int, seed: int) -> list[np.ndarray]:
 
 
 def rule_default(run: dict, seed: int, n: int, weight: float = WEIGHT) -> np.ndarray:
-    return fit_kmeans(space(run, weight), run["k"], seed=seed, restarts=n, select="consensus")
+    return fit_kmeans(space(run, weight), run["k"], seed=seed, restarts=n, select=DEFAULTS.kmeans_select)
 
 
 def rule_medoid(run: dict, seed: int, n: int) -> np.ndarray:
@@ -103,7 +105,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("dir", help="folder of <set>-s<seed>.npz written by bench.quality --save-embeddings")
     p.add_argument("--rules", default="default,medoid,overmerge")
-    p.add_argument("--restarts", type=int, default=40, help="k-means restarts per rule (its budget)")
+    p.add_argument("--restarts", type=int, default=DEFAULTS.kmeans_restarts, help="k-means restarts per rule (its "
+                   "budget; default: the product's)")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     files = sorted(Path(args.dir).glob("*-s*.npz"))
