@@ -31,9 +31,9 @@ class DataConfig:
     n_clusters: int | str | None = None  # K; None -> number of distinct labels in label_key; "auto" -> k_rule
     k_rule: KRule = "leiden"  # ours: label-free K rule for n_clusters="auto" (docs/benchmarks.md, K selection)
     k_resolution: float = 1.0  # Leiden resolution of k_rule "leiden" (ours: 1.0 beat 0.5)
-    n_top_genes: int = 2000  # paper / peers: top-2000 HVG
+    n_top_genes: int = 2000  # paper / peers: top-2000 HVG; 3000 lost on 2 seeds (docs/benchmarks.md)
     input_scale: InputScale = "auto"  # auto: integer counts -> normalise+log1p; non-integer -> see data.preprocess
-    scale_clip: float | None = None  # per-gene z-score clipping (reference: none)
+    scale_clip: float | None = None  # per-gene z-score clipping (reference: none; 10 lost, docs/benchmarks.md)
     chunk_size: int = 4096  # rows per streaming chunk for preprocessing statistics
     # Atlas scale (prepared Zarr stores; see jojoscl_dist/prepare.py and docs/benchmarks.md "Scale")
     store_chunk_rows: int = 2048  # ours: rows per chunk of a prepared store's X (16 MB at 2000 HVG)
