@@ -30,6 +30,9 @@ KEYS = ("epoch", "eval_ari", "eval_nmi", "eval_head_ari", "select_silhouette", "
 
 
 def _value(v: str):
+    """A --set value: int, float, bool, a comma list of those (tuple fields such as model.hidden_dims), or str."""
+    if "," in v:
+        return [_value(part) for part in v.split(",")]
     for cast in (int, float):
         try:
             return cast(v)
