@@ -1,0 +1,26 @@
+"""bench.quality --baselines-only: the baselines on a real (small) file, without training a model."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+import bench.quality as quality
+
+
+def test_baselines_only_scores_the_baselines_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 40)
+    rates = rng.gamma(2.0, 1.0, size=(3, 300))
+    rates[:, :30] *= np.repeat(np.eye(3), 10, axis=1) * 20 + 1  # 10 marker genes per type
+    counts = rng.poisson(rates[truth]).astype(np.float32)
+    a = ad.AnnData(X=counts, obs=pd.DataFrame({"cell_type": pd.Categorical([f"t{t}" for t in truth])},
+                                              index=[f"c{i}" for i in range(120)]))
+    a.write_h5ad(tmp_path / "toy.h5ad")
+    monkeypatch.setattr(quality, "SHARED", tmp_path)
+    monkeypatch.setattr(quality, "run_one", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    quality.main(["--datasets", "toy", "--seed-list", "0", "--baselines-only", "--out", str(tmp_path / "q")])
+    row = pd.read_csv(tmp_path / "q.csv").iloc[0]
+    assert row["variant"] == "baselines" and row["n_cells"] == 120 and row["k"] == 3
+    assert row["kmeans_pca_ari"] > 0.9  # three well separated types
+    assert "train_s" not in row.index and "pick_ari" not in row.index
+    assert "| toy | 3 |" in (tmp_path / "q.md").read_text()
