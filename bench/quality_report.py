@@ -200,16 +200,16 @@ def fill_baselines(df: pd.DataFrame, sources: list[Path]) -> pd.DataFrame:
     The baselines see only the preprocessed matrix and the seed, so a change to training leaves them as they were.
     """
     src = _read_all(sources)
-    cols = [c for b in BASELINES for c in (f"{b}_ari", f"{b}_nmi") if c in src]
-    src = src.dropna(subset=cols).drop_duplicates(subset=["dataset", "seed"], keep="last")
-    src = src.set_index(["dataset", "seed"])[cols]
+    # The no-model column too: like the baselines it depends on the matrix and the seed only.
+    cols = [c for b in BASELINES + ["kmeans_pca_ours"] for c in (f"{b}_ari", f"{b}_nmi") if c in src]
     df = df.copy()
-    for c in cols:
-        if c not in df:
-            df[c] = np.nan
     key = pd.MultiIndex.from_frame(df[["dataset", "seed"]])
     for c in cols:
-        df[c] = df[c].fillna(pd.Series(src[c].reindex(key).to_numpy(), index=df.index))
+        # Per column: older sources lack the newer columns, and must still give the ones they have.
+        s = src.dropna(subset=[c]).drop_duplicates(subset=["dataset", "seed"], keep="last").set_index(["dataset", "seed"])[c]
+        if c not in df:
+            df[c] = np.nan
+        df[c] = df[c].fillna(pd.Series(s.reindex(key).to_numpy(), index=df.index))
     return df
 
 

@@ -24,3 +24,21 @@ def test_baselines_only_scores_the_baselines_and_trains_nothing(tmp_path, monkey
     assert row["kmeans_pca_ari"] > 0.9  # three well separated types
     assert "train_s" not in row.index and "pick_ari" not in row.index
     assert "| toy | 3 |" in (tmp_path / "q.md").read_text()
+
+
+def test_report_fills_baselines_of_no_baseline_runs_per_column(tmp_path):
+    from bench.quality_report import fill_baselines
+
+    runs = pd.DataFrame([{"dataset": "a", "seed": 5, "variant": "full", "pick_ari": 0.7},
+                         {"dataset": "a", "seed": 0, "variant": "full", "pick_ari": 0.6, "kmeans_pca_ari": 0.5}])
+    old = tmp_path / "old.log"  # an older source without the no-model column
+    old.write_text(str({"dataset": "a", "seed": 5, "variant": "baselines", "kmeans_pca_ari": 0.4,
+                        "kmeans_pca_nmi": 0.41}) + "\n")
+    new = tmp_path / "new.log"
+    new.write_text(str({"dataset": "a", "seed": 5, "variant": "baselines", "kmeans_pca_ari": 0.45,
+                        "kmeans_pca_nmi": 0.46, "kmeans_pca_ours_ari": 0.55, "kmeans_pca_ours_nmi": 0.56}) + "\n")
+    out = fill_baselines(runs, [old, new]).set_index("seed")
+    assert out.loc[5, "kmeans_pca_ari"] == 0.45  # the newest source wins
+    assert out.loc[5, "kmeans_pca_ours_ari"] == 0.55
+    assert out.loc[0, "kmeans_pca_ari"] == 0.5  # a run's own value is never replaced
+    assert np.isnan(out.loc[0, "kmeans_pca_ours_ari"])  # no source for seed 0: left empty, not invented
