@@ -113,28 +113,29 @@ PCA_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 THREADS = torch.get_num_threads()
 
 
-def baseline_row(name: str, seed: int) -> dict:
-    """The baselines alone on one set and seed (same preprocessing as run_one), without training a model."""
+def _set_config(name: str, seed: int) -> JojoConfig:
     cfg = JojoConfig()
     cfg.data.path = str(SHARED / f"{name}.h5ad")
     cfg.data.label_key = "cell_type"
     cfg.run.seed = seed
-    data = prepare_data(cfg)
+    return cfg
+
+
+def baseline_row(name: str, seed: int) -> dict:
+    """The baselines alone on one set and seed (same preprocessing as run_one), without training a model."""
+    data = prepare_data(_set_config(name, seed))
     r: dict = {"dataset": name, "seed": seed, "n_cells": data.x.shape[0], "k": data.n_clusters, "variant": "baselines"}
     for b, m in baselines(data.x, data.labels, data.n_clusters, seed).items():
-        r[f"{b}_ari"], r[f"{b}_nmi"] = round(m["ari"], 3), round(m["nmi"], 3)
+        r[f"{b}_ari"], r[f"{b}_nmi"] = m["ari"], m["nmi"]
     return r
 
 
 def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: Path,
             save_dir: Path | None = None) -> dict:
     torch.set_num_threads(THREADS)
-    cfg = JojoConfig()
+    cfg = _set_config(name, seed)
     # Own output path per run: train() resumes from (or refuses) checkpoints it finds under the output's storage.
     cfg.run.output = str(workdir / f"{name}-s{seed}-{zlib.crc32(repr(sorted(overrides.items())).encode()):08x}")
-    cfg.data.path = str(SHARED / f"{name}.h5ad")
-    cfg.data.label_key = "cell_type"
-    cfg.run.seed = seed
     cfg.run.num_workers = 0
     cfg.run.tracking = False
     if epochs:
@@ -237,7 +238,7 @@ def main(argv=None) -> None:
                 continue
             if args.baselines_only:
                 rows.append(baseline_row(name, seed))
-                print(rows[-1], flush=True)
+                _print_row(rows[-1])
                 continue
             for variant, ov in variants.items():
                 save = Path(args.save_embeddings) if args.save_embeddings and variant == "full" else None
@@ -247,8 +248,13 @@ def main(argv=None) -> None:
                     for b, m in baselines(data.x, data.labels, data.n_clusters, seed).items():
                         r[f"{b}_ari"], r[f"{b}_nmi"] = m["ari"], m["nmi"]
                 rows.append(r)
-                print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
+                _print_row(r)
     write_tables(rows, Path(args.out))
+
+
+def _print_row(r: dict) -> None:
+    """One dict per run on stdout: the .log form that bench.quality_report reads."""
+    print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
 
 
 def _mean_s(rows: list[dict]) -> str:
