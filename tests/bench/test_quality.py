@@ -42,3 +42,14 @@ def test_report_fills_baselines_of_no_baseline_runs_per_column(tmp_path):
     assert out.loc[5, "kmeans_pca_ours_ari"] == 0.55
     assert out.loc[0, "kmeans_pca_ari"] == 0.5  # a run's own value is never replaced
     assert np.isnan(out.loc[0, "kmeans_pca_ours_ari"])  # no source for seed 0: left empty, not invented
+
+
+def test_seed_table_averages_complete_seeds_only():
+    from bench.quality_report import seed_table
+
+    rows = [{"dataset": d, "seed": s, "variant": "full", "pick_ari": a, "pick_nmi": 0.5}
+            for d, s, a in [("a", 0, 0.2), ("b", 0, 0.4), ("a", 1, 0.6), ("b", 1, 1.0), ("a", 2, 0.9)]]
+    lines = seed_table(pd.DataFrame(rows))
+    assert lines[2] == "| 0 | 0.300 | 0.500 |"  # (0.2 + 0.4) / 2
+    assert lines[3] == "| 1 | 0.800 | 0.500 |"
+    assert len(lines) == 4  # seed 2 lacks set b: left out
