@@ -125,9 +125,13 @@ def baseline_row(name: str, seed: int) -> dict:
     """The baselines alone on one set and seed (same preprocessing as run_one), without training a model."""
     data = prepare_data(_set_config(name, seed))
     r: dict = {"dataset": name, "seed": seed, "n_cells": data.x.shape[0], "k": data.n_clusters, "variant": "baselines"}
+    _add_baselines(r, data, seed)
+    return r
+
+
+def _add_baselines(r: dict, data, seed: int) -> None:
     for b, m in baselines(data.x, data.labels, data.n_clusters, seed).items():
         r[f"{b}_ari"], r[f"{b}_nmi"] = m["ari"], m["nmi"]
-    return r
 
 
 def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: Path,
@@ -245,8 +249,7 @@ def main(argv=None) -> None:
                 r, data = run_one(name, seed, ov, args.epochs, workdir, save)
                 r["variant"] = variant
                 if variant == "full" and not args.no_baselines:
-                    for b, m in baselines(data.x, data.labels, data.n_clusters, seed).items():
-                        r[f"{b}_ari"], r[f"{b}_nmi"] = m["ari"], m["nmi"]
+                    _add_baselines(r, data, seed)
                 rows.append(r)
                 _print_row(r)
     write_tables(rows, Path(args.out))

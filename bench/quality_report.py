@@ -60,7 +60,7 @@ def main_table(df: pd.DataFrame) -> list[str]:
 
 
 def seed_table(df: pd.DataFrame) -> list[str]:
-    """The 21-set mean of each seed that covers every data set: how far one seed's table moves, and whether the
+    """The mean over data sets of each seed that covers every data set: how far one seed's table moves, and whether the
     seeds the defaults were chosen on stand out."""
     full = df[df["variant"] == "full"]
     n_sets = full["dataset"].nunique()

@@ -7,7 +7,7 @@ import pandas as pd
 import bench.quality as quality
 
 
-def test_baselines_only_scores_the_baselines_and_trains_nothing(tmp_path, monkeypatch, capsys):
+def test_baselines_only_scores_the_baselines_and_trains_nothing(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     truth = np.repeat(np.arange(3), 40)
     rates = rng.gamma(2.0, 1.0, size=(3, 300))
