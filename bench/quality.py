@@ -33,7 +33,7 @@ from jojoscl_dist.cluster.selection import input_reference
 from jojoscl_dist.cluster.kmeans import fit_kmeans
 from jojoscl_dist.config import EvalConfig, JojoConfig
 from jojoscl_dist.data.loader import ArraySource
-from jojoscl_dist.model import JojoSCL
+from jojoscl_dist.model import build_model
 from jojoscl_dist.train.embed import embed, final_labels
 from jojoscl_dist.train.run import default_storage, fit_input_pca, oracle, prepare_data, train
 
@@ -149,8 +149,7 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
     data = prepare_data(cfg)
     state = train(cfg, data)
     shutil.rmtree(default_storage(cfg), ignore_errors=True)
-    model = JojoSCL(state["n_genes"], state["n_clusters"], cfg.model.hidden_dims, cfg.model.latent_dim,
-                    cfg.model.instance_dim, cfg.model.cluster_hidden)
+    model = build_model(cfg.model, state["n_genes"], state["n_clusters"])
     res: dict = {"dataset": name, "seed": seed, "n_cells": data.x.shape[0], "k": data.n_clusters,
                  "mask_keep": state["config"]["model"]["mask_keep"]}  # after the sparsity rule
     picks = {"last": state["model"]}

@@ -18,17 +18,36 @@ def _mlp_block(d_in: int, d_out: int) -> list[nn.Module]:
 
 
 class Encoder(nn.Module):
-    """f: G -> 512 -> 256 -> 128, each Linear + BatchNorm1d + ReLU; output L2-normalised."""
+    """f: G -> 512 -> 256 -> 128, each Linear + BatchNorm1d + ReLU; output L2-normalised.
 
-    def __init__(self, n_genes: int, hidden_dims: tuple[int, ...], latent_dim: int):
+    With ``input_pcs`` = P > 0 the (augmented) expression is first projected on the input's top P principal
+    components, a fixed linear map (x - mean) @ V^T / s with V (P, G), set once by ``set_input_projection`` and
+    kept as buffers (saved with the model): f then reads P -> 512 -> 256 -> 128.
+    """
+
+    def __init__(self, n_genes: int, hidden_dims: tuple[int, ...], latent_dim: int, input_pcs: int = 0):
         super().__init__()
-        dims = (n_genes, *hidden_dims, latent_dim)
+        self.input_pcs = input_pcs
+        if input_pcs > 0:
+            self.register_buffer("in_mean", torch.zeros(n_genes))
+            self.register_buffer("in_components", torch.zeros(input_pcs, n_genes))
+        dims = (input_pcs or n_genes, *hidden_dims, latent_dim)
         layers: list[nn.Module] = []
         for d_in, d_out in zip(dims[:-1], dims[1:]):
             layers += _mlp_block(d_in, d_out)
         self.net = nn.Sequential(*layers)
 
+    @torch.no_grad()
+    def set_input_projection(self, mean, components, scale: float) -> None:
+        """mean (G,), components (P', G) with P' <= P (fewer cells than P): rows beyond P' stay zero."""
+        comps = torch.as_tensor(components, dtype=torch.float32) / scale
+        self.in_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.in_components.zero_()
+        self.in_components[: comps.shape[0]].copy_(comps)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_pcs > 0:
+            x = (x - self.in_mean) @ self.in_components.T
         return F.normalize(self.net(x), dim=1)
 
 
@@ -60,9 +79,9 @@ class JojoSCL(nn.Module):
     so that DDP wraps only what receives gradients."""
 
     def __init__(self, n_genes: int, n_clusters: int, hidden_dims=(512, 256), latent_dim=128, instance_dim=192,
-                 cluster_hidden=64):
+                 cluster_hidden=64, input_pcs: int = 0):
         super().__init__()
-        self.encoder = Encoder(n_genes, tuple(hidden_dims), latent_dim)
+        self.encoder = Encoder(n_genes, tuple(hidden_dims), latent_dim, input_pcs)
         self.instance_head = InstanceHead(latent_dim, instance_dim)
         self.cluster_head = ClusterHead(latent_dim, cluster_hidden, n_clusters)
 
@@ -95,3 +114,9 @@ def momentum_update(key: nn.Module, query: nn.Module, m: float) -> None:
     torch._foreach_add_(k_params, q_params, alpha=1.0 - m)
     for kb, qb in zip(key.buffers(), query.buffers()):
         kb.copy_(qb)
+
+
+def build_model(mc, n_genes: int, n_clusters: int) -> JojoSCL:
+    """The model a ``ModelConfig`` describes (training, resume, bundles and the bench build it the same way)."""
+    return JojoSCL(n_genes, n_clusters, mc.hidden_dims, mc.latent_dim, mc.instance_dim, mc.cluster_hidden,
+                   mc.input_pcs)

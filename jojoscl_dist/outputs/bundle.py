@@ -31,7 +31,7 @@ from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.preprocess import PreprocessStats
 from jojoscl_dist.errors import JojoInputError
-from jojoscl_dist.model import JojoSCL
+from jojoscl_dist.model import JojoSCL, build_model
 
 SCHEMA = 2
 FILENAME = "model.pt"
@@ -56,7 +56,7 @@ class ModelBundle:
 
     def model(self) -> JojoSCL:
         mc = self.config.model
-        m = JojoSCL(self.n_genes, self.n_clusters, mc.hidden_dims, mc.latent_dim, mc.instance_dim, mc.cluster_hidden)
+        m = build_model(mc, self.n_genes, self.n_clusters)
         m.load_state_dict(self.weights)
         return m.eval()
 

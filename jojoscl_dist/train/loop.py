@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from jojoscl_dist.cluster.input_pca import cluster_space
+from jojoscl_dist.cluster.input_pca import InputPCA, cluster_space
 from jojoscl_dist.cluster.kmeans import BatchKMeans, fit_kmeans
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.cluster.selection import Selector, input_reference
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import SubsetSource, epoch_batch_count, eval_subset, iter_epoch
 from jojoscl_dist.losses import cluster_contrastive_loss, instance_contrastive_loss, sure_loss
-from jojoscl_dist.model import JojoSCL, NoisePool, augment, momentum_update
+from jojoscl_dist.model import NoisePool, augment, build_model, momentum_update
 from jojoscl_dist.model.jojoscl import make_key_encoder
 from jojoscl_dist.train import distributed as D
 from jojoscl_dist.train.checkpoint import global_rng_state, load_state, save_state, set_global_rng_state
@@ -84,7 +84,10 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     lc, mc, oc = cfg.loss, cfg.model, cfg.optim
     tau_c = lc.tau_instance if lc.reference_compatible else lc.tau_cluster
 
-    model = JojoSCL(n_genes, k, mc.hidden_dims, mc.latent_dim, mc.instance_dim, mc.cluster_hidden)
+    model = build_model(mc, n_genes, k)
+    if mc.input_pcs > 0:  # fitted on the same seeded sample on every worker, before the key encoder copies it
+        pca = InputPCA.fit(data.source, 1.0, seed, cfg.eval.max_eval_cells, n_components=mc.input_pcs)
+        model.encoder.set_input_projection(pca.mean, pca.components, pca.scale)
     key_encoder = make_key_encoder(model.encoder).to(session.device)
     net = session.prepare_model(model)  # DDP when distributed
     model = model.to(session.device)

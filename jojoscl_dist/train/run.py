@@ -24,7 +24,7 @@ from jojoscl_dist.data.preprocess import PreprocessStats, compute_stats, materia
 from jojoscl_dist.data.readers import get_labels, read_input
 from jojoscl_dist.data.synthetic import demo_atlas
 from jojoscl_dist.errors import JojoInputError, TrackingError
-from jojoscl_dist.model import JojoSCL
+from jojoscl_dist.model import build_model
 from jojoscl_dist.model.augment import effective_keep
 from jojoscl_dist.outputs import run_dir
 from jojoscl_dist.outputs.write_run import history_clean, write_run  # noqa: F401 - history_clean re-exported
@@ -297,8 +297,7 @@ def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
 
     # Label-free pick: the weights the selection rule kept (the last epoch for rule 'last').
     chosen = state["best_model"] if (state.get("best_model") is not None and cfg.eval.selection != "last") else state["model"]
-    model = JojoSCL(state["n_genes"], state["n_clusters"], cfg.model.hidden_dims, cfg.model.latent_dim,
-                    cfg.model.instance_dim, cfg.model.cluster_hidden)
+    model = build_model(cfg.model, state["n_genes"], state["n_clusters"])
     model.load_state_dict(chosen)
     input_pca = fit_input_pca(cfg, data.x)
     project = input_pca.project if input_pca is not None else None

@@ -116,3 +116,27 @@ def test_effective_keep_rises_only_on_sparse_data():
     assert effective_keep(0.1, 10.0, 20.0) == 0.5  # worm_neuron-like: capped at half the entries
     assert effective_keep(0.1, 0.0, 20.0) == 0.1 and effective_keep(0.1, 10.0, None) == 0.1  # off / unknown
     assert effective_keep(effective_keep(0.1, 10.0, 69.0), 10.0, 69.0) == pytest.approx(10 / 69)  # idempotent
+
+
+def test_encoder_on_input_pcs_reads_the_fixed_projection():
+    """With input_pcs = P the encoder's first layer reads (x - mean) @ (V / s)^T, kept as saved buffers."""
+    from jojoscl_dist.config import ModelConfig
+    from jojoscl_dist.model import build_model
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(input_pcs=4), n_genes=12, n_clusters=3)
+    first = next(mod for mod in m.encoder.net if isinstance(mod, torch.nn.Linear))
+    assert first.in_features == 4
+    mean, comps = torch.randn(12), torch.randn(3, 12)  # fewer components than P: the last row stays zero
+    m.encoder.set_input_projection(mean.numpy(), comps.numpy(), scale=2.0)
+    assert torch.equal(m.encoder.in_components[3], torch.zeros(12))
+    m.eval()
+    x = torch.randn(5, 12)
+    proj = torch.cat([(x - mean) @ comps.T / 2.0, torch.zeros(5, 1)], dim=1)
+    expected = torch.nn.functional.normalize(m.encoder.net(proj), dim=1)
+    assert torch.allclose(m.encoder(x), expected, atol=1e-6)
+    # The projection travels in the state dict, so a model rebuilt from the same config reads the same input.
+    again = build_model(ModelConfig(input_pcs=4), n_genes=12, n_clusters=3)
+    again.load_state_dict(m.state_dict())
+    assert torch.allclose(again.eval().encoder(x), m.encoder(x))
+    assert "encoder.in_mean" not in build_model(ModelConfig(), 12, 3).state_dict()  # off by default

@@ -12,7 +12,7 @@ from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import compute_stats
 from jojoscl_dist.errors import JojoInputError
-from jojoscl_dist.model import JojoSCL
+from jojoscl_dist.model import JojoSCL, build_model
 from jojoscl_dist.outputs import bundle, report
 from jojoscl_dist.train.progress import EpochProgress, epoch_line
 
@@ -51,6 +51,21 @@ def test_bundle_keeps_the_input_pca_and_reads_older_bundles_without_it(tmp_path)
     del d["input_pca"]  # a bundle written before the input PCA existed: z alone, as it was trained
     torch.save(d, tmp_path / "model.pt")
     assert bundle.load(tmp_path).input_pca is None
+
+
+def test_bundle_rebuilds_an_encoder_trained_on_input_pcs(tmp_path):
+    """model.input_pcs: the projection is part of the weights, so a loaded bundle embeds cells the same way."""
+    cfg = JojoConfig()
+    cfg.model.input_pcs = 5
+    b, _ = small_bundle()
+    torch.manual_seed(0)
+    m = build_model(cfg.model, b.n_genes, 3)
+    rng = np.random.default_rng(2)
+    m.encoder.set_input_projection(rng.normal(size=b.n_genes), rng.normal(size=(5, b.n_genes)), 3.0)
+    b.weights, b.config = m.state_dict(), cfg
+    got = bundle.load(bundle.save(b, tmp_path / "pcs"))
+    x = torch.randn(4, b.n_genes)
+    np.testing.assert_allclose(got.model()(x)[1].detach(), m.eval()(x)[1].detach(), atol=1e-6)
 
 
 def test_bundle_schema_and_missing(tmp_path):

@@ -104,3 +104,21 @@ def test_evaluations_on_a_capped_sample(cellbench, monkeypatch):
     assert seen == [200]  # one evaluation (epoch 3), on 200 of the 571 cells
     h = load_state(session.checkpoint)["history"][-1]
     assert 0.0 <= h["eval_ari"] <= 1.0 and np.isfinite(h["select_silhouette"])
+
+
+def test_input_pcs_projection_is_fitted_on_the_data_and_saved(cellbench):
+    """model.input_pcs: the loop fits the input PCA once (seeded) and the encoder keeps it in its weights."""
+    from jojoscl_dist.cluster.input_pca import InputPCA
+    from jojoscl_dist.model import build_model
+
+    x, y = cellbench
+    cfg = small_cfg(3)
+    cfg.model.input_pcs = 10
+    st = load_state(run_local(cfg, x, y).checkpoint)
+    pca = InputPCA.fit(ArraySource(x), 1.0, cfg.run.seed, cfg.eval.max_eval_cells, n_components=10)
+    np.testing.assert_allclose(st["model"]["encoder.in_components"].numpy(), pca.components / pca.scale, atol=1e-6)
+    np.testing.assert_allclose(st["key_encoder"]["in_mean"].numpy(), pca.mean, atol=1e-6)
+    m = build_model(cfg.model, st["n_genes"], st["n_clusters"])
+    m.load_state_dict(st["model"])
+    labels = final_labels(embed(m, ArraySource(x)), 5, "kmeans", cfg.run.seed, 3)
+    assert score_labels(y, labels)["ari"] > 0.8
