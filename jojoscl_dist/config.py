@@ -53,7 +53,7 @@ class ModelConfig:
     instance_dim: int = 192  # paper: instance head 128 -> 192 -> 192
     cluster_hidden: int = 64  # paper: cluster head 128 -> 64 -> K
     # ours: >0 -> the encoder reads the augmented cell projected on the input's top PCs (fixed; model/jojoscl.py).
-    # 50 gained 0.06-0.13 ARI on 6 large sets but lost on others: 0.707 vs 0.726 on 21 sets (docs/benchmarks.md)
+    # 50 lost 0.017 mean ARI over 21 sets x 2 seeds (Human_brain, worm_neuron +0.06-0.10; Baron_mouse -0.28)
     input_pcs: int = 0
     mask_keep: float = 0.1  # ref: inverted dropout p=0.9 -> keep 10%, survivors x10 (0.05 and 0.5 lost)
     mask_min_nonzero: float = 10.0  # ours: on sparse data raise the keep rate (<= 0.5) so a view keeps this many

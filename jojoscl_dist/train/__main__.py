@@ -51,7 +51,7 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--sure-variant", "loss.sure_variant", str, "cross | same"),
     ("--kmeans-backend", "loss.kmeans_backend", str, "per-batch k-means: torch (on the model device) | faiss"),
     ("--input-pcs", "model.input_pcs", int, "encoder input: the cell projected on the input's top N principal "
-     "components (0 = the genes; N = 50 helped the large sets, docs/benchmarks.md)"),
+     "components (0 = the genes, the default; see docs/method.md)"),
     ("--selection", "eval.selection", str, "label-free model selection: last | silhouette | stability"),
     ("--label-method", "eval.label_method", str, "final labels: kmeans (on z) | head (argmax)"),
     ("--input-pca-weight", "eval.input_pca_weight", float, "weight of the input's PCA coordinates beside z "
