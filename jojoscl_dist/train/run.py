@@ -282,6 +282,9 @@ def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
     if cfg.eval.input_pca_components < 1:  # refused before any output or hours of training
         raise JojoInputError(f"--input-pca-components must be at least 1, got {cfg.eval.input_pca_components} "
                              "(for z alone set --input-pca-weight 0)")
+    if cfg.model.input_pcs < 0:
+        raise JojoInputError(f"--input-pcs must be 0 (the encoder reads the genes) or a number of principal "
+                             f"components, got {cfg.model.input_pcs}")
     out = run_dir.check_output(cfg.run.output, cfg.run.overwrite)
     if cfg.run.tracking:  # an unreachable MLflow store fails here, not after hours of training
         from jojoscl_dist.tracking.mlflow_log import check_tracking

@@ -104,3 +104,28 @@ def test_input_pca_components_from_the_cli(tmp_path, monkeypatch):
     with pytest.raises(JojoInputError, match="--input-pca-components must be at least 1"):
         run(cfg)
     assert not (tmp_path / "bad").exists()
+    cfg.eval.input_pca_components, cfg.model.input_pcs = 12, -5
+    with pytest.raises(JojoInputError, match="--input-pcs must be 0"):
+        run(cfg)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_input_pcs_end_to_end_cli_bundle_predict(tmp_path):
+    """--input-pcs: the whole path (CLI config -> run -> bundle -> predict) embeds cells through the projection."""
+    from jojoscl_dist.outputs import bundle
+    from jojoscl_dist.predict import predict
+    from jojoscl_dist.train.__main__ import config_from_args
+
+    path = tmp_path / "d.h5ad"
+    _counts(200, 300, 0.5).write_h5ad(path)
+    cfg = config_from_args(["--data", str(path), "--label-key", "cell_type", "--epochs", "2", "--batch-size", "100",
+                            "--num-workers", "0", "--no-tracking", "--no-plots", "--output", str(tmp_path / "out"),
+                            "--kmeans-restarts", "2", "--input-pcs", "8"])
+    res = run(cfg)
+    b = bundle.load(res.output)
+    assert b.config.model.input_pcs == 8
+    assert b.weights["encoder.in_components"].shape == (8, b.n_genes)
+    assert b.weights["encoder.in_components"].abs().sum() > 0  # fitted, not the zeros it was built with
+    pred = predict(b, ad.read_h5ad(path))
+    np.testing.assert_allclose(pred.z, res.embedding, atol=1e-5)
+    assert (pred.labels == res.labels).mean() >= 0.99
