@@ -19,6 +19,17 @@ def _counts(n_cells: int, n_genes: int, rate: float, seed: int = 0) -> ad.AnnDat
     return ad.AnnData(X=sp.csr_matrix(x), obs=obs)
 
 
+def _small_cli_config(tmp_path, *flags: str) -> JojoConfig:
+    """A 200-cell counts file at tmp_path/d.h5ad and the CLI config of a fast in-process run on it, plus flags."""
+    from jojoscl_dist.train.__main__ import config_from_args
+
+    path = tmp_path / "d.h5ad"
+    _counts(200, 300, 0.5).write_h5ad(path)
+    return config_from_args(["--data", str(path), "--label-key", "cell_type", "--batch-size", "100",
+                             "--num-workers", "0", "--no-tracking", "--no-plots", "--output", str(tmp_path / "out"),
+                             *flags])
+
+
 @pytest.mark.parametrize("rate, sparse", [(0.02, True), (0.5, False)])
 def test_mask_keep_rises_on_sparse_data_and_is_recorded(tmp_path, capsys, rate, sparse):
     path = tmp_path / "d.h5ad"
@@ -68,11 +79,7 @@ def test_final_kmeans_restart_selection_reaches_the_labels(tmp_path, monkeypatch
     seen = []
     real = km.consensus_index
     monkeypatch.setattr(km, "consensus_index", lambda labels, objs: seen.append(len(labels)) or real(labels, objs))
-    path = tmp_path / "d.h5ad"
-    _counts(200, 300, 0.5).write_h5ad(path)
-    cfg = config_from_args(["--data", str(path), "--label-key", "cell_type", "--epochs", "1", "--batch-size", "100",
-                            "--num-workers", "0", "--no-tracking", "--no-plots", "--output", str(tmp_path / "out"),
-                            "--kmeans-select", "consensus", "--kmeans-restarts", "4"])
+    cfg = _small_cli_config(tmp_path, "--epochs", "1", "--kmeans-select", "consensus", "--kmeans-restarts", "4")
     res = run(cfg)
     assert seen == [4]  # the final k-means only: in-training evaluations keep 3 restarts by inertia
     assert res.metrics["kmeans_select"] == "consensus" and res.metrics["kmeans_restarts"] == 4
@@ -85,13 +92,8 @@ def test_input_pca_components_from_the_cli(tmp_path, monkeypatch):
     assigns in the same space), the metrics, and the in-training evaluations' final-space k-means."""
     import jojoscl_dist.train.loop as loop
     from jojoscl_dist.outputs import bundle
-    from jojoscl_dist.train.__main__ import config_from_args
 
-    path = tmp_path / "d.h5ad"
-    _counts(200, 300, 0.5).write_h5ad(path)
-    cfg = config_from_args(["--data", str(path), "--label-key", "cell_type", "--epochs", "1", "--batch-size", "100",
-                            "--num-workers", "0", "--no-tracking", "--no-plots", "--output", str(tmp_path / "out"),
-                            "--kmeans-restarts", "2", "--input-pca-components", "12"])
+    cfg = _small_cli_config(tmp_path, "--epochs", "1", "--kmeans-restarts", "2", "--input-pca-components", "12")
     assert cfg.eval.input_pca_components == 12
     dims = []
     real = loop.fit_kmeans
@@ -114,18 +116,13 @@ def test_input_pcs_end_to_end_cli_bundle_predict(tmp_path):
     """--input-pcs: the whole path (CLI config -> run -> bundle -> predict) embeds cells through the projection."""
     from jojoscl_dist.outputs import bundle
     from jojoscl_dist.predict import predict
-    from jojoscl_dist.train.__main__ import config_from_args
 
-    path = tmp_path / "d.h5ad"
-    _counts(200, 300, 0.5).write_h5ad(path)
-    cfg = config_from_args(["--data", str(path), "--label-key", "cell_type", "--epochs", "2", "--batch-size", "100",
-                            "--num-workers", "0", "--no-tracking", "--no-plots", "--output", str(tmp_path / "out"),
-                            "--kmeans-restarts", "2", "--input-pcs", "8"])
+    cfg = _small_cli_config(tmp_path, "--epochs", "2", "--kmeans-restarts", "2", "--input-pcs", "8")
     res = run(cfg)
     b = bundle.load(res.output)
     assert b.config.model.input_pcs == 8
     assert b.weights["encoder.in_components"].shape == (8, b.n_genes)
     assert b.weights["encoder.in_components"].abs().sum() > 0  # fitted, not the zeros it was built with
-    pred = predict(b, ad.read_h5ad(path))
+    pred = predict(b, ad.read_h5ad(cfg.data.path))
     np.testing.assert_allclose(pred.z, res.embedding, atol=1e-5)
     assert (pred.labels == res.labels).mean() >= 0.99
