@@ -10,7 +10,7 @@ from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import compute_stats, materialize
 from jojoscl_dist.train.checkpoint import load_state
 from jojoscl_dist.train.embed import embed, final_labels
-from jojoscl_dist.model import JojoSCL
+from jojoscl_dist.model import build_model
 from jojoscl_dist.train.loop import WorkerData, train_worker
 from jojoscl_dist.train.session import LocalSession
 
@@ -40,7 +40,7 @@ def run_local(cfg, x, y, session=None):
 
 def labels_of(session, cfg, x):
     st = load_state(session.checkpoint)
-    m = JojoSCL(st["n_genes"], st["n_clusters"])
+    m = build_model(cfg.model, st["n_genes"], st["n_clusters"])
     m.load_state_dict(st["model"])
     emb = embed(m, ArraySource(x))
     return final_labels(emb, 5, "kmeans", cfg.run.seed, 3), emb
@@ -109,16 +109,14 @@ def test_evaluations_on_a_capped_sample(cellbench, monkeypatch):
 def test_input_pcs_projection_is_fitted_on_the_data_and_saved(cellbench):
     """model.input_pcs: the loop fits the input PCA once (seeded) and the encoder keeps it in its weights."""
     from jojoscl_dist.cluster.input_pca import InputPCA
-    from jojoscl_dist.model import build_model
 
     x, y = cellbench
     cfg = small_cfg(3)
     cfg.model.input_pcs = 10
-    st = load_state(run_local(cfg, x, y).checkpoint)
+    session = run_local(cfg, x, y)
+    st = load_state(session.checkpoint)
     pca = InputPCA.fit(ArraySource(x), 1.0, cfg.run.seed, cfg.eval.max_eval_cells, n_components=10)
     np.testing.assert_allclose(st["model"]["encoder.in_components"].numpy(), pca.components / pca.scale, atol=1e-6)
     np.testing.assert_allclose(st["key_encoder"]["in_mean"].numpy(), pca.mean, atol=1e-6)
-    m = build_model(cfg.model, st["n_genes"], st["n_clusters"])
-    m.load_state_dict(st["model"])
-    labels = final_labels(embed(m, ArraySource(x)), 5, "kmeans", cfg.run.seed, 3)
+    labels, _ = labels_of(session, cfg, x)  # rebuilt from the config: the projection comes with the weights
     assert score_labels(y, labels)["ari"] > 0.8
