@@ -49,8 +49,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     hidden_dims: tuple[int, ...] = (512, 256)  # paper: G -> 512 -> 256 -> 128
-    latent_dim: int = 128
-    instance_dim: int = 192  # paper: instance head 128 -> 192 -> 192
+    latent_dim: int = 128  # paper; 64 lost 0.021 mean ARI (docs/benchmarks.md, session 22)
+    instance_dim: int = 192  # paper: instance head 128 -> 192 -> 192; 128 lost on 2 seeds (session 22)
     cluster_hidden: int = 64  # paper: cluster head 128 -> 64 -> K
     # ours: >0 -> the encoder reads the augmented cell projected on the input's top PCs (fixed; model/jojoscl.py).
     # 50 lost 0.017 mean ARI over 21 sets x 2 seeds (Human_brain, worm_neuron +0.06-0.10; Baron_mouse -0.28)
