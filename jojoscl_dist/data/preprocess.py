@@ -2,7 +2,9 @@
 
 1. Drop genes with zero total, then cells with zero total.
 2. Scale each cell to the median total count, then log1p.
-3. Keep the top-n highly variable genes (Seurat flavour: normalised dispersion within 20 mean bins).
+3. Keep the top-n highly variable genes (Seurat flavour: normalised dispersion within 20 mean bins). On sparse
+   count data (the Seurat genes leave fewer than 100 non-zero values per cell) rank by the variance of analytic
+   Pearson residuals instead (``hvg_flavor="auto"``; a third pass over the rows).
 4. Scale each gene to zero mean and unit variance (ddof=1, as scanpy), optional clipping.
 
 Two passes over row chunks collect everything (per-cell totals, per-gene sums and sums of squares); the raw
@@ -28,6 +30,11 @@ log = logging.getLogger(__name__)
 # Non-integer input whose maximum exceeds this is taken as normalised-but-not-logged (e.g. RPKM/TPM):
 # log1p of counts normalised to a median total stays far below it.
 LOG_SCALE_MAX = 30.0
+# hvg_flavor "auto": below this many non-zero Seurat-HVG values per cell, the genes chosen by dispersion are mostly
+# rare, noisy ones (worm_neuron: 24; the mask rule's threshold, 10 kept genes at the 10% keep rate).
+SPARSE_NONZERO = 100.0
+PR_THETA = 100.0  # negative-binomial overdispersion of the Pearson residuals (Lause et al. 2021; scanpy's default)
+HVG_FLAVORS = ("auto", "seurat", "pearson_residuals")
 
 
 @dataclass
@@ -43,6 +50,7 @@ class PreprocessStats:
     std: np.ndarray  # (n_hvg,) std (ddof=1) of the log data
     clip: float | None = None
     mean_nonzero: float | None = None  # mean number of non-zero HVG values per kept cell (sparsity of the data)
+    hvg_flavor: str = "seurat"  # how the HVGs were ranked: "seurat" | "pearson_residuals"
 
     @property
     def n_genes(self) -> int:
@@ -117,8 +125,12 @@ def _log_values(x: np.ndarray, totals: np.ndarray, scale: str, target_sum: float
 
 
 def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, input_scale: str = "auto",
-                  chunk_size: int = 4096, clip: float | None = None, progress=None) -> PreprocessStats:
-    """Two streaming passes over the rows of ``x`` (cells x genes) -> PreprocessStats."""
+                  chunk_size: int = 4096, clip: float | None = None, hvg_flavor: str = "auto",
+                  progress=None) -> PreprocessStats:
+    """Two streaming passes over the rows of ``x`` (cells x genes) -> PreprocessStats (a third one when the
+    genes are ranked by Pearson residuals)."""
+    if hvg_flavor not in HVG_FLAVORS:
+        raise JojoInputError(f"unknown HVG flavour {hvg_flavor!r}: choose one of {', '.join(HVG_FLAVORS)}")
     n_cells, n_genes = x.shape
     if n_cells == 0 or n_genes == 0:
         raise JojoInputError(f"expression matrix is empty ({n_cells} cells x {n_genes} genes)")
@@ -162,6 +174,9 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
     n_dropped = int((~cell_mask).sum())
     if n_dropped:
         log.warning("dropping %d cells with zero total counts (they get no cluster)", n_dropped)
+    if hvg_flavor == "pearson_residuals" and scale != "counts":
+        raise JojoInputError(f"--hvg-flavor pearson_residuals needs raw integer counts, but the input is {scale}: "
+                             f"use --hvg-flavor seurat (or auto)")
     target_sum = float(np.median(cell_totals[cell_mask])) if scale == "counts" else 0.0
 
     # Pass 2: per-gene sums for the Seurat dispersion (on the de-logged values) and for scaling (log values).
@@ -194,6 +209,17 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
         log.warning("only %d genes have non-zero counts; using all of them instead of %d HVGs", n_top, n_top_genes)
     mean_n, var_n = _mean_var(s_norm[genes], ss_norm[genes], n_kept)
     hvg_local = seurat_hvg(mean_n, var_n, n_top)
+    flavor = "seurat"
+    if n_top < len(genes) and (hvg_flavor == "pearson_residuals" or (
+            hvg_flavor == "auto" and scale == "counts"
+            and nonzero[genes[hvg_local]].sum() / n_kept < SPARSE_NONZERO)):
+        flavor = "pearson_residuals"
+        if hvg_flavor == "auto":
+            log.warning("sparse counts (%.0f non-zero values per cell in the Seurat HVGs): ranking genes by "
+                        "Pearson-residual variance instead (--hvg-flavor seurat to keep dispersion)",
+                        nonzero[genes[hvg_local]].sum() / n_kept)
+        rvar = pearson_residual_variance(x, cell_mask, cell_totals, gene_totals, genes, chunk_size)
+        hvg_local = np.sort(np.argsort(-rvar, kind="stable")[:n_top])
     gene_index = genes[hvg_local]
     mean_l, var_l = _mean_var(s_log[gene_index], ss_log[gene_index], n_kept)
     std = np.sqrt(var_l)
@@ -201,7 +227,37 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
     return PreprocessStats(input_scale=scale, n_input_cells=n_cells, n_input_genes=n_genes, cell_mask=cell_mask,
                            gene_names=[str(var_names[i]) for i in gene_index], gene_index=gene_index,
                            target_sum=target_sum, mean=mean_l, std=std, clip=clip,
-                           mean_nonzero=float(nonzero[gene_index].sum() / n_kept))
+                           mean_nonzero=float(nonzero[gene_index].sum() / n_kept), hvg_flavor=flavor)
+
+
+def pearson_residual_variance(x: Any, cell_mask: np.ndarray, cell_totals: np.ndarray, gene_totals: np.ndarray,
+                              genes: np.ndarray, chunk_size: int, theta: float = PR_THETA) -> np.ndarray:
+    """Variance over the kept cells of each gene's analytic Pearson residuals (Lause et al. 2021, the ranking of
+    scanpy's ``flavor="pearson_residuals"``), for the columns ``genes``; one streaming pass over the rows.
+
+    r_cg = (x_cg - mu_cg) / sqrt(mu_cg + mu_cg^2 / theta), mu_cg = n_c * n_g / n (n_c: the cell's total, n_g: the
+    gene's total, n: all counts), clipped to +-sqrt(number of kept cells). Shapes: x (cells, all genes) raw
+    counts; cell_mask, cell_totals (cells,); gene_totals (all genes,); genes (G,) -> (G,).
+    """
+    n_kept = int(cell_mask.sum())
+    share = gene_totals[genes] / gene_totals.sum()
+    bound = np.sqrt(n_kept)
+    s = np.zeros(len(genes))
+    ss = np.zeros(len(genes))
+    block = max(1, 2**22 // max(1, len(genes)))  # rows densified at once: ~32 MB of float64
+    for start, stop, rows in iter_row_chunks(x, chunk_size):
+        kept = np.flatnonzero(cell_mask[start:stop])
+        rows = _as_float(rows)
+        for b in range(0, len(kept), block):
+            idx = kept[b:b + block]
+            raw = rows[idx][:, genes]
+            raw = raw.toarray() if sp.issparse(raw) else np.asarray(raw)
+            mu = cell_totals[start + idx][:, None] * share[None, :]
+            r = (raw - mu) / np.sqrt(mu + mu * mu / theta)
+            np.clip(r, -bound, bound, out=r)
+            s += r.sum(axis=0)
+            ss += (r * r).sum(axis=0)
+    return _mean_var(s, ss, n_kept)[1]
 
 
 def _log_sparse_or_dense(rows, totals: np.ndarray, scale: str, target_sum: float):

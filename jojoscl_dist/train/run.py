@@ -99,7 +99,7 @@ def prepare_data(cfg: JojoConfig) -> PreparedData:
     k = _n_clusters(dc.n_clusters, labels_all)
     auto = k == "auto"
     stats = compute_stats(adata.X, list(adata.var_names), n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
-                          chunk_size=dc.chunk_size, clip=dc.scale_clip)
+                          chunk_size=dc.chunk_size, clip=dc.scale_clip, hvg_flavor=dc.hvg_flavor)
     n_kept = int(stats.cell_mask.sum())
     if not auto and k > n_kept:
         raise JojoInputError(f"--n-clusters {k} is larger than the number of usable cells ({n_kept}); "

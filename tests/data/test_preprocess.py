@@ -75,3 +75,68 @@ def test_bad_values_raise_clear_error(bad, msg):
 def test_all_zero_matrix_raises():
     with pytest.raises(JojoInputError, match="all zeros"):
         compute_stats(np.zeros((5, 4)), list("abcd"))
+
+
+# --- Gene ranking by analytic Pearson residuals (hvg_flavor) ---
+
+def _sparse_counts(n: int = 300, g: int = 400, seed: int = 0) -> np.ndarray:
+    """Shallow Poisson counts (~8 non-zero genes per cell), three groups with 20 marker genes each."""
+    rng = np.random.default_rng(seed)
+    mu = np.tile(rng.gamma(0.3, 1.0, size=g) * 0.05, (n, 1))
+    grp = rng.integers(0, 3, n)
+    mu[grp == 1, :20] *= 8
+    mu[grp == 2, 20:40] *= 8
+    x = rng.poisson(mu * rng.uniform(0.5, 2, size=(n, 1))).astype(np.float32)
+    return x[x.sum(axis=1) > 0]
+
+
+def test_pearson_residual_variance_by_hand():
+    from jojoscl_dist.data.preprocess import pearson_residual_variance
+
+    # x = [[2, 0], [0, 2]]: every mu = 2 * 2 / 4 = 1, so r = +-1 / sqrt(1 + 1/100) (under the clip sqrt(2)), and
+    # each gene's residuals are (+-a, -+a): variance (ddof 1) = 2 a^2 = 2 / 1.01.
+    x = np.array([[2.0, 0.0], [0.0, 2.0]])
+    v = pearson_residual_variance(x, np.ones(2, bool), x.sum(1), x.sum(0), np.array([0, 1]), chunk_size=1)
+    np.testing.assert_allclose(v, [2 / 1.01, 2 / 1.01])
+    # The clip: one cell holding a gene's counts far above its mu gets sqrt(n cells), not its raw residual.
+    y = np.array([[10.0, 0.0], [0.0, 10.0], [0.0, 10.0], [0.0, 10.0]])  # mu of gene 0: 2.5 in every cell
+    gene_tot, cell_tot = y.sum(0), y.sum(1)
+    mu00 = cell_tot[0] * gene_tot[0] / y.sum()
+    assert (100 - mu00) / np.sqrt(mu00 + mu00**2 / 100) > 2.0  # would exceed the bound sqrt(4) = 2
+    r0 = np.array([2.0] + [-(c * gene_tot[0] / y.sum()) / np.sqrt(c * gene_tot[0] / y.sum()
+                                                                  + (c * gene_tot[0] / y.sum()) ** 2 / 100)
+                           for c in cell_tot[1:]])
+    v = pearson_residual_variance(y, np.ones(4, bool), cell_tot, gene_tot, np.array([0]), chunk_size=3)
+    np.testing.assert_allclose(v, [r0.var(ddof=1)])
+
+
+def test_pearson_residual_ranking_matches_scanpy_and_any_chunking():
+    x = _sparse_counts()
+    a = ad.AnnData(x)
+    sc.experimental.pp.highly_variable_genes(a, flavor="pearson_residuals", n_top_genes=50)
+    names = [f"g{i}" for i in range(x.shape[1])]
+    st = compute_stats(sp.csr_matrix(x), names, n_top_genes=50, hvg_flavor="pearson_residuals", chunk_size=37)
+    assert st.hvg_flavor == "pearson_residuals"
+    assert set(st.gene_index) == set(np.flatnonzero(a.var["highly_variable"].to_numpy()))
+    dense = compute_stats(x, names, n_top_genes=50, hvg_flavor="pearson_residuals", chunk_size=1000)
+    np.testing.assert_array_equal(dense.gene_index, st.gene_index)
+    assert set(range(40)) & set(st.gene_index)  # the markers rank high
+    # Seurat dispersion on the same data picks other genes: the flavour is really switched.
+    seurat = compute_stats(x, names, n_top_genes=50, hvg_flavor="seurat")
+    assert seurat.hvg_flavor == "seurat" and set(seurat.gene_index) != set(st.gene_index)
+
+
+def test_auto_flavour_switches_on_sparse_counts_only(caplog):
+    x = _sparse_counts()
+    names = [f"g{i}" for i in range(x.shape[1])]
+    with caplog.at_level("WARNING"):
+        st = compute_stats(x, names, n_top_genes=50)  # auto: ~1 non-zero Seurat HVG value per cell
+    assert st.hvg_flavor == "pearson_residuals" and "Pearson-residual" in caplog.text
+    deep = np.random.default_rng(1).poisson(20.0, size=(60, 300)).astype(np.float32)
+    assert compute_stats(deep, [f"g{i}" for i in range(300)], n_top_genes=100).hvg_flavor == "seurat"
+    # Non-integer input: auto keeps dispersion; asking for residuals is refused with the fix.
+    assert compute_stats(x * 0.5, names, n_top_genes=50).hvg_flavor == "seurat"
+    with pytest.raises(JojoInputError, match="needs raw integer counts.*--hvg-flavor seurat"):
+        compute_stats(x * 0.5, names, n_top_genes=50, hvg_flavor="pearson_residuals")
+    with pytest.raises(JojoInputError, match="unknown HVG flavour"):
+        compute_stats(x, names, hvg_flavor="cellranger")
