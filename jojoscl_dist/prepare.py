@@ -29,7 +29,7 @@ import pandas as pd
 import zarr
 
 from jojoscl_dist.config import DataConfig
-from jojoscl_dist.data.preprocess import PreprocessStats, compute_stats
+from jojoscl_dist.data.preprocess import HVG_FLAVORS, PreprocessStats, compute_stats
 from jojoscl_dist.data.readers import read_input
 from jojoscl_dist.data.zarr_store import FORMAT_VERSION, PREPARED_KEY, commit_store, is_prepared_store, is_zarr_group
 from jojoscl_dist.errors import JojoInputError
@@ -105,8 +105,8 @@ def _progress(total: int, enabled: bool, desc: str):
 
 
 def prepare(input_path: str | Path, output: str | Path, *, n_top_genes: int = 2000, input_scale: str = "auto",
-            hvg_flavor: str = "auto", chunk_size: int = 4096, chunk_rows: int = 2048, clip: float | None = None, workers: int | None = None,
-            overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+            hvg_flavor: str = "auto", chunk_size: int = 4096, chunk_rows: int = 2048, clip: float | None = None,
+            workers: int | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Prepare ``input_path`` into the Zarr store ``output``; returns timings and sizes."""
     import dask
     import dask.array as da
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, help="the prepared store (STORE.zarr)")
     p.add_argument("--n-top-genes", type=int, default=dc.n_top_genes)
     p.add_argument("--input-scale", default=dc.input_scale, choices=["auto", "counts", "normalized", "log"])
-    p.add_argument("--hvg-flavor", default=dc.hvg_flavor, choices=["auto", "seurat", "pearson_residuals"])
+    p.add_argument("--hvg-flavor", default=dc.hvg_flavor, choices=HVG_FLAVORS)
     p.add_argument("--chunk-size", type=int, default=dc.chunk_size, help="rows per statistics chunk")
     p.add_argument("--chunk-rows", type=int, default=dc.store_chunk_rows, help="rows per chunk of the store's X")
     p.add_argument("--workers", type=int, default=None, help="Dask threads for the write pass (default 2)")

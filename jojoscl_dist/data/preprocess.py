@@ -210,14 +210,13 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
     mean_n, var_n = _mean_var(s_norm[genes], ss_norm[genes], n_kept)
     hvg_local = seurat_hvg(mean_n, var_n, n_top)
     flavor = "seurat"
+    seurat_nonzero = nonzero[genes[hvg_local]].sum() / n_kept
     if n_top < len(genes) and (hvg_flavor == "pearson_residuals" or (
-            hvg_flavor == "auto" and scale == "counts"
-            and nonzero[genes[hvg_local]].sum() / n_kept < SPARSE_NONZERO)):
+            hvg_flavor == "auto" and scale == "counts" and seurat_nonzero < SPARSE_NONZERO)):
         flavor = "pearson_residuals"
         if hvg_flavor == "auto":
             log.warning("sparse counts (%.0f non-zero values per cell in the Seurat HVGs): ranking genes by "
-                        "Pearson-residual variance instead (--hvg-flavor seurat to keep dispersion)",
-                        nonzero[genes[hvg_local]].sum() / n_kept)
+                        "Pearson-residual variance instead (--hvg-flavor seurat to keep dispersion)", seurat_nonzero)
         rvar = pearson_residual_variance(x, cell_mask, cell_totals, gene_totals, genes, chunk_size)
         hvg_local = np.sort(np.argsort(-rvar, kind="stable")[:n_top])
     gene_index = genes[hvg_local]
