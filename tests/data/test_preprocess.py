@@ -1,10 +1,13 @@
+from typing import get_args
+
 import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
 
-from jojoscl_dist.data.preprocess import compute_stats, materialize
+from jojoscl_dist.config import HvgFlavor
+from jojoscl_dist.data.preprocess import HVG_FLAVORS, compute_stats, materialize
 from jojoscl_dist.errors import JojoInputError
 
 
@@ -140,3 +143,9 @@ def test_auto_flavour_switches_on_sparse_counts_only(caplog):
         compute_stats(x * 0.5, names, n_top_genes=50, hvg_flavor="pearson_residuals")
     with pytest.raises(JojoInputError, match="unknown HVG flavour"):
         compute_stats(x, names, hvg_flavor="cellranger")
+
+
+def test_config_and_preprocess_name_the_same_hvg_flavours():
+    # spelled twice because the data modules do not import the config: the CLI's choices and the config's check
+    # must not drift apart
+    assert get_args(HvgFlavor) == HVG_FLAVORS
