@@ -55,7 +55,7 @@ class ModelConfig:
     hidden_dims: tuple[int, ...] = (512, 256)  # paper: G -> 512 -> 256 -> 128
     latent_dim: int = 128  # paper; 64 lost 0.021 mean ARI (docs/benchmarks.md, session 22)
     instance_dim: int = 192  # paper: instance head 128 -> 192 -> 192; 128 lost on 2 seeds (session 22)
-    cluster_hidden: int = 64  # paper: cluster head 128 -> 64 -> K
+    cluster_hidden: int = 64  # paper: cluster head 128 -> 64 -> K; 128 lost (session 23)
     # ours: >0 -> the encoder reads the augmented cell projected on the input's top PCs (fixed; model/jojoscl.py).
     # 50 lost 0.017 mean ARI over 21 sets x 2 seeds (Human_brain, worm_neuron +0.06-0.10; Baron_mouse -0.28)
     input_pcs: int = 0
@@ -71,11 +71,11 @@ class LossConfig:
     # ours: 1 and 1; alpha 2 / beta 2 (the two free ratios under Adam) were no better (docs/benchmarks.md)
     alpha: float = 1.0  # weight of L_INS
     beta: float = 1.0  # weight of L_CLU
-    w_sure: float = 1.0  # paper: 1
+    w_sure: float = 1.0  # paper: 1; 0 lost 0.014 mean ARI on 21 sets x 3 seeds (docs/benchmarks.md, session 23)
     tau_instance: float = 0.07  # ref/paper; 0.05 and 0.2 lost on all 21 sets (docs/benchmarks.md)
     tau_cluster: float = 1.0  # CC: 1.0
     sure_variant: SureVariant = "cross"  # ours: prior from the key view (METHOD.md s5.1)
-    kmeans_iters: int = 10  # Lloyd iterations of the per-batch k-means
+    kmeans_iters: int = 10  # Lloyd iterations of the per-batch k-means (warm-started; 30 lost, session 23)
     kmeans_warm_start: bool = True  # carry centroids from the previous step (ours: speed)
     kmeans_backend: KMeansBackend = "torch"  # per-batch Lloyd: torch on the model's device, or faiss (GPU/CPU)
     reference_compatible: bool = False  # reproduce the authors' quirks (comparison only)
