@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 InputScale = Literal["auto", "counts", "normalized", "log"]
-HvgFlavor = Literal["auto", "seurat", "pearson_residuals"]
+HvgFlavor = Literal["auto", "seurat", "seurat_v3", "pearson_residuals"]
 SureVariant = Literal["cross", "same"]
 LabelMethod = Literal["kmeans", "head"]
 KMeansBackend = Literal["torch", "faiss"]
@@ -33,8 +33,8 @@ class DataConfig:
     k_rule: KRule = "leiden"  # ours: label-free K rule for n_clusters="auto" (docs/benchmarks.md, K selection)
     k_resolution: float = 1.0  # Leiden resolution of k_rule "leiden" (ours: 1.0 beat 0.5)
     n_top_genes: int = 2000  # paper / peers: top-2000 HVG; 3000 lost on 2 seeds (docs/benchmarks.md)
-    # ours: "auto" ranks genes by Pearson-residual variance on sparse counts, by Seurat dispersion otherwise
-    # (data/preprocess.py; docs/benchmarks.md, session 22)
+    # ours: "auto" ranks genes by Seurat dispersion, and on sparse counts by the Seurat v3 variance (Pearson
+    # residuals where its trend cannot be fitted) (data/preprocess.py; docs/benchmarks.md, sessions 22 and 24)
     hvg_flavor: HvgFlavor = "auto"
     input_scale: InputScale = "auto"  # auto: integer counts -> normalise+log1p; non-integer -> see data.preprocess
     scale_clip: float | None = None  # per-gene z-score clipping (reference: none; 10 lost, docs/benchmarks.md)

@@ -3,8 +3,9 @@
 1. Drop genes with zero total, then cells with zero total.
 2. Scale each cell to the median total count, then log1p.
 3. Keep the top-n highly variable genes (Seurat flavour: normalised dispersion within 20 mean bins). On sparse
-   count data (the Seurat genes leave fewer than 100 non-zero values per cell) rank by the variance of analytic
-   Pearson residuals instead (``hvg_flavor="auto"``; a third pass over the rows).
+   count data (the Seurat genes leave fewer than 100 non-zero values per cell) rank by the Seurat v3 standardised
+   variance of the counts instead, or, where its mean-variance trend cannot be fitted, by the variance of analytic
+   Pearson residuals (``hvg_flavor="auto"``; one more pass over the rows each).
 4. Scale each gene to zero mean and unit variance (ddof=1, as scanpy), optional clipping.
 
 Two passes over row chunks collect everything (per-cell totals, per-gene sums and sums of squares); the raw
@@ -34,7 +35,8 @@ LOG_SCALE_MAX = 30.0
 # rare, noisy ones (worm_neuron: 24; the mask rule's threshold, 10 kept genes at the 10% keep rate).
 SPARSE_NONZERO = 100.0
 PR_THETA = 100.0  # negative-binomial overdispersion of the Pearson residuals (Lause et al. 2021; scanpy's default)
-HVG_FLAVORS = ("auto", "seurat", "pearson_residuals")
+HVG_FLAVORS = ("auto", "seurat", "seurat_v3", "pearson_residuals")
+V3_SPAN = 0.3  # loess span of the mean-variance trend (Seurat v3 and scanpy default)
 
 
 @dataclass
@@ -139,6 +141,7 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
     # Pass 1: totals, value checks, integrality.
     cell_totals = np.zeros(n_cells)
     gene_totals = np.zeros(n_genes)
+    gene_sq = np.zeros(n_genes)  # raw sums of squares (the seurat_v3 mean-variance trend)
     integer, vmax = True, 0.0
     for start, stop, rows in iter_row_chunks(x, chunk_size):
         rows = _as_float(rows)
@@ -157,6 +160,7 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
             integer = integer and bool(np.all(v == np.round(v)))
         cell_totals[start:stop] = np.asarray(rows.sum(axis=1)).ravel()
         gene_totals += np.asarray(rows.sum(axis=0)).ravel()
+        gene_sq += np.asarray(rows.multiply(rows).sum(axis=0) if sp.issparse(rows) else (rows * rows).sum(axis=0)).ravel()
         if progress is not None:
             progress(stop - start)
 
@@ -174,8 +178,8 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
     n_dropped = int((~cell_mask).sum())
     if n_dropped:
         log.warning("dropping %d cells with zero total counts (they get no cluster)", n_dropped)
-    if hvg_flavor == "pearson_residuals" and scale != "counts":
-        raise JojoInputError(f"--hvg-flavor pearson_residuals needs raw integer counts, but the input is {scale}: "
+    if hvg_flavor in ("pearson_residuals", "seurat_v3") and scale != "counts":
+        raise JojoInputError(f"--hvg-flavor {hvg_flavor} needs raw integer counts, but the input is {scale}: "
                              f"use --hvg-flavor seurat (or auto)")
     target_sum = float(np.median(cell_totals[cell_mask])) if scale == "counts" else 0.0
 
@@ -211,14 +215,25 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
     hvg_local = seurat_hvg(mean_n, var_n, n_top)
     flavor = "seurat"
     seurat_nonzero = nonzero[genes[hvg_local]].sum() / n_kept
-    if n_top < len(genes) and (hvg_flavor == "pearson_residuals" or (
-            hvg_flavor == "auto" and scale == "counts" and seurat_nonzero < SPARSE_NONZERO)):
+    sparse_counts = hvg_flavor == "auto" and scale == "counts" and seurat_nonzero < SPARSE_NONZERO
+    if n_top < len(genes) and (hvg_flavor == "seurat_v3" or sparse_counts):
+        mean_r, var_r = _mean_var(gene_totals[genes], gene_sq[genes], n_kept)
+        nvar = seurat_v3_variance(x, cell_mask, genes, mean_r, var_r, chunk_size)
+        if nvar is not None:
+            flavor = "seurat_v3"
+            hvg_local = np.sort(np.argsort(-nvar, kind="stable")[:n_top])
+        elif hvg_flavor == "seurat_v3":
+            raise JojoInputError("--hvg-flavor seurat_v3: the loess fit of the genes' mean-variance trend failed "
+                                 "on this data (too sparse?); use --hvg-flavor pearson_residuals or auto")
+    if n_top < len(genes) and (hvg_flavor == "pearson_residuals" or (sparse_counts and flavor == "seurat")):
         flavor = "pearson_residuals"
-        if hvg_flavor == "auto":
-            log.warning("sparse counts (%.0f non-zero values per cell in the Seurat HVGs): ranking genes by "
-                        "Pearson-residual variance instead (--hvg-flavor seurat to keep dispersion)", seurat_nonzero)
         rvar = pearson_residual_variance(x, cell_mask, cell_totals, gene_totals, genes, chunk_size)
         hvg_local = np.sort(np.argsort(-rvar, kind="stable")[:n_top])
+    if sparse_counts and flavor != "seurat":
+        log.warning("sparse counts (%.0f non-zero values per cell in the Seurat HVGs): ranking genes by %s instead "
+                    "(--hvg-flavor seurat to keep dispersion)", seurat_nonzero,
+                    "Seurat v3 standardised variance" if flavor == "seurat_v3"
+                    else "Pearson-residual variance (the Seurat v3 trend fit failed)")
     gene_index = genes[hvg_local]
     mean_l, var_l = _mean_var(s_log[gene_index], ss_log[gene_index], n_kept)
     std = np.sqrt(var_l)
@@ -257,6 +272,47 @@ def pearson_residual_variance(x: Any, cell_mask: np.ndarray, cell_totals: np.nda
             s += r.sum(axis=0)
             ss += (r * r).sum(axis=0)
     return _mean_var(s, ss, n_kept)[1]
+
+
+def seurat_v3_variance(x: Any, cell_mask: np.ndarray, genes: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                       chunk_size: int, span: float = V3_SPAN) -> np.ndarray | None:
+    """Seurat v3 standardised variance of the raw counts (Stuart et al. 2019; scanpy's ``flavor="seurat_v3"``)
+    for the columns ``genes``; one streaming pass over the rows. None when the loess fit fails.
+
+    A loess (degree 2) of log10 var on log10 mean over the non-constant genes gives each gene an expected std
+    sigma_g; counts are clipped at mean_g + sigma_g * sqrt(n) and the standardised variance is
+    sum_c (min(x_cg, clip_g) - mean_g)^2 / ((n - 1) sigma_g^2). Shapes: x (cells, all genes) raw counts;
+    cell_mask (cells,); genes, mean, var (G,) (raw mean and ddof-1 variance over the n kept cells) -> (G,).
+    """
+    from skmisc.loess import loess
+
+    n_kept = int(cell_mask.sum())
+    fit_log_var = np.zeros(len(genes))
+    varies = var > 0
+    try:
+        model = loess(np.log10(mean[varies]), np.log10(var[varies]), span=span, degree=2)
+        model.fit()
+    except ValueError as err:  # a singular local fit (e.g. very sparse data)
+        log.warning("loess fit of the mean-variance trend failed: %s", err)
+        return None
+    fit_log_var[varies] = model.outputs.fitted_values
+    sigma = np.sqrt(10.0 ** fit_log_var)
+    clip_at = mean + sigma * np.sqrt(n_kept)
+    s = np.zeros(len(genes))
+    ss = np.zeros(len(genes))
+    for start, stop, rows in iter_row_chunks(x, chunk_size):
+        kept = np.flatnonzero(cell_mask[start:stop])
+        sub = _as_float(rows)[kept][:, genes]
+        if sp.issparse(sub):
+            sub = sub.tocsr()
+            v = np.minimum(sub.data, clip_at[sub.indices])
+            s += np.bincount(sub.indices, weights=v, minlength=len(genes))
+            ss += np.bincount(sub.indices, weights=v * v, minlength=len(genes))
+        else:
+            v = np.minimum(np.asarray(sub), clip_at[None, :])
+            s += v.sum(axis=0)
+            ss += (v * v).sum(axis=0)
+    return (n_kept * mean * mean + ss - 2 * s * mean) / ((n_kept - 1) * sigma * sigma)
 
 
 def _log_sparse_or_dense(rows, totals: np.ndarray, scale: str, target_sum: float):

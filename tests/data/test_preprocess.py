@@ -26,7 +26,7 @@ def scanpy_reference(a: ad.AnnData) -> ad.AnnData:
 @pytest.mark.parametrize("name", ["Human_brain", "Yan"])
 def test_streaming_matches_scanpy(data_dir, name):
     a = ad.read_h5ad(data_dir / f"{name}.h5ad")
-    st = compute_stats(a.X, list(a.var_names), n_top_genes=2000, chunk_size=97)  # odd chunks on purpose
+    st = compute_stats(a.X, list(a.var_names), n_top_genes=2000, chunk_size=97, hvg_flavor="seurat")  # odd chunks
     x = materialize(a.X, st, chunk_size=61)
     ref = scanpy_reference(a)
     assert set(st.gene_names) == set(ref.var_names)
@@ -133,8 +133,10 @@ def test_auto_flavour_switches_on_sparse_counts_only(caplog):
     x = _sparse_counts()
     names = [f"g{i}" for i in range(x.shape[1])]
     with caplog.at_level("WARNING"):
-        st = compute_stats(x, names, n_top_genes=50)  # auto: ~1 non-zero Seurat HVG value per cell
-    assert st.hvg_flavor == "pearson_residuals" and "Pearson-residual" in caplog.text
+        # auto: ~1 non-zero Seurat HVG value per cell; so sparse that the Seurat v3 trend cannot be fitted (as on
+        # worm_neuron), hence Pearson residuals
+        st = compute_stats(x, names, n_top_genes=50)
+    assert st.hvg_flavor == "pearson_residuals" and "Pearson-residual variance (the Seurat v3 trend fit failed)" in caplog.text
     deep = np.random.default_rng(1).poisson(20.0, size=(60, 300)).astype(np.float32)
     assert compute_stats(deep, [f"g{i}" for i in range(300)], n_top_genes=100).hvg_flavor == "seurat"
     # Non-integer input: auto keeps dispersion; asking for residuals is refused with the fix.
@@ -143,6 +145,96 @@ def test_auto_flavour_switches_on_sparse_counts_only(caplog):
         compute_stats(x * 0.5, names, n_top_genes=50, hvg_flavor="pearson_residuals")
     with pytest.raises(JojoInputError, match="unknown HVG flavour"):
         compute_stats(x, names, hvg_flavor="cellranger")
+
+
+# --- Gene ranking by the Seurat v3 standardised variance of the counts ---
+
+def _deep_counts(n: int = 200, g: int = 400, seed: int = 0) -> np.ndarray:
+    """Negative-binomial counts (~75% non-zero), three groups with 15 marker genes each."""
+    rng = np.random.default_rng(seed)
+    mu = np.tile(rng.gamma(2.0, 2.0, size=g), (n, 1))
+    grp = rng.integers(0, 3, n)
+    mu[grp == 1, :15] *= 5
+    mu[grp == 2, 15:30] *= 5
+    mu *= rng.uniform(0.5, 2, size=(n, 1))
+    return rng.negative_binomial(5, 5 / (5 + mu)).astype(np.float32)
+
+
+def test_seurat_v3_ranking_matches_scanpy_and_any_chunking():
+    from jojoscl_dist.data.preprocess import seurat_v3_variance
+
+    x = _deep_counts()
+    a = ad.AnnData(x.copy())
+    sc.pp.highly_variable_genes(a, flavor="seurat_v3", n_top_genes=200)
+    names = [f"g{i}" for i in range(x.shape[1])]
+    st = compute_stats(sp.csr_matrix(x), names, n_top_genes=200, hvg_flavor="seurat_v3", chunk_size=37)
+    assert st.hvg_flavor == "seurat_v3"
+    assert set(st.gene_index) == set(np.flatnonzero(a.var["highly_variable"].to_numpy()))
+    dense = compute_stats(x, names, n_top_genes=200, hvg_flavor="seurat_v3", chunk_size=1000)
+    np.testing.assert_array_equal(dense.gene_index, st.gene_index)
+    assert len(set(range(30)) & set(st.gene_index)) >= 27  # the markers rank high
+    # The standardised variances themselves, not only the top set.
+    g = np.arange(x.shape[1])
+    mean, var = x.mean(0, dtype=np.float64), x.var(0, ddof=1, dtype=np.float64)
+    nvar = seurat_v3_variance(x, np.ones(len(x), bool), g, mean, var, chunk_size=50)
+    np.testing.assert_allclose(nvar, a.var["variances_norm"].to_numpy(), rtol=1e-6)
+    # Dispersion on the same data picks other genes: the flavour is really switched.
+    assert set(compute_stats(x, names, n_top_genes=200, hvg_flavor="seurat").gene_index) != set(st.gene_index)
+
+
+def test_seurat_v3_clips_a_cell_far_above_the_trend():
+    from jojoscl_dist.data.preprocess import seurat_v3_variance
+
+    x = _deep_counts(n=100, g=80)
+    g = np.arange(x.shape[1])
+    mean, var = x.mean(0, dtype=np.float64), x.var(0, ddof=1, dtype=np.float64)
+    base = seurat_v3_variance(x, np.ones(len(x), bool), g, mean, var, chunk_size=100)
+    y = x.copy()
+    y[0, 40] = 1e6  # one huge count: its contribution is capped at mean + sigma * sqrt(n) of the gene
+    mean2, var2 = y.mean(0, dtype=np.float64), y.var(0, ddof=1, dtype=np.float64)
+    spiked = seurat_v3_variance(y, np.ones(len(y), bool), g, mean2, var2, chunk_size=100)
+    raw = (y[:, 40] - mean2[40]) ** 2
+    assert spiked[40] < raw.sum() / (len(y) - 1) / var2[40] * 1e3  # bounded, not ~1e12 / sigma^2
+    assert spiked[40] <= len(y) + 1  # a clipped cell adds at most n (sqrt(n) sigma, squared, over sigma^2)
+    assert np.all(np.isfinite(spiked)) and spiked[40] > base[40]
+
+
+def test_auto_ranks_sparse_counts_by_seurat_v3_where_the_trend_fits(caplog):
+    rng = np.random.default_rng(0)  # ~0.5 counts per gene and cell: ~50 non-zero Seurat HVG values per cell
+    mu = np.tile(rng.gamma(1.0, 0.5, size=600), (300, 1))
+    grp = rng.integers(0, 3, 300)
+    mu[grp == 1, :20] *= 5
+    mu[grp == 2, 20:40] *= 5
+    x = rng.poisson(mu * rng.uniform(0.5, 2, size=(300, 1))).astype(np.float32)
+    names = [f"g{i}" for i in range(600)]
+    with caplog.at_level("WARNING"):
+        st = compute_stats(x, names, n_top_genes=200)
+    assert st.hvg_flavor == "seurat_v3" and "Seurat v3 standardised variance" in caplog.text
+    v3 = compute_stats(x, names, n_top_genes=200, hvg_flavor="seurat_v3")
+    np.testing.assert_array_equal(st.gene_index, v3.gene_index)
+    assert len(set(range(40)) & set(st.gene_index)) >= 30  # the markers
+    assert compute_stats(x, names, n_top_genes=200, hvg_flavor="seurat").hvg_flavor == "seurat"  # forced
+
+
+def test_seurat_v3_needs_counts_and_a_trend_fit(monkeypatch):
+    x = _deep_counts()
+    names = [f"g{i}" for i in range(x.shape[1])]
+    assert compute_stats(x, names, n_top_genes=200).hvg_flavor == "seurat"  # only on request, not under auto
+    with pytest.raises(JojoInputError, match="needs raw integer counts.*--hvg-flavor seurat"):
+        compute_stats(x * 0.5, names, n_top_genes=200, hvg_flavor="seurat_v3")
+
+    import skmisc.loess
+
+    class Singular:  # what skmisc raises on a singular local fit (seen on very sparse data: worm_neuron)
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def fit(self):
+            raise ValueError("reciprocal condition number 1e-15")
+
+    monkeypatch.setattr(skmisc.loess, "loess", Singular)
+    with pytest.raises(JojoInputError, match="loess fit .* failed.*--hvg-flavor pearson_residuals"):
+        compute_stats(x, names, n_top_genes=200, hvg_flavor="seurat_v3")
 
 
 def test_config_and_preprocess_name_the_same_hvg_flavours():

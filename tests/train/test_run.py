@@ -129,17 +129,20 @@ def test_input_pcs_end_to_end_cli_bundle_predict(tmp_path):
 
 
 def test_hvg_flavor_from_the_cli(tmp_path):
-    """--hvg-flavor reaches the gene ranking: auto switches to Pearson residuals on sparse counts, seurat keeps
-    dispersion, and residuals on non-count input stop the run before any output."""
+    """--hvg-flavor reaches the gene ranking: auto switches to the Seurat v3 variance on sparse counts, seurat keeps
+    dispersion, pearson_residuals ranks by residuals, and residuals on non-count input stop the run before any
+    output."""
     from jojoscl_dist.train.run import prepare_data
 
     cfg = _small_cli_config(tmp_path, "--n-top-genes", "100")  # ~1.5 non-zero values per cell: sparse
     assert cfg.data.hvg_flavor == "auto"
     auto = prepare_data(cfg).stats
-    assert auto.hvg_flavor == "pearson_residuals" and auto.n_genes == 100
+    assert auto.hvg_flavor == "seurat_v3" and auto.n_genes == 100
     cfg.data.hvg_flavor = "seurat"
     seurat = prepare_data(cfg).stats
     assert seurat.hvg_flavor == "seurat" and set(seurat.gene_index) != set(auto.gene_index)
+    cfg.data.hvg_flavor = "pearson_residuals"
+    assert prepare_data(cfg).stats.hvg_flavor == "pearson_residuals"
     a = ad.read_h5ad(tmp_path / "d.h5ad")
     a.X = a.X * 0.5  # non-integer: not counts
     a.write_h5ad(tmp_path / "half.h5ad")
