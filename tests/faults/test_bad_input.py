@@ -189,6 +189,15 @@ def test_non_numeric_x(tmp_path, capsys):
                  ["non-numeric", "convert X to numbers"])
 
 
+def test_count_gene_ranking_on_non_counts(tmp_path, capsys):
+    a = counts()
+    a.X = np.log1p(a.X)  # already log-normalised: no counts left for a count model
+    p = write(a, tmp_path / "logged.h5ad")
+    expect_error("count-model gene ranking on non-counts", "log values with `--hvg-flavor seurat_v3`", tmp_path, p,
+                 ["--n-clusters", "3", "--hvg-flavor", "seurat_v3"], capsys,
+                 ["seurat_v3 needs raw integer counts", "--hvg-flavor seurat"])
+
+
 def test_output_holds_earlier_run(tmp_path, capsys):
     p = write(counts(), tmp_path / "ok.h5ad")
     out = tmp_path / "out"
