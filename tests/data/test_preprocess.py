@@ -7,7 +7,7 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from jojoscl_dist.config import HvgFlavor
-from jojoscl_dist.data.preprocess import HVG_FLAVORS, compute_stats, materialize
+from jojoscl_dist.data.preprocess import HVG_FLAVORS, PreprocessStats, compute_stats, materialize
 from jojoscl_dist.errors import JojoInputError
 
 
@@ -82,15 +82,44 @@ def test_all_zero_matrix_raises():
 
 # --- Gene ranking by analytic Pearson residuals (hvg_flavor) ---
 
-def _sparse_counts(n: int = 300, g: int = 400, seed: int = 0) -> np.ndarray:
-    """Shallow Poisson counts (~8 non-zero genes per cell), three groups with 20 marker genes each."""
+def _grouped_counts(n: int, g: int, shape: float, scale: float, fold: float, markers: int,
+                    nb_size: float | None = None, seed: int = 0) -> np.ndarray:
+    """Counts of cells in three groups: gene means gamma(shape, scale), groups 1 and 2 each with ``markers`` marker
+    genes at ``fold`` x the mean, cell depths U(0.5, 2); Poisson, or negative binomial with size ``nb_size``.
+    Cells without any count are dropped."""
     rng = np.random.default_rng(seed)
-    mu = np.tile(rng.gamma(0.3, 1.0, size=g) * 0.05, (n, 1))
+    mu = np.tile(rng.gamma(shape, scale, size=g), (n, 1))
     grp = rng.integers(0, 3, n)
-    mu[grp == 1, :20] *= 8
-    mu[grp == 2, 20:40] *= 8
-    x = rng.poisson(mu * rng.uniform(0.5, 2, size=(n, 1))).astype(np.float32)
+    mu[grp == 1, :markers] *= fold
+    mu[grp == 2, markers:2 * markers] *= fold
+    mu *= rng.uniform(0.5, 2, size=(n, 1))
+    x = rng.poisson(mu) if nb_size is None else rng.negative_binomial(nb_size, nb_size / (nb_size + mu))
+    x = x.astype(np.float32)
     return x[x.sum(axis=1) > 0]
+
+
+def _sparse_counts() -> np.ndarray:
+    """Shallow Poisson counts (~8 non-zero genes per cell), 20 marker genes per group."""
+    return _grouped_counts(300, 400, 0.3, 0.05, fold=8, markers=20)
+
+
+def _deep_counts(n: int = 200, g: int = 400) -> np.ndarray:
+    """Negative-binomial counts (~75% non-zero), 15 marker genes per group."""
+    return _grouped_counts(n, g, 2.0, 2.0, fold=5, markers=15, nb_size=5)
+
+
+def _ranks_like_scanpy(x: np.ndarray, flavor: str, scanpy_hvg: np.ndarray, n_top: int) -> PreprocessStats:
+    """Our ranking ``flavor`` picks scanpy's genes (bool ``scanpy_hvg``) on sparse and dense input in any chunking,
+    and not the Seurat-dispersion genes (so the flavour is really switched)."""
+    names = [f"g{i}" for i in range(x.shape[1])]
+    st = compute_stats(sp.csr_matrix(x), names, n_top_genes=n_top, hvg_flavor=flavor, chunk_size=37)
+    assert st.hvg_flavor == flavor
+    assert set(st.gene_index) == set(np.flatnonzero(scanpy_hvg))
+    dense = compute_stats(x, names, n_top_genes=n_top, hvg_flavor=flavor, chunk_size=1000)
+    np.testing.assert_array_equal(dense.gene_index, st.gene_index)
+    seurat = compute_stats(x, names, n_top_genes=n_top, hvg_flavor="seurat")
+    assert seurat.hvg_flavor == "seurat" and set(seurat.gene_index) != set(st.gene_index)
+    return st
 
 
 def test_pearson_residual_variance_by_hand():
@@ -117,16 +146,8 @@ def test_pearson_residual_ranking_matches_scanpy_and_any_chunking():
     x = _sparse_counts()
     a = ad.AnnData(x)
     sc.experimental.pp.highly_variable_genes(a, flavor="pearson_residuals", n_top_genes=50)
-    names = [f"g{i}" for i in range(x.shape[1])]
-    st = compute_stats(sp.csr_matrix(x), names, n_top_genes=50, hvg_flavor="pearson_residuals", chunk_size=37)
-    assert st.hvg_flavor == "pearson_residuals"
-    assert set(st.gene_index) == set(np.flatnonzero(a.var["highly_variable"].to_numpy()))
-    dense = compute_stats(x, names, n_top_genes=50, hvg_flavor="pearson_residuals", chunk_size=1000)
-    np.testing.assert_array_equal(dense.gene_index, st.gene_index)
+    st = _ranks_like_scanpy(x, "pearson_residuals", a.var["highly_variable"].to_numpy(), 50)
     assert set(range(40)) & set(st.gene_index)  # the markers rank high
-    # Seurat dispersion on the same data picks other genes: the flavour is really switched.
-    seurat = compute_stats(x, names, n_top_genes=50, hvg_flavor="seurat")
-    assert seurat.hvg_flavor == "seurat" and set(seurat.gene_index) != set(st.gene_index)
 
 
 def test_auto_flavour_switches_on_sparse_counts_only(caplog):
@@ -149,37 +170,19 @@ def test_auto_flavour_switches_on_sparse_counts_only(caplog):
 
 # --- Gene ranking by the Seurat v3 standardised variance of the counts ---
 
-def _deep_counts(n: int = 200, g: int = 400, seed: int = 0) -> np.ndarray:
-    """Negative-binomial counts (~75% non-zero), three groups with 15 marker genes each."""
-    rng = np.random.default_rng(seed)
-    mu = np.tile(rng.gamma(2.0, 2.0, size=g), (n, 1))
-    grp = rng.integers(0, 3, n)
-    mu[grp == 1, :15] *= 5
-    mu[grp == 2, 15:30] *= 5
-    mu *= rng.uniform(0.5, 2, size=(n, 1))
-    return rng.negative_binomial(5, 5 / (5 + mu)).astype(np.float32)
-
-
 def test_seurat_v3_ranking_matches_scanpy_and_any_chunking():
     from jojoscl_dist.data.preprocess import seurat_v3_variance
 
     x = _deep_counts()
     a = ad.AnnData(x.copy())
     sc.pp.highly_variable_genes(a, flavor="seurat_v3", n_top_genes=200)
-    names = [f"g{i}" for i in range(x.shape[1])]
-    st = compute_stats(sp.csr_matrix(x), names, n_top_genes=200, hvg_flavor="seurat_v3", chunk_size=37)
-    assert st.hvg_flavor == "seurat_v3"
-    assert set(st.gene_index) == set(np.flatnonzero(a.var["highly_variable"].to_numpy()))
-    dense = compute_stats(x, names, n_top_genes=200, hvg_flavor="seurat_v3", chunk_size=1000)
-    np.testing.assert_array_equal(dense.gene_index, st.gene_index)
+    st = _ranks_like_scanpy(x, "seurat_v3", a.var["highly_variable"].to_numpy(), 200)
     assert len(set(range(30)) & set(st.gene_index)) >= 27  # the markers rank high
     # The standardised variances themselves, not only the top set.
     g = np.arange(x.shape[1])
     mean, var = x.mean(0, dtype=np.float64), x.var(0, ddof=1, dtype=np.float64)
     nvar = seurat_v3_variance(x, np.ones(len(x), bool), g, mean, var, chunk_size=50)
     np.testing.assert_allclose(nvar, a.var["variances_norm"].to_numpy(), rtol=1e-6)
-    # Dispersion on the same data picks other genes: the flavour is really switched.
-    assert set(compute_stats(x, names, n_top_genes=200, hvg_flavor="seurat").gene_index) != set(st.gene_index)
 
 
 def test_seurat_v3_clips_a_cell_far_above_the_trend():
@@ -200,12 +203,7 @@ def test_seurat_v3_clips_a_cell_far_above_the_trend():
 
 
 def test_auto_ranks_sparse_counts_by_seurat_v3_where_the_trend_fits(caplog):
-    rng = np.random.default_rng(0)  # ~0.5 counts per gene and cell: ~50 non-zero Seurat HVG values per cell
-    mu = np.tile(rng.gamma(1.0, 0.5, size=600), (300, 1))
-    grp = rng.integers(0, 3, 300)
-    mu[grp == 1, :20] *= 5
-    mu[grp == 2, 20:40] *= 5
-    x = rng.poisson(mu * rng.uniform(0.5, 2, size=(300, 1))).astype(np.float32)
+    x = _grouped_counts(300, 600, 1.0, 0.5, fold=5, markers=20)  # ~50 non-zero Seurat HVG values per cell
     names = [f"g{i}" for i in range(600)]
     with caplog.at_level("WARNING"):
         st = compute_stats(x, names, n_top_genes=200)
