@@ -160,7 +160,8 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
             integer = integer and bool(np.all(v == np.round(v)))
         cell_totals[start:stop] = np.asarray(rows.sum(axis=1)).ravel()
         gene_totals += np.asarray(rows.sum(axis=0)).ravel()
-        gene_sq += np.asarray(rows.multiply(rows).sum(axis=0) if sp.issparse(rows) else (rows * rows).sum(axis=0)).ravel()
+        sq = rows.multiply(rows) if sp.issparse(rows) else rows * rows
+        gene_sq += np.asarray(sq.sum(axis=0)).ravel()
         if progress is not None:
             progress(stop - start)
 
