@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 InputScale = Literal["auto", "counts", "normalized", "log"]
-HvgFlavor = Literal["auto", "seurat", "seurat_v3", "pearson_residuals"]
+HvgFlavor = Literal["auto", "seurat", "seurat_v3", "pearson_residuals", "cell_ranger"]
 SureVariant = Literal["cross", "same"]
 LabelMethod = Literal["kmeans", "head"]
 KMeansBackend = Literal["torch", "faiss"]
@@ -34,7 +34,9 @@ class DataConfig:
     k_resolution: float = 1.0  # Leiden resolution of k_rule "leiden" (ours: 1.0 beat 0.5)
     n_top_genes: int = 2000  # paper / peers: top-2000 HVG; 3000 lost on 2 seeds (docs/benchmarks.md)
     # ours: "auto" ranks genes by Seurat dispersion, and on sparse counts by the Seurat v3 variance (Pearson
-    # residuals where its trend cannot be fitted) (data/preprocess.py; docs/benchmarks.md, sessions 22 and 24)
+    # residuals where its trend cannot be fitted) (data/preprocess.py; docs/benchmarks.md, sessions 22 and 24).
+    # "cell_ranger" is a per-data-set choice, not a default: Human_brain 0.62 -> 0.86, but Baron_mouse, Yan and
+    # Goolam lose as much (docs/benchmarks.md, session 26)
     hvg_flavor: HvgFlavor = "auto"
     input_scale: InputScale = "auto"  # auto: integer counts -> normalise+log1p; non-integer -> see data.preprocess
     scale_clip: float | None = None  # per-gene z-score clipping (reference: none; 10 lost, docs/benchmarks.md)

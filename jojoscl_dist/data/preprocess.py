@@ -5,7 +5,8 @@
 3. Keep the top-n highly variable genes (Seurat flavour: normalised dispersion within 20 mean bins). On sparse
    count data (the Seurat genes leave fewer than 100 non-zero values per cell) rank by the Seurat v3 standardised
    variance of the counts instead, or, where its mean-variance trend cannot be fitted, by the variance of analytic
-   Pearson residuals (``hvg_flavor="auto"``; one more pass over the rows each).
+   Pearson residuals (``hvg_flavor="auto"``; one more pass over the rows each). ``hvg_flavor="cell_ranger"``
+   ranks by the dispersion of the log data, normalised by median and MAD within mean-percentile bins.
 4. Scale each gene to zero mean and unit variance (ddof=1, as scanpy), optional clipping.
 
 Two passes over row chunks collect everything (per-cell totals, per-gene sums and sums of squares); the raw
@@ -23,6 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import scipy.stats
 
 from jojoscl_dist.errors import JojoInputError
 
@@ -35,7 +37,7 @@ LOG_SCALE_MAX = 30.0
 # rare, noisy ones (worm_neuron: 24; the mask rule's threshold, 10 kept genes at the 10% keep rate).
 SPARSE_NONZERO = 100.0
 PR_THETA = 100.0  # negative-binomial overdispersion of the Pearson residuals (Lause et al. 2021; scanpy's default)
-HVG_FLAVORS = ("auto", "seurat", "seurat_v3", "pearson_residuals")
+HVG_FLAVORS = ("auto", "seurat", "seurat_v3", "pearson_residuals", "cell_ranger")
 V3_SPAN = 0.3  # loess span of the mean-variance trend (Seurat v3 and scanpy default)
 
 
@@ -52,7 +54,7 @@ class PreprocessStats:
     std: np.ndarray  # (n_hvg,) std (ddof=1) of the log data
     clip: float | None = None
     mean_nonzero: float | None = None  # mean number of non-zero HVG values per kept cell (sparsity of the data)
-    hvg_flavor: str = "seurat"  # how the HVGs were ranked: "seurat" | "pearson_residuals"
+    hvg_flavor: str = "seurat"  # how the HVGs were ranked: "seurat" | "seurat_v3" | "pearson_residuals" | "cell_ranger"
 
     @property
     def n_genes(self) -> int:
@@ -215,6 +217,9 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
     mean_n, var_n = _mean_var(s_norm[genes], ss_norm[genes], n_kept)
     hvg_local = seurat_hvg(mean_n, var_n, n_top)
     flavor = "seurat"
+    if hvg_flavor == "cell_ranger":
+        flavor = "cell_ranger"
+        hvg_local = cell_ranger_hvg(*_mean_var(s_log[genes], ss_log[genes], n_kept), n_top)
     seurat_nonzero = nonzero[genes[hvg_local]].sum() / n_kept
     sparse_counts = hvg_flavor == "auto" and scale == "counts" and seurat_nonzero < SPARSE_NONZERO
     if n_top < len(genes) and (hvg_flavor == "seurat_v3" or sparse_counts):
@@ -332,6 +337,30 @@ def _mean_var(s: np.ndarray, ss: np.ndarray, n: int) -> tuple[np.ndarray, np.nda
     mean = s / n
     var = (ss - n * mean * mean) / max(n - 1, 1)
     return mean, np.maximum(var, 0.0)
+
+
+def cell_ranger_hvg(mean: np.ndarray, var: np.ndarray, n_top: int) -> np.ndarray:
+    """Indices of the top-n genes by normalised dispersion, Cell Ranger flavour (as scanpy's 'cell_ranger').
+
+    mean/var are of the log-normalised values (not de-logged, unlike 'seurat'). dispersion = var/mean; genes are
+    binned at the 10th, 15th, ..., 100th percentiles of the mean, and the dispersion is centred on its bin's median
+    and divided by its bin's median absolute deviation (scaled to a normal sd). Ties keep input order.
+    """
+    mean = mean.copy()
+    mean[mean == 0] = 1e-12
+    disp = var / mean
+    disp[disp == 0] = np.nan
+    edges = np.r_[-np.inf, np.percentile(mean, np.arange(10, 105, 5)), np.inf]
+    df = pd.DataFrame({"disp": disp, "bin": pd.cut(mean, edges)})
+    grouped = df.groupby("bin", observed=False)["disp"]
+    median = grouped.transform("median").to_numpy()
+    mad = grouped.transform(lambda d: scipy.stats.median_abs_deviation(d.dropna(), scale="normal")
+                            if d.notna().any() else np.nan).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = (disp - median) / mad
+    norm = np.where(np.isnan(norm), -np.inf, norm)
+    order = np.argsort(-norm, kind="stable")
+    return np.sort(order[:n_top])
 
 
 def seurat_hvg(mean: np.ndarray, var: np.ndarray, n_top: int, n_bins: int = 20) -> np.ndarray:

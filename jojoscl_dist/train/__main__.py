@@ -32,7 +32,7 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--obs-key", "run.obs_key", str, "obs column for the clusters in the annotated copy of the input"),
     ("--n-top-genes", "data.n_top_genes", int, "highly variable genes kept (default 2000)"),
     ("--input-scale", "data.input_scale", str, "auto | counts | normalized | log"),
-    ("--hvg-flavor", "data.hvg_flavor", str, "gene ranking: auto (Seurat v3 on sparse counts) | seurat | seurat_v3 | pearson_residuals"),
+    ("--hvg-flavor", "data.hvg_flavor", str, "gene ranking: auto (Seurat v3 on sparse counts) | seurat | seurat_v3 | pearson_residuals | cell_ranger"),
     ("--num-workers", "run.num_workers", int, "Ray Train workers (0 = in-process, no Ray)"),
     ("--epochs", "optim.epochs", int, "training epochs"),
     ("--batch-size", "optim.batch_size", int, "global batch size (split across workers)"),

@@ -81,8 +81,8 @@ def prepare_data(cfg: JojoConfig) -> PreparedData:
             if not is_prepared_store(store):  # a resumed run reuses its store
                 print(f"jojoscl: {dc.path} is large: preparing it out of core into {store}", flush=True)
                 prepare(dc.path, store, n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
-                        chunk_size=dc.chunk_size, chunk_rows=dc.store_chunk_rows, clip=dc.scale_clip,
-                        overwrite=True, progress=not cfg.run.quiet)
+                        hvg_flavor=dc.hvg_flavor, chunk_size=dc.chunk_size, chunk_rows=dc.store_chunk_rows,
+                        clip=dc.scale_clip, overwrite=True, progress=not cfg.run.quiet)
             return _from_store(cfg, store, str(dc.path))
     if dc.path is None:
         adata = demo_atlas(dc.demo_cells, dc.demo_genes, dc.demo_types, seed=cfg.run.seed)

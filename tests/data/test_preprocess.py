@@ -169,6 +169,44 @@ def test_auto_flavour_switches_on_sparse_counts_only(caplog):
         compute_stats(x, names, hvg_flavor="cellranger")
 
 
+# --- Gene ranking by the Cell Ranger dispersion (hvg_flavor="cell_ranger") ---
+
+def test_cell_ranger_ranking_matches_scanpy_and_any_chunking():
+    x = _deep_counts()
+    a = ad.AnnData(x.copy())
+    sc.pp.normalize_total(a)
+    sc.pp.log1p(a)
+    sc.pp.highly_variable_genes(a, flavor="cell_ranger", n_top_genes=150)
+    st = _ranks_like_scanpy(x, "cell_ranger", a.var["highly_variable"].to_numpy(), 150)
+    assert len(set(range(30)) & set(st.gene_index)) >= 27  # the markers rank high
+
+
+def test_cell_ranger_by_hand():
+    """Normalised dispersion by hand. Means 1..21: the bin edges are the 10th, 15th, ..., 100th percentiles
+    (3, 4, ..., 21), so genes 0-2 share the first bin and every other gene is alone in its bin (MAD 0: no score,
+    ranked last, in input order)."""
+    from jojoscl_dist.data.preprocess import cell_ranger_hvg
+
+    mean = np.arange(1.0, 22.0)
+    var = mean * 2.0  # dispersion var/mean = 2 everywhere ...
+    var[0], var[1] = 1.0, 10.0  # ... but genes 0 and 1 have dispersion 1 and 5
+    # First bin: dispersions (1, 5, 2): median 2, MAD 1 (x 1.4826 to a normal sd): gene 1 -> 3 / 1.4826 = 2.02,
+    # gene 2 -> 0, gene 0 -> -1 / 1.4826 = -0.67.
+    assert list(cell_ranger_hvg(mean, var, 1)) == [1]
+    assert list(cell_ranger_hvg(mean, var, 2)) == [1, 2]
+    assert list(cell_ranger_hvg(mean, var, 4)) == [0, 1, 2, 3]  # then gene 3: the first of the unscored genes
+
+
+def test_cell_ranger_from_any_input_scale():
+    """Unlike the count models, cell_ranger ranks log or normalised input too (on its log values)."""
+    x = _deep_counts()
+    names = [f"g{i}" for i in range(x.shape[1])]
+    logged = np.log1p(x / x.sum(1, keepdims=True) * 1e4).astype(np.float32)
+    st = compute_stats(logged, names, n_top_genes=100, hvg_flavor="cell_ranger")
+    assert st.input_scale == "log" and st.hvg_flavor == "cell_ranger" and st.n_genes == 100
+    assert len(set(range(30)) & set(st.gene_index)) >= 27
+
+
 # --- Gene ranking by the Seurat v3 standardised variance of the counts ---
 
 def test_seurat_v3_ranking_matches_scanpy_and_any_chunking():

@@ -143,6 +143,14 @@ def test_hvg_flavor_from_the_cli(tmp_path):
     assert seurat.hvg_flavor == "seurat" and set(seurat.gene_index) != set(auto.gene_index)
     cfg.data.hvg_flavor = "pearson_residuals"
     assert prepare_data(cfg).stats.hvg_flavor == "pearson_residuals"
+    cfg.data.hvg_flavor = "cell_ranger"
+    ranger = prepare_data(cfg).stats
+    assert ranger.hvg_flavor == "cell_ranger" and set(ranger.gene_index) != set(seurat.gene_index)
+    # An input above the atlas threshold is prepared out of core into a store: the flavour reaches that path too.
+    cfg.data.prepare_above_cells = 100
+    atlas = prepare_data(cfg).stats
+    assert atlas.hvg_flavor == "cell_ranger" and list(atlas.gene_index) == list(ranger.gene_index)
+    cfg.data.prepare_above_cells = JojoConfig().data.prepare_above_cells
     a = ad.read_h5ad(tmp_path / "d.h5ad")
     a.X = a.X * 0.5  # non-integer: not counts
     a.write_h5ad(tmp_path / "half.h5ad")
