@@ -215,11 +215,10 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
     if n_top < n_top_genes:
         log.warning("only %d genes have non-zero counts; using all of them instead of %d HVGs", n_top, n_top_genes)
     mean_n, var_n = _mean_var(s_norm[genes], ss_norm[genes], n_kept)
-    hvg_local = seurat_hvg(mean_n, var_n, n_top)
-    flavor = "seurat"
     if hvg_flavor == "cell_ranger":
-        flavor = "cell_ranger"
-        hvg_local = cell_ranger_hvg(*_mean_var(s_log[genes], ss_log[genes], n_kept), n_top)
+        flavor, hvg_local = "cell_ranger", cell_ranger_hvg(*_mean_var(s_log[genes], ss_log[genes], n_kept), n_top)
+    else:
+        flavor, hvg_local = "seurat", seurat_hvg(mean_n, var_n, n_top)
     seurat_nonzero = nonzero[genes[hvg_local]].sum() / n_kept
     sparse_counts = hvg_flavor == "auto" and scale == "counts" and seurat_nonzero < SPARSE_NONZERO
     if n_top < len(genes) and (hvg_flavor == "seurat_v3" or sparse_counts):
@@ -356,11 +355,7 @@ def cell_ranger_hvg(mean: np.ndarray, var: np.ndarray, n_top: int) -> np.ndarray
     median = grouped.transform("median").to_numpy()
     mad = grouped.transform(lambda d: scipy.stats.median_abs_deviation(d.dropna(), scale="normal")
                             if d.notna().any() else np.nan).to_numpy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        norm = (disp - median) / mad
-    norm = np.where(np.isnan(norm), -np.inf, norm)
-    order = np.argsort(-norm, kind="stable")
-    return np.sort(order[:n_top])
+    return _top_scores(disp - median, mad, n_top)
 
 
 def seurat_hvg(mean: np.ndarray, var: np.ndarray, n_top: int, n_bins: int = 20) -> np.ndarray:
@@ -384,11 +379,16 @@ def seurat_hvg(mean: np.ndarray, var: np.ndarray, n_top: int, n_bins: int = 20) 
     single = np.isnan(bin_std) & ~np.isnan(disp)
     bin_std[single] = bin_mean[single]
     bin_mean[single] = 0.0
+    return _top_scores(disp - bin_mean, bin_std, n_top)
+
+
+def _top_scores(centred: np.ndarray, spread: np.ndarray, n_top: int) -> np.ndarray:
+    """Sorted indices of the n_top largest centred / spread; a score that is NaN (no dispersion, or a bin without
+    spread) ranks last, ties keep input order."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        norm = (disp - bin_mean) / bin_std
+        norm = centred / spread
     norm = np.where(np.isnan(norm), -np.inf, norm)
-    order = np.argsort(-norm, kind="stable")
-    return np.sort(order[:n_top])
+    return np.sort(np.argsort(-norm, kind="stable")[:n_top])
 
 
 def materialize(x: Any, stats: PreprocessStats, chunk_size: int = 4096, progress=None) -> np.ndarray:
