@@ -226,14 +226,14 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
         nvar = seurat_v3_variance(x, cell_mask, genes, mean_r, var_r, chunk_size)
         if nvar is not None:
             flavor = "seurat_v3"
-            hvg_local = np.sort(np.argsort(-nvar, kind="stable")[:n_top])
+            hvg_local = _top_n(nvar, n_top)
         elif hvg_flavor == "seurat_v3":
             raise JojoInputError("--hvg-flavor seurat_v3: the loess fit of the genes' mean-variance trend failed "
                                  "on this data (too sparse?); use --hvg-flavor pearson_residuals or auto")
     if n_top < len(genes) and (hvg_flavor == "pearson_residuals" or (sparse_counts and flavor == "seurat")):
         flavor = "pearson_residuals"
         rvar = pearson_residual_variance(x, cell_mask, cell_totals, gene_totals, genes, chunk_size)
-        hvg_local = np.sort(np.argsort(-rvar, kind="stable")[:n_top])
+        hvg_local = _top_n(rvar, n_top)
     if sparse_counts and flavor != "seurat":
         log.warning("sparse counts (%.0f non-zero values per cell in the Seurat HVGs): ranking genes by %s instead "
                     "(--hvg-flavor seurat to keep dispersion)", seurat_nonzero,
@@ -387,8 +387,12 @@ def _top_scores(centred: np.ndarray, spread: np.ndarray, n_top: int) -> np.ndarr
     spread) ranks last, ties keep input order."""
     with np.errstate(divide="ignore", invalid="ignore"):
         norm = centred / spread
-    norm = np.where(np.isnan(norm), -np.inf, norm)
-    return np.sort(np.argsort(-norm, kind="stable")[:n_top])
+    return _top_n(np.where(np.isnan(norm), -np.inf, norm), n_top)
+
+
+def _top_n(score: np.ndarray, n_top: int) -> np.ndarray:
+    """Sorted indices of the n_top highest scores; ties keep input order."""
+    return np.sort(np.argsort(-score, kind="stable")[:n_top])
 
 
 def materialize(x: Any, stats: PreprocessStats, chunk_size: int = 4096, progress=None) -> np.ndarray:
