@@ -38,7 +38,16 @@ def umap_2d(z: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     idx = np.sort(rng.choice(n, MAX_UMAP_CELLS, replace=False)) if n > MAX_UMAP_CELLS else np.arange(n)
     reducer = umap.UMAP(n_neighbors=min(15, max(2, len(idx) - 1)), min_dist=0.3, metric="cosine",
                         random_state=seed, n_jobs=1)
-    return idx, reducer.fit_transform(np.asarray(z[idx]))  # z may be a Dask array (atlases): read the sample only
+    # UMAP ends by resetting numba's thread count to numba's default, which (through the shared OpenMP runtime)
+    # also resets torch's: a later run in this process would use another thread count and, at 1 thread, give
+    # different low bits. Keep torch's setting.
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return idx, reducer.fit_transform(np.asarray(z[idx]))  # z may be a Dask array (atlases): read the sample only
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str) -> None:

@@ -113,6 +113,18 @@ def test_curves_umap_and_summary(tmp_path):
     assert "labels by `kmeans` on [z, 1.5 x input PCA(20)]" in md
 
 
+def test_umap_leaves_torch_thread_count_alone():
+    # UMAP resets numba's thread count on exit, and with it (shared OpenMP runtime) torch's: a second run in the
+    # same process then computed with another thread count (not reproducible at OMP_NUM_THREADS=1).
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        idx, xy = report.umap_2d(np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32))
+        assert xy.shape == (60, 2) and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_epoch_line_and_plain_progress():
     m = history()[1]
     line = epoch_line(m, 100)
