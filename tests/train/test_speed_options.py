@@ -1,4 +1,4 @@
-"""Speed options of the loop: checkpoint cadence, bf16 autocast (runs on CPU), fused Adam."""
+"""Speed options of the loop: checkpoint cadence, bf16 autocast (runs on CPU), fused Adam, k-means warm start."""
 
 import copy
 
@@ -71,3 +71,20 @@ def test_fused_adam_matches_foreach():
             o.step()
     for a, b in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_kmeans_warm_start_seeds_once_and_a_fresh_start_every_step(monkeypatch):
+    import jojoscl_dist.cluster.kmeans as K
+
+    seeds, in_batch = [], []  # k-means++ calls made inside BatchKMeans (the evaluations' k-means use it too)
+    real_pp, real_call = K.kmeans_plusplus, K.BatchKMeans.__call__
+    monkeypatch.setattr(K, "kmeans_plusplus", lambda *a, **kw: (
+        seeds.append(kw["random_state"]) if in_batch else None, real_pp(*a, **kw))[1])
+    monkeypatch.setattr(K.BatchKMeans, "__call__", lambda self, x: (
+        in_batch.append(1), real_call(self, x), in_batch.clear())[1])
+    x, y = tiny()  # 240 cells, batch 64: 3 steps per epoch (the short remainder is not a batch)
+    for warm, expected in ((True, [0]), (False, list(range(6)))):  # fresh: seed + step, 2 epochs x 3 steps
+        seeds.clear()
+        s = LocalSession(device="cpu")
+        train_worker(cfg_for(2, **{"loss.kmeans_warm_start": warm}), WorkerData(ArraySource(x), 3, y), s)
+        assert seeds == expected, (warm, seeds)
