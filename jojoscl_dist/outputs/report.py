@@ -20,13 +20,12 @@ log = logging.getLogger(__name__)
 MAX_UMAP_CELLS = 30_000  # UMAP cost grows with cells; a seeded subsample shows the same structure
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kw):
+    """A matplotlib Figure drawn without pyplot: no backend switch and no global figure registry, so a notebook's
+    inline backend stays as it was and runs in threads share no plotting state."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # no display: files only
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kw)
 
 
 def umap_2d(z: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -51,8 +50,12 @@ def umap_2d(z: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str) -> None:
-    cats, codes = np.unique(np.asarray(labels).astype(str), return_inverse=True)
-    cmap = _pyplot().get_cmap("tab20" if len(cats) > 10 else "tab10")
+    lab = np.asarray(labels)
+    # Cluster ids in numeric order (0, 1, 2, ..., 10), not as strings (0, 1, 10, 11, 2, ...).
+    cats, codes = np.unique(lab if np.issubdtype(lab.dtype, np.number) else lab.astype(str), return_inverse=True)
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20" if len(cats) > 10 else "tab10"]
     size = max(1.0, min(12.0, 20000 / max(len(xy), 1)))
     for i, c in enumerate(cats):
         m = codes == i
@@ -70,26 +73,25 @@ def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str) -> None:
 
 def umap_png(z: np.ndarray, labels: np.ndarray, path: Path, truth: np.ndarray | None = None, seed: int = 0,
              title: str = "") -> Path:
-    plt = _pyplot()
     idx, xy = umap_2d(z, seed)
     panels = [(labels, f"JojoSCL clusters (K={len(np.unique(labels))})")]
     if truth is not None:
         panels.append((truth, f"truth ({len(np.unique(truth))} types)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
+    fig = _figure(figsize=(6.5 * len(panels), 5))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (lab, t) in zip(axes[0], panels):
         _scatter(ax, xy, np.asarray(lab)[idx], t)
     sub = f" ({len(idx)} of {len(z)} cells)" if len(idx) < len(z) else f" ({len(z)} cells)"
     fig.suptitle((title + sub).strip())
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def curves_png(history: list[dict[str, Any]], path: Path, selected_epoch: int | None = None) -> Path:
-    plt = _pyplot()
     ep = np.array([h["epoch"] + 1 for h in history])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig = _figure(figsize=(12, 4.2))
+    a1, a2 = fig.subplots(1, 2)
     for key, label in (("loss", "total"), ("l_ins", "instance"), ("l_clu", "cluster"), ("l_sure", "SURE")):
         if history and key in history[0]:
             a1.plot(ep, [h[key] for h in history], label=label, lw=2 if key == "loss" else 1)
@@ -117,7 +119,6 @@ def curves_png(history: list[dict[str, Any]], path: Path, selected_epoch: int | 
     a2.legend(frameon=False, fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -113,6 +113,36 @@ def test_curves_umap_and_summary(tmp_path):
     assert "labels by `kmeans` on [z, 1.5 x input PCA(20)]" in md
 
 
+def test_pictures_leave_the_matplotlib_backend_and_pyplot_alone(tmp_path):
+    # A notebook user's backend (inline) must survive a run: the pictures are drawn without pyplot.
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    try:
+        matplotlib.use("pdf")
+        open_figures = plt.get_fignums()  # other tests may leave figures open
+        report.curves_png(history(), tmp_path / "c.png", selected_epoch=3)
+        z = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+        report.umap_png(z, np.arange(40) % 3, tmp_path / "u.png", truth=np.arange(40) % 2)
+        assert matplotlib.get_backend() == "pdf" and plt.get_fignums() == open_figures
+        assert all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in ("c.png", "u.png"))
+    finally:
+        matplotlib.use(before)
+
+
+def test_legend_lists_cluster_ids_in_numeric_order():
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    labels = np.repeat(np.arange(12), 2)
+    report._scatter(ax, np.zeros((24, 2)), labels, "t")
+    assert ax.get_legend_handles_labels()[1] == [f"{i} (2)" for i in range(12)]  # 0..11, not 0, 1, 10, 11, 2
+    ax = Figure().subplots()
+    report._scatter(ax, np.zeros((3, 2)), np.array(["b", "a", "b"]), "t")
+    assert ax.get_legend_handles_labels()[1] == ["a (1)", "b (2)"]
+
+
 def test_umap_leaves_torch_thread_count_alone():
     # UMAP resets numba's thread count on exit, and with it (shared OpenMP runtime) torch's: a second run in the
     # same process then computed with another thread count (not reproducible at OMP_NUM_THREADS=1).
