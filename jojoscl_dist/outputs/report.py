@@ -50,11 +50,11 @@ def umap_2d(z: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str) -> None:
+    import matplotlib
+
     lab = np.asarray(labels)
     # Cluster ids in numeric order (0, 1, 2, ..., 10), not as strings (0, 1, 10, 11, 2, ...).
     cats, codes = np.unique(lab if np.issubdtype(lab.dtype, np.number) else lab.astype(str), return_inverse=True)
-    import matplotlib
-
     cmap = matplotlib.colormaps["tab20" if len(cats) > 10 else "tab10"]
     size = max(1.0, min(12.0, 20000 / max(len(xy), 1)))
     for i, c in enumerate(cats):
