@@ -71,6 +71,13 @@ def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str) -> None:
               frameon=False, ncol=ncol)
 
 
+def umap_title(title: str, n_plotted: int, n_cells: int) -> str:
+    """The picture's title: the data's own title, then how many cells the UMAP shows (said once, in words, so a
+    title that already counts the cells, like the demo atlas's, does not read as a repeated count)."""
+    shown = f"UMAP of all {n_cells} cells" if n_plotted >= n_cells else f"UMAP of a seeded {n_plotted} of {n_cells} cells"
+    return f"{title}: {shown}" if title else shown
+
+
 def umap_png(z: np.ndarray, labels: np.ndarray, path: Path, truth: np.ndarray | None = None, seed: int = 0,
              title: str = "") -> Path:
     idx, xy = umap_2d(z, seed)
@@ -81,8 +88,7 @@ def umap_png(z: np.ndarray, labels: np.ndarray, path: Path, truth: np.ndarray | 
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (lab, t) in zip(axes[0], panels):
         _scatter(ax, xy, np.asarray(lab)[idx], t)
-    sub = f" ({len(idx)} of {len(z)} cells)" if len(idx) < len(z) else f" ({len(z)} cells)"
-    fig.suptitle((title + sub).strip())
+    fig.suptitle(umap_title(title, len(idx), len(z)))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path

@@ -113,6 +113,13 @@ def test_curves_umap_and_summary(tmp_path):
     assert "labels by `kmeans` on [z, 1.5 x input PCA(20)]" in md
 
 
+def test_umap_title_counts_the_plotted_cells_once():
+    demo = "synthetic demo atlas (3000 cells, 3000 genes, 6 types)"
+    assert report.umap_title(demo, 3000, 3000) == demo + ": UMAP of all 3000 cells"
+    assert report.umap_title("atlas.h5ad", 30000, 90000) == "atlas.h5ad: UMAP of a seeded 30000 of 90000 cells"
+    assert report.umap_title("", 5, 5) == "UMAP of all 5 cells"
+
+
 def test_pictures_leave_the_matplotlib_backend_and_pyplot_alone(tmp_path):
     # A notebook user's backend (inline) must survive a run: the pictures are drawn without pyplot.
     import matplotlib
