@@ -74,7 +74,8 @@ def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str) -> None:
 def umap_title(title: str, n_plotted: int, n_cells: int) -> str:
     """The picture's title: the data's own title, then how many cells the UMAP shows (said once, in words, so a
     title that already counts the cells, like the demo atlas's, does not read as a repeated count)."""
-    shown = f"UMAP of all {n_cells} cells" if n_plotted >= n_cells else f"UMAP of a seeded {n_plotted} of {n_cells} cells"
+    shown = (f"UMAP of all {n_cells} cells" if n_plotted >= n_cells
+             else f"UMAP of a seeded {n_plotted} of {n_cells} cells")
     return f"{title}: {shown}" if title else shown
 
 
