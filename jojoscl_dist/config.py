@@ -39,6 +39,10 @@ class DataConfig:
     # Goolam lose as much (docs/benchmarks.md, session 26)
     hvg_flavor: HvgFlavor = "auto"
     input_scale: InputScale = "auto"  # auto: integer counts -> normalise+log1p; non-integer -> see data.preprocess
+    # counts: each cell is scaled to this total before log1p. "median": the median total (scanpy, the reference);
+    # "auto" (ours): the median, capped at 1e5 for deep full-length libraries, where a single read would otherwise
+    # weigh log1p(1) (Human_brain 0.62 -> 0.83 over 10 seeds; droplet sets unchanged; docs/benchmarks.md, session 29)
+    target_sum: float | str = "auto"
     scale_clip: float | None = None  # per-gene z-score clipping (reference: none; 10 lost, docs/benchmarks.md)
     chunk_size: int = 4096  # rows per streaming chunk for preprocessing statistics
     # Atlas scale (prepared Zarr stores; see jojoscl_dist/prepare.py and docs/benchmarks.md "Scale")

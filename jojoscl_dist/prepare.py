@@ -29,7 +29,7 @@ import pandas as pd
 import zarr
 
 from jojoscl_dist.config import DataConfig
-from jojoscl_dist.data.preprocess import HVG_FLAVORS, PreprocessStats, compute_stats
+from jojoscl_dist.data.preprocess import HVG_FLAVORS, PreprocessStats, compute_stats, target_sum_arg
 from jojoscl_dist.data.readers import read_input
 from jojoscl_dist.data.zarr_store import FORMAT_VERSION, PREPARED_KEY, commit_store, is_prepared_store, is_zarr_group
 from jojoscl_dist.errors import JojoInputError
@@ -106,7 +106,7 @@ def _progress(total: int, enabled: bool, desc: str):
 
 def prepare(input_path: str | Path, output: str | Path, *, n_top_genes: int = 2000, input_scale: str = "auto",
             hvg_flavor: str = "auto", chunk_size: int = 4096, chunk_rows: int = 2048, clip: float | None = None,
-            workers: int | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+            target_sum: float | str = "auto", workers: int | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Prepare ``input_path`` into the Zarr store ``output``; returns timings and sizes."""
     import dask
     import dask.array as da
@@ -119,7 +119,8 @@ def prepare(input_path: str | Path, output: str | Path, *, n_top_genes: int = 20
     n_cells, n_genes = raw.x.shape
     bar = _progress(2 * n_cells, progress, "statistics")
     stats = compute_stats(raw.x, raw.var_names, n_top_genes=n_top_genes, input_scale=input_scale,
-                          chunk_size=chunk_size, clip=clip, hvg_flavor=hvg_flavor, progress=bar.update)
+                          chunk_size=chunk_size, clip=clip, hvg_flavor=hvg_flavor, progress=bar.update,
+                          target_sum=target_sum)
     bar.close()
     t_stats = time.perf_counter() - t0
     kept = np.flatnonzero(stats.cell_mask)
@@ -188,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-top-genes", type=int, default=dc.n_top_genes)
     p.add_argument("--input-scale", default=dc.input_scale, choices=["auto", "counts", "normalized", "log"])
     p.add_argument("--hvg-flavor", default=dc.hvg_flavor, choices=HVG_FLAVORS)
+    p.add_argument("--target-sum", type=target_sum_arg, default=dc.target_sum,
+                   help="counts: each cell's total before log1p: auto (the median, at most 1e5) | median | a number")
     p.add_argument("--chunk-size", type=int, default=dc.chunk_size, help="rows per statistics chunk")
     p.add_argument("--chunk-rows", type=int, default=dc.store_chunk_rows, help="rows per chunk of the store's X")
     p.add_argument("--workers", type=int, default=None, help="Dask threads for the write pass (default 2)")
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="jojoscl: %(levelname)s: %(message)s")
     try:
         info = prepare(a.input, a.output, n_top_genes=a.n_top_genes, input_scale=a.input_scale,
-                       hvg_flavor=a.hvg_flavor,
+                       hvg_flavor=a.hvg_flavor, target_sum=a.target_sum,
                        chunk_size=a.chunk_size, chunk_rows=a.chunk_rows, workers=a.workers, overwrite=a.overwrite,
                        progress=not a.quiet)
     except JojoInputError as e:

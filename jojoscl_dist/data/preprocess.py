@@ -16,6 +16,7 @@ same statistics serve training, evaluation, the Zarr ``prepare`` step and predic
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ LOG_SCALE_MAX = 30.0
 SPARSE_NONZERO = 100.0
 PR_THETA = 100.0  # negative-binomial overdispersion of the Pearson residuals (Lause et al. 2021; scanpy's default)
 HVG_FLAVORS = ("auto", "seurat", "seurat_v3", "pearson_residuals", "cell_ranger")
+# target_sum "auto": the median total, but at most this. Deep full-length libraries (10^5-10^7 reads per cell)
+# scaled to their median give one read the weight log1p(1), so sampling noise in weak genes is as large as a real
+# expression step; at 10^5 it is log1p(0.01-0.1). Droplet data (medians 10^2-10^4) is left at its median.
+TARGET_SUM_CAP = 1e5
 V3_SPAN = 0.3  # loess span of the mean-variance trend (Seurat v3 and scanpy default)
 
 
@@ -49,7 +54,7 @@ class PreprocessStats:
     cell_mask: np.ndarray  # (n_input_cells,) bool: cells kept
     gene_names: list[str]  # the HVG names, in model-input order
     gene_index: np.ndarray  # (n_hvg,) column indices into the input matrix
-    target_sum: float  # median total of kept cells (counts input); 0 otherwise
+    target_sum: float  # the total each kept cell is scaled to (counts input; see resolve_target_sum); 0 otherwise
     mean: np.ndarray  # (n_hvg,) mean of the log data
     std: np.ndarray  # (n_hvg,) std (ddof=1) of the log data
     clip: float | None = None
@@ -87,6 +92,35 @@ class PreprocessStats:
         d["mean"] = np.asarray(d["mean"], dtype=np.float64)
         d["std"] = np.asarray(d["std"], dtype=np.float64)
         return cls(**d)
+
+
+def resolve_target_sum(target_sum: float | str, totals: np.ndarray) -> float:
+    """The total every cell of a count matrix is scaled to: "median", "auto" (the median, capped at
+    ``TARGET_SUM_CAP``) or a positive number."""
+    if target_sum in ("median", "auto"):
+        median = float(np.median(totals))
+        return min(median, TARGET_SUM_CAP) if target_sum == "auto" else median
+    try:
+        value = float(target_sum)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value) or value <= 0:
+        raise JojoInputError(f"--target-sum must be 'auto', 'median' or a positive number of counts per cell; "
+                             f"got {target_sum!r}")
+    return value
+
+
+def target_sum_arg(v: str) -> float | str:
+    """Command-line value of --target-sum: 'auto', 'median' or a positive number."""
+    if v in ("auto", "median"):
+        return v
+    try:
+        value = float(v)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'median' or a positive number, got {v!r}")
+    return value
 
 
 def iter_row_chunks(x: Any, chunk_size: int) -> Iterator[tuple[int, int, Any]]:
@@ -130,7 +164,7 @@ def _log_values(x: np.ndarray, totals: np.ndarray, scale: str, target_sum: float
 
 def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, input_scale: str = "auto",
                   chunk_size: int = 4096, clip: float | None = None, hvg_flavor: str = "auto",
-                  progress=None) -> PreprocessStats:
+                  progress=None, target_sum: float | str = "auto") -> PreprocessStats:
     """Two streaming passes over the rows of ``x`` (cells x genes) -> PreprocessStats (a third one when the
     genes are ranked by Pearson residuals)."""
     if hvg_flavor not in HVG_FLAVORS:
@@ -184,7 +218,7 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
     if hvg_flavor in ("pearson_residuals", "seurat_v3") and scale != "counts":
         raise JojoInputError(f"--hvg-flavor {hvg_flavor} needs raw integer counts, but the input is {scale}: "
                              f"use --hvg-flavor seurat (or auto)")
-    target_sum = float(np.median(cell_totals[cell_mask])) if scale == "counts" else 0.0
+    target_sum = resolve_target_sum(target_sum, cell_totals[cell_mask]) if scale == "counts" else 0.0
 
     # Pass 2: per-gene sums for the Seurat dispersion (on the de-logged values) and for scaling (log values).
     s_norm = np.zeros(n_genes)

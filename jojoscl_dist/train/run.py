@@ -82,7 +82,7 @@ def prepare_data(cfg: JojoConfig) -> PreparedData:
                 print(f"jojoscl: {dc.path} is large: preparing it out of core into {store}", flush=True)
                 prepare(dc.path, store, n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
                         hvg_flavor=dc.hvg_flavor, chunk_size=dc.chunk_size, chunk_rows=dc.store_chunk_rows,
-                        clip=dc.scale_clip, overwrite=True, progress=not cfg.run.quiet)
+                        clip=dc.scale_clip, target_sum=dc.target_sum, overwrite=True, progress=not cfg.run.quiet)
             return _from_store(cfg, store, str(dc.path))
     if dc.path is None:
         adata = demo_atlas(dc.demo_cells, dc.demo_genes, dc.demo_types, seed=cfg.run.seed)
@@ -99,7 +99,8 @@ def prepare_data(cfg: JojoConfig) -> PreparedData:
     k = _n_clusters(dc.n_clusters, labels_all)
     auto = k == "auto"
     stats = compute_stats(adata.X, list(adata.var_names), n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
-                          chunk_size=dc.chunk_size, clip=dc.scale_clip, hvg_flavor=dc.hvg_flavor)
+                          chunk_size=dc.chunk_size, clip=dc.scale_clip, hvg_flavor=dc.hvg_flavor,
+                          target_sum=dc.target_sum)
     n_kept = int(stats.cell_mask.sum())
     if not auto and k > n_kept:
         raise JojoInputError(f"--n-clusters {k} is larger than the number of usable cells ({n_kept}); "

@@ -1,3 +1,4 @@
+import argparse
 from typing import get_args
 
 import anndata as ad
@@ -7,15 +8,16 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from jojoscl_dist.config import HvgFlavor
-from jojoscl_dist.data.preprocess import HVG_FLAVORS, PreprocessStats, compute_stats, materialize
+from jojoscl_dist.data.preprocess import (HVG_FLAVORS, TARGET_SUM_CAP, PreprocessStats, compute_stats, materialize,
+                                          target_sum_arg)
 from jojoscl_dist.errors import JojoInputError
 
 
-def scanpy_reference(a: ad.AnnData) -> ad.AnnData:
+def scanpy_reference(a: ad.AnnData, target_sum: float | None = None) -> ad.AnnData:
     b = a.copy()
     sc.pp.filter_genes(b, min_counts=1)
     sc.pp.filter_cells(b, min_counts=1)
-    sc.pp.normalize_total(b)
+    sc.pp.normalize_total(b, target_sum=target_sum)
     sc.pp.log1p(b)
     sc.pp.highly_variable_genes(b, flavor="seurat", n_top_genes=2000)
     b = b[:, b.var.highly_variable].copy()
@@ -23,15 +25,51 @@ def scanpy_reference(a: ad.AnnData) -> ad.AnnData:
     return b
 
 
-@pytest.mark.parametrize("name", ["Human_brain", "Yan"])
-def test_streaming_matches_scanpy(data_dir, name):
+# "median" is scanpy's normalize_total default; "auto" caps it at 1e5 (both sets are deep: medians 2e6 and 2e7).
+@pytest.mark.parametrize("name,target_sum,scanpy_target", [("Human_brain", "median", None), ("Yan", "median", None),
+                                                            ("Human_brain", "auto", 1e5), ("Yan", 3e4, 3e4)])
+def test_streaming_matches_scanpy(data_dir, name, target_sum, scanpy_target):
     a = ad.read_h5ad(data_dir / f"{name}.h5ad")
-    st = compute_stats(a.X, list(a.var_names), n_top_genes=2000, chunk_size=97, hvg_flavor="seurat")  # odd chunks
+    st = compute_stats(a.X, list(a.var_names), n_top_genes=2000, chunk_size=97, hvg_flavor="seurat",  # odd chunks
+                       target_sum=target_sum)
     x = materialize(a.X, st, chunk_size=61)
-    ref = scanpy_reference(a)
+    ref = scanpy_reference(a, scanpy_target)
     assert set(st.gene_names) == set(ref.var_names)
     cols = [list(ref.var_names).index(g) for g in st.gene_names]
     np.testing.assert_allclose(x, np.asarray(ref.X)[:, cols], atol=1e-4)
+
+
+def test_target_sum_auto_is_the_median_capped_at_1e5():
+    rng = np.random.default_rng(0)
+    shallow = rng.poisson(2.0, size=(60, 40)).astype(np.float32)  # totals ~80: droplet-like, keeps its median
+    st = compute_stats(shallow, [f"g{i}" for i in range(40)])
+    assert st.target_sum == pytest.approx(np.median(shallow.sum(1)))
+    assert compute_stats(shallow, [f"g{i}" for i in range(40)], target_sum="median").target_sum == st.target_sum
+    deep = shallow * 10_000  # totals ~8e5: capped
+    assert compute_stats(deep, [f"g{i}" for i in range(40)]).target_sum == TARGET_SUM_CAP == 1e5
+    assert compute_stats(deep, [f"g{i}" for i in range(40)], target_sum="median").target_sum > 1e5
+    st = compute_stats(deep, [f"g{i}" for i in range(40)], target_sum=250.0)
+    x = materialize(deep, st)
+    row = deep[3] * 250.0 / deep[3].sum()  # cell 3 by hand: log1p of its counts scaled to 250, then z-scored
+    logged = np.log1p(deep * (250.0 / deep.sum(1, keepdims=True)))
+    want = (np.log1p(row) - logged.mean(0)) / logged.std(0, ddof=1)
+    np.testing.assert_allclose(x[3], want[st.gene_index], rtol=1e-4, atol=1e-5)
+    assert compute_stats(np.log1p(shallow), [f"g{i}" for i in range(40)]).target_sum == 0.0  # log input: unused
+
+
+@pytest.mark.parametrize("bad", [0, -5.0, float("nan"), "mean"])
+def test_bad_target_sum_raises_clear_error(bad):
+    x = np.random.default_rng(0).poisson(2.0, size=(20, 10)).astype(np.float32)
+    with pytest.raises(JojoInputError, match="--target-sum must be 'auto', 'median' or a positive number"):
+        compute_stats(x, [f"g{i}" for i in range(10)], target_sum=bad)
+
+
+def test_target_sum_command_line_values():
+    assert target_sum_arg("auto") == "auto" and target_sum_arg("median") == "median"
+    assert target_sum_arg("1e4") == 1e4
+    for bad in ("0", "-1", "nan", "mean"):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive number"):
+            target_sum_arg(bad)
 
 
 def test_chunk_size_does_not_change_result(data_dir):
