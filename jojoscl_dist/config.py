@@ -35,13 +35,13 @@ class DataConfig:
     n_top_genes: int = 2000  # paper / peers: top-2000 HVG; 3000 lost on 2 seeds (docs/benchmarks.md)
     # ours: "auto" ranks genes by Seurat dispersion, and on sparse counts by the Seurat v3 variance (Pearson
     # residuals where its trend cannot be fitted) (data/preprocess.py; docs/benchmarks.md, sessions 22 and 24).
-    # "cell_ranger" is a per-data-set choice, not a default: Human_brain 0.635 -> 0.865, but Baron_mouse, Yan and
-    # Goolam lose as much (docs/benchmarks.md, session 26)
+    # "cell_ranger" is a per-data-set choice, not a default: Human_brain 0.635 -> 0.865 (at the median total), but
+    # Baron_mouse, Yan and Goolam lose as much (docs/benchmarks.md, session 26)
     hvg_flavor: HvgFlavor = "auto"
     input_scale: InputScale = "auto"  # auto: integer counts -> normalise+log1p; non-integer -> see data.preprocess
     # counts: each cell is scaled to this total before log1p. "median": the median total (scanpy, the reference);
     # "auto" (ours): the median, capped at 1e5 for deep full-length libraries, where a single read would otherwise
-    # weigh log1p(1) (Human_brain 0.62 -> 0.83 over 10 seeds; droplet sets unchanged; docs/benchmarks.md, session 29)
+    # weigh log1p(1) (Human_brain 0.64 -> 0.82 over 10 seeds; droplet sets unchanged; docs/benchmarks.md, session 29)
     target_sum: float | str = "auto"
     scale_clip: float | None = None  # per-gene z-score clipping (reference: none; 10 lost, docs/benchmarks.md)
     chunk_size: int = 4096  # rows per streaming chunk for preprocessing statistics

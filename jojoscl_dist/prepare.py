@@ -1,7 +1,7 @@
 """`python -m jojoscl_dist.prepare --input RAW --output STORE.zarr`: preprocess an atlas out of core.
 
 Reads the raw matrix by row chunks (backed .h5ad, raw AnnData Zarr; smaller formats in memory), computes the
-streaming statistics (QC: zero-count genes and cells dropped; totals, median normalisation, log1p, Seurat HVG,
+streaming statistics (QC: zero-count genes and cells dropped; totals, median normalisation (capped), log1p, Seurat HVG,
 per-gene mean/std: ``compute_stats``), then writes the model input (kept cells x HVG, dense float32, chunked by
 rows) with a Dask map_blocks pass: each Dask block is exactly one store chunk, so parallel writers never share a
 chunk. The result is an AnnData Zarr store (format 3) with obs (kept cells, with their labels), var (the HVG
@@ -106,7 +106,8 @@ def _progress(total: int, enabled: bool, desc: str):
 
 def prepare(input_path: str | Path, output: str | Path, *, n_top_genes: int = 2000, input_scale: str = "auto",
             hvg_flavor: str = "auto", chunk_size: int = 4096, chunk_rows: int = 2048, clip: float | None = None,
-            target_sum: float | str = "auto", workers: int | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+            target_sum: float | str = "auto", workers: int | None = None, overwrite: bool = False,
+            progress: bool = True) -> dict[str, Any]:
     """Prepare ``input_path`` into the Zarr store ``output``; returns timings and sizes."""
     import dask
     import dask.array as da

@@ -1,7 +1,7 @@
 """Streaming preprocessing (METHOD.md s1), computed from statistics over row chunks.
 
 1. Drop genes with zero total, then cells with zero total.
-2. Scale each cell to the median total count, then log1p.
+2. Scale each cell to the median total count, at most ``TARGET_SUM_CAP`` (``target_sum="auto"``), then log1p.
 3. Keep the top-n highly variable genes (Seurat flavour: normalised dispersion within 20 mean bins). On sparse
    count data (the Seurat genes leave fewer than 100 non-zero values per cell) rank by the Seurat v3 standardised
    variance of the counts instead, or, where its mean-variance trend cannot be fitted, by the variance of analytic

@@ -49,8 +49,19 @@ def test_prepare_matches_in_memory_materialize(data_dir, brain_store):
     np.testing.assert_allclose(st.mean, stats.mean)
     np.testing.assert_array_equal(st.gene_index, stats.gene_index)
     assert st.mean_nonzero == pytest.approx(stats.mean_nonzero) and 0 < st.mean_nonzero < st.n_genes
+    assert st.target_sum == stats.target_sum == 1e5  # a deep full-length set: the default caps its median (2e6)
     assert is_prepared_store(brain_store) and not is_prepared_store(data_dir / "Human_brain.h5ad")
     assert not [p for p in brain_store.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_prepare_cli_passes_the_target_sum(data_dir, tmp_path):
+    from jojoscl_dist.prepare import main
+
+    out = tmp_path / "yan.zarr"
+    assert main(["--input", str(data_dir / "Yan.h5ad"), "--output", str(out), "--target-sum", "median", "-q"]) == 0
+    st = PreprocessStats.from_dict(read_prepared_meta(out)["stats"])
+    a = read_input(data_dir / "Yan.h5ad")
+    assert st.target_sum == pytest.approx(float(np.median(np.asarray(a.X.sum(1)).ravel()))) and st.target_sum > 1e5
 
 
 def test_prepare_crash_leaves_no_store(tmp_path, monkeypatch):

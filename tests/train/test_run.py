@@ -158,3 +158,22 @@ def test_hvg_flavor_from_the_cli(tmp_path):
     with pytest.raises(JojoInputError, match="needs raw integer counts"):
         run(cfg)
     assert not (tmp_path / "bad").exists()
+
+
+def test_target_sum_from_the_cli(tmp_path):
+    """--target-sum reaches the normalisation, in memory and on the out-of-core store path; a bad value stops the
+    parser."""
+    from jojoscl_dist.train.__main__ import config_from_args
+    from jojoscl_dist.train.run import prepare_data
+
+    cfg = _small_cli_config(tmp_path)
+    median = float(np.median(np.asarray(ad.read_h5ad(tmp_path / "d.h5ad").X.sum(1)).ravel()))
+    assert cfg.data.target_sum == "auto" and median < 1e5
+    assert prepare_data(cfg).stats.target_sum == pytest.approx(median)  # shallow counts: the cap does not bite
+    cfg = _small_cli_config(tmp_path, "--target-sum", "50")
+    assert cfg.data.target_sum == 50.0 and prepare_data(cfg).stats.target_sum == 50.0
+    cfg.data.prepare_above_cells = 100  # prepared into a store first: the same target
+    assert prepare_data(cfg).stats.target_sum == 50.0
+    with pytest.raises(SystemExit) as e:
+        config_from_args(["--target-sum", "-3"])
+    assert e.value.code == 2
