@@ -94,17 +94,23 @@ class PreprocessStats:
         return cls(**d)
 
 
+def _positive_total(v: Any) -> float | None:
+    """``v`` as a finite positive number of counts, or None."""
+    try:
+        value = float(v)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value > 0 else None
+
+
 def resolve_target_sum(target_sum: float | str, totals: np.ndarray) -> float:
     """The total every cell of a count matrix is scaled to: "median", "auto" (the median, capped at
     ``TARGET_SUM_CAP``) or a positive number."""
     if target_sum in ("median", "auto"):
         median = float(np.median(totals))
         return min(median, TARGET_SUM_CAP) if target_sum == "auto" else median
-    try:
-        value = float(target_sum)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not np.isfinite(value) or value <= 0:
+    value = _positive_total(target_sum)
+    if value is None:
         raise JojoInputError(f"--target-sum must be 'auto', 'median' or a positive number of counts per cell; "
                              f"got {target_sum!r}")
     return value
@@ -114,11 +120,8 @@ def target_sum_arg(v: str) -> float | str:
     """Command-line value of --target-sum: 'auto', 'median' or a positive number."""
     if v in ("auto", "median"):
         return v
-    try:
-        value = float(v)
-    except ValueError:
-        value = float("nan")
-    if not np.isfinite(value) or value <= 0:
+    value = _positive_total(v)
+    if value is None:
         raise argparse.ArgumentTypeError(f"expected 'auto', 'median' or a positive number, got {v!r}")
     return value
 
