@@ -35,8 +35,8 @@ class DataConfig:
     n_top_genes: int = 2000  # paper / peers: top-2000 HVG; 3000 lost on 2 seeds (docs/benchmarks.md)
     # ours: "auto" ranks genes by Seurat dispersion, and on sparse counts by the Seurat v3 variance (Pearson
     # residuals where its trend cannot be fitted) (data/preprocess.py; docs/benchmarks.md, sessions 22 and 24).
-    # "cell_ranger" is a per-data-set choice, not a default: Human_brain 0.635 -> 0.865 (at the median total), but
-    # Baron_mouse, Yan and Goolam lose as much (docs/benchmarks.md, session 26)
+    # "cell_ranger" is a per-data-set choice, not a default: Human_brain 0.635 -> 0.865 at the median total, 0.822 ->
+    # 0.837 at the capped one, while Baron_mouse, Yan and Goolam lose (docs/benchmarks.md, sessions 26 and 29)
     hvg_flavor: HvgFlavor = "auto"
     input_scale: InputScale = "auto"  # auto: integer counts -> normalise+log1p; non-integer -> see data.preprocess
     # counts: each cell is scaled to this total before log1p. "median": the median total (scanpy, the reference);
