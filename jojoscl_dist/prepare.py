@@ -29,7 +29,8 @@ import pandas as pd
 import zarr
 
 from jojoscl_dist.config import DataConfig
-from jojoscl_dist.data.preprocess import HVG_FLAVORS, PreprocessStats, compute_stats, target_sum_arg
+from jojoscl_dist.data.preprocess import (HVG_FLAVORS, TARGET_SUM_HELP, PreprocessStats, compute_stats,
+                                          target_sum_arg)
 from jojoscl_dist.data.readers import read_input
 from jojoscl_dist.data.zarr_store import FORMAT_VERSION, PREPARED_KEY, commit_store, is_prepared_store, is_zarr_group
 from jojoscl_dist.errors import JojoInputError
@@ -190,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-top-genes", type=int, default=dc.n_top_genes)
     p.add_argument("--input-scale", default=dc.input_scale, choices=["auto", "counts", "normalized", "log"])
     p.add_argument("--hvg-flavor", default=dc.hvg_flavor, choices=HVG_FLAVORS)
-    p.add_argument("--target-sum", type=target_sum_arg, default=dc.target_sum,
-                   help="counts: each cell's total before log1p: auto (the median, at most 1e5) | median | a number")
+    p.add_argument("--target-sum", type=target_sum_arg, default=dc.target_sum, help=TARGET_SUM_HELP)
     p.add_argument("--chunk-size", type=int, default=dc.chunk_size, help="rows per statistics chunk")
     p.add_argument("--chunk-rows", type=int, default=dc.store_chunk_rows, help="rows per chunk of the store's X")
     p.add_argument("--workers", type=int, default=None, help="Dask threads for the write pass (default 2)")

@@ -43,6 +43,7 @@ HVG_FLAVORS = ("auto", "seurat", "seurat_v3", "pearson_residuals", "cell_ranger"
 # scaled to their median give one read the weight log1p(1), so sampling noise in weak genes is as large as a real
 # expression step; at 10^5 it is log1p(0.01-0.1). Droplet data (medians 10^2-10^4) is left at its median.
 TARGET_SUM_CAP = 1e5
+TARGET_SUM_RULES = ("auto", "median")  # the named totals; anything else must be a positive number
 V3_SPAN = 0.3  # loess span of the mean-variance trend (Seurat v3 and scanpy default)
 
 
@@ -106,7 +107,7 @@ def _positive_total(v: Any) -> float | None:
 def resolve_target_sum(target_sum: float | str, totals: np.ndarray) -> float:
     """The total every cell of a count matrix is scaled to: "median", "auto" (the median, capped at
     ``TARGET_SUM_CAP``) or a positive number."""
-    if target_sum in ("median", "auto"):
+    if target_sum in TARGET_SUM_RULES:
         median = float(np.median(totals))
         return min(median, TARGET_SUM_CAP) if target_sum == "auto" else median
     value = _positive_total(target_sum)
@@ -116,9 +117,13 @@ def resolve_target_sum(target_sum: float | str, totals: np.ndarray) -> float:
     return value
 
 
+TARGET_SUM_HELP = (f"counts: each cell's total before log1p: auto (the median, at most {TARGET_SUM_CAP:g}) | median "
+                   f"(scanpy's, the reference) | a number")
+
+
 def target_sum_arg(v: str) -> float | str:
     """Command-line value of --target-sum: 'auto', 'median' or a positive number."""
-    if v in ("auto", "median"):
+    if v in TARGET_SUM_RULES:
         return v
     value = _positive_total(v)
     if value is None:

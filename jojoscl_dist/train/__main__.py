@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from jojoscl_dist.config import JojoConfig
-from jojoscl_dist.data.preprocess import target_sum_arg
+from jojoscl_dist.data.preprocess import TARGET_SUM_HELP, target_sum_arg
 from jojoscl_dist.errors import JojoInputError, TrackingError
 
 def n_clusters_arg(v: str) -> int | str:
@@ -33,8 +33,7 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--obs-key", "run.obs_key", str, "obs column for the clusters in the annotated copy of the input"),
     ("--n-top-genes", "data.n_top_genes", int, "highly variable genes kept (default 2000)"),
     ("--input-scale", "data.input_scale", str, "auto | counts | normalized | log"),
-    ("--target-sum", "data.target_sum", target_sum_arg, "counts: each cell's total before log1p: auto (the median, "
-     "at most 1e5) | median (scanpy, the reference) | a number"),
+    ("--target-sum", "data.target_sum", target_sum_arg, TARGET_SUM_HELP),
     ("--hvg-flavor", "data.hvg_flavor", str, "gene ranking: auto (Seurat v3 on sparse counts) | seurat | seurat_v3 | pearson_residuals | cell_ranger"),
     ("--num-workers", "run.num_workers", int, "Ray Train workers (0 = in-process, no Ray)"),
     ("--epochs", "optim.epochs", int, "training epochs"),
