@@ -53,3 +53,31 @@ def test_seed_table_averages_complete_seeds_only():
     assert lines[2] == "| 0 | 0.300 | 0.500 |"  # (0.2 + 0.4) / 2
     assert lines[3] == "| 1 | 0.800 | 0.500 |"
     assert len(lines) == 4  # seed 2 lacks set b: left out
+
+
+def test_ablation_pairs_compare_each_variant_with_full_on_shared_runs_only():
+    from bench.quality_report import ablation_pairs
+
+    rows = [{"dataset": d, "seed": s, "variant": "full", "pick_ari": a, "pick_nmi": 0.5}
+            for d, s, a in [("a", 0, 0.5), ("a", 1, 0.7), ("b", 0, 0.2), ("c", 0, 0.9)]]
+    rows += [{"dataset": d, "seed": s, "variant": "no_sure", "pick_ari": a, "pick_nmi": 0.4}
+             for d, s, a in [("a", 0, 0.6), ("b", 0, 0.5), ("b", 1, 0.1)]]  # (b, 1) has no full run
+    lines = ablation_pairs(pd.DataFrame(rows))
+    assert len(lines) == 3
+    # pairs (a,0) and (b,0): full 0.5, 0.2 -> mean 0.35; no_sure 0.6, 0.5 -> 0.55; both sets gain > 0.02
+    assert lines[2].startswith("| `no_sure` | 2 (2) | 0.350 -> 0.550 | 0.500 -> 0.400 | - | - | 2 | 0 |")
+    assert ablation_pairs(pd.DataFrame(rows[:4])) == []  # nothing but full: no table
+
+
+def test_render_lists_set_overrides_apart_from_ablations(tmp_path):
+    from bench.quality_report import render
+
+    rows = [{"dataset": "a", "seed": 0, "variant": v, "pick_ari": a, "pick_nmi": 0.5, "n_cells": 10, "k": 2,
+             "train_s": 1.0} for v, a in [("full", 0.5), ("set:loss.beta=2", 0.4), ("ins_only", 0.6)]]
+    f = tmp_path / "r.log"
+    f.write_text("\n".join(str(r) for r in rows) + "\n")
+    text = render([f])
+    knobs = text.split("### Config overrides")[1].split("###")[0]
+    pairs = text.split("### Ablations against the full model on every set measured")[1]
+    assert "`loss.beta=2` | 1 (1) | 0.500 -> 0.400" in knobs and "ins_only" not in knobs
+    assert "`ins_only` | 1 (1) | 0.500 -> 0.600" in pairs and "beta" not in pairs
