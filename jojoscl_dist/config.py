@@ -77,7 +77,7 @@ class LossConfig:
     # ours: 1 and 1; alpha 2 / beta 2 (the two free ratios under Adam) were no better (docs/benchmarks.md)
     alpha: float = 1.0  # weight of L_INS
     beta: float = 1.0  # weight of L_CLU
-    w_sure: float = 1.0  # paper: 1; 0 lost 0.014 mean ARI on 21 sets x 3 seeds (docs/benchmarks.md, session 23)
+    w_sure: float = 1.0  # paper: 1; 0 lost 0.014 mean ARI on 21 sets x 3 seeds (session 23), 0.009 x 2 (session 30)
     tau_instance: float = 0.07  # ref/paper; 0.05 and 0.2 lost on all 21 sets (docs/benchmarks.md)
     tau_cluster: float = 1.0  # CC: 1.0
     sure_variant: SureVariant = "cross"  # ours: prior from the key view (METHOD.md s5.1)
