@@ -106,9 +106,14 @@ def targets(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _ablation_variants(df: pd.DataFrame) -> list[str]:
+    """The ablation variants present (bench.quality ABLATIONS other than 'full'), in order of appearance."""
+    return [v for v in dict.fromkeys(df["variant"]) if v not in ("full", "baselines") and not v.startswith("set:")]
+
+
 def ablation_table(df: pd.DataFrame) -> list[str]:
     """Data set x variant, on the seeds every variant of that data set has (the 'full' column included)."""
-    variants = [v for v in dict.fromkeys(df["variant"]) if v != "full" and not v.startswith("set:")]
+    variants = _ablation_variants(df)
     if not variants:
         return []
     order = ["full"] + variants
@@ -160,8 +165,7 @@ def knob_table(df: pd.DataFrame) -> list[str]:
 def ablation_pairs(df: pd.DataFrame) -> list[str]:
     """Each ablation variant against 'full' on every (data set, seed) pair measured, the paper's five sets or more:
     what a loss contributes across the whole table, not only on the sets of the per-set ablation table."""
-    return paired_table(df, [v for v in dict.fromkeys(df["variant"])
-                             if v not in ("full", "baselines") and not v.startswith("set:")], "ablation")
+    return paired_table(df, _ablation_variants(df), "ablation")
 
 
 RULES = [("hist_last", "last evaluation"), ("hist_silhouette", "silhouette in z (default rule)"),
