@@ -2,6 +2,7 @@
 
     python -m bench.quality [--datasets A,B,...] [--seeds 3] [--ablations] [--out docs/quality]
     python -m bench.quality --datasets all --seed-list 5,6 --baselines-only   # the baselines alone, more seeds
+    python -m bench.quality --set KEY=VALUE [--set-as-full]   # a changed default; as the table's 'full' rows
 
 Every method sees the same preprocessed matrix (jojoscl_dist.data.preprocess). Baselines: k-means (10 restarts)
 on PCA(50); scanpy Leiden on the 15-NN graph of PCA(50) at resolution 1.0 and with the resolution bisected to
@@ -212,6 +213,9 @@ def main(argv=None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted config override (repeatable): runs one extra variant named 'set:KEY=VALUE,...' "
                    "with all of them, e.g. --set model.momentum=0.9 (evidence for a default)")
+    p.add_argument("--set-as-full", action="store_true",
+                   help="run the --set overrides as the 'full' variant (baselines included), each row recording them "
+                   "under 'overrides': the table a changed default would give, without changing it first")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--baselines-only", action="store_true",
                    help="no training: print the baselines' rows (variant 'baselines') for more seeds of the bar")
@@ -220,6 +224,9 @@ def main(argv=None) -> None:
                    "final clusterings with bench.replay without retraining")
     p.add_argument("--out", default="docs/quality")
     args = p.parse_args(argv)
+    if args.set_as_full and (not args.set or args.variants or args.ablations):
+        # The ablation variants fix their own overrides only: beside a changed 'full' they would compare two configs.
+        p.error("--set-as-full needs --set, and runs without --variants / --ablations")
     logging.basicConfig(level=logging.ERROR)
     warnings.filterwarnings("ignore")
     names = sorted(f.stem for f in SHARED.glob("*.h5ad")) if args.datasets == "all" else args.datasets.split(",")
@@ -228,7 +235,8 @@ def main(argv=None) -> None:
         variants = {v: ABLATIONS[v] for v in args.variants.split(",")}
     if args.set:
         ov = dict(kv.split("=", 1) for kv in args.set)
-        extra = {f"set:{','.join(args.set)}": {k: _value(v) for k, v in ov.items()}}
+        name = "full" if args.set_as_full else f"set:{','.join(args.set)}"
+        extra = {name: {k: _value(v) for k, v in ov.items()}}
         variants = {**variants, **extra} if (args.variants or args.ablations) else extra
     rows = []
     workdir = Path(tempfile.mkdtemp(prefix="jojoscl-quality-"))
@@ -247,6 +255,8 @@ def main(argv=None) -> None:
                 save = Path(args.save_embeddings) if args.save_embeddings and variant == "full" else None
                 r, data = run_one(name, seed, ov, args.epochs, workdir, save)
                 r["variant"] = variant
+                if variant == "full" and ov:
+                    r["overrides"] = ",".join(args.set)
                 if variant == "full" and not args.no_baselines:
                     _add_baselines(r, data, seed)
                 rows.append(r)

@@ -81,3 +81,30 @@ def test_render_lists_set_overrides_apart_from_ablations(tmp_path):
     pairs = text.split("### Ablations against the full model on every set measured")[1]
     assert "`loss.beta=2` | 1 (1) | 0.500 -> 0.400" in knobs and "ins_only" not in knobs
     assert "`ins_only` | 1 (1) | 0.500 -> 0.600" in pairs and "beta" not in pairs
+
+
+def test_set_as_full_runs_the_overrides_as_the_table_with_baselines(tmp_path, monkeypatch):
+    import types
+
+    import pytest
+
+    seen = []
+
+    def fake_run(name, seed, ov, epochs, workdir, save=None):
+        seen.append(ov)
+        data = types.SimpleNamespace(x=np.zeros((4, 2)), labels=np.array([0, 0, 1, 1]), n_clusters=2)
+        return {"dataset": name, "seed": seed, "n_cells": 4, "k": 2, "pick_ari": 0.5, "pick_nmi": 0.5,
+                "train_s": 1.0}, data
+
+    monkeypatch.setattr(quality, "run_one", fake_run)
+    monkeypatch.setattr(quality, "baselines", lambda x, truth, k, seed: {"kmeans_pca": {"ari": 0.3, "nmi": 0.4}})
+    quality.main(["--datasets", "toy", "--seed-list", "0", "--set", "model.mask_keep=0.2", "--set-as-full",
+                  "--out", str(tmp_path / "q")])
+    row = pd.read_csv(tmp_path / "q.csv").iloc[0]
+    assert seen == [{"model.mask_keep": 0.2}]  # the override reached training, once
+    assert row["variant"] == "full" and row["overrides"] == "model.mask_keep=0.2"
+    assert row["kmeans_pca_ari"] == 0.3  # baselines attached, as for the default table
+    for bad in (["--set-as-full"], ["--set", "model.mask_keep=0.2", "--set-as-full", "--variants", "no_sure"]):
+        with pytest.raises(SystemExit):
+            quality.main(["--datasets", "toy", "--out", str(tmp_path / "r")] + bad)
+    assert not (tmp_path / "r.csv").exists()
