@@ -150,7 +150,7 @@ def paired_table(df: pd.DataFrame, variants: list[str], what: str) -> list[str]:
             continue
         m = both.groupby(level="dataset").mean(numeric_only=True)  # each data set weighs the same
         d = m["pick_ari_v"] - m["pick_ari"]
-        cells = [f"{m[c].mean():.3f} -> {m[c + '_v'].mean():.3f}" if c + "_v" in m and c in m else "-"
+        cells = [f"{m[c].mean():.3f} -> {m[c + '_v'].mean():.3f}" if c + "_v" in m else "-"
                  for c in ("pick_ari", "pick_nmi", "pick_w0_ari", "oracle_ari")]
         lines.append(f"| `{v.removeprefix('set:')}` | {len(both)} ({len(m)}) | " + " | ".join(cells)
                      + f" | {int((d > 0.02).sum())} | {int((d < -0.02).sum())} |")
