@@ -3,6 +3,7 @@
     python -m bench.quality [--datasets A,B,...] [--seeds 3] [--ablations] [--out docs/quality]
     python -m bench.quality --datasets all --seed-list 5,6 --baselines-only   # the baselines alone, more seeds
     python -m bench.quality --set KEY=VALUE [--set-as-full]   # a changed default; as the table's 'full' rows
+    python -m bench.quality --save-evals runs/evals ...   # every evaluation's z, for bench.replay_selection
 
 Every method sees the same preprocessed matrix (jojoscl_dist.data.preprocess). Baselines: k-means (10 restarts)
 on PCA(50); scanpy Leiden on the 15-NN graph of PCA(50) at resolution 1.0 and with the resolution bisected to
@@ -14,6 +15,7 @@ per-worker loop as Ray Train, --num-workers 0) to keep the table affordable on 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import logging
@@ -30,12 +32,13 @@ import torch
 from bench.defaults import _value, pick_index
 from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.cluster.metrics import score_labels
-from jojoscl_dist.cluster.selection import input_reference
+from jojoscl_dist.cluster.selection import Selector, input_reference
 from jojoscl_dist.cluster.kmeans import fit_kmeans
 from jojoscl_dist.config import EvalConfig, JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.model import build_model
 from jojoscl_dist.train.embed import embed, final_labels
+from jojoscl_dist.train import loop as train_loop
 from jojoscl_dist.train.run import default_storage, fit_input_pca, oracle, prepare_data, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -135,8 +138,33 @@ def _add_baselines(r: dict, data, seed: int) -> None:
         r[f"{b}_ari"], r[f"{b}_nmi"] = m["ari"], m["nmi"]
 
 
+class _RecordingSelector(Selector):
+    """The training loop's Selector, also keeping every evaluation's z (bench only, in-process runs)."""
+
+    recorded: list[tuple[int, np.ndarray]] = []  # reset by _record_evaluations
+
+    def update(self, epoch, z, labels, reference=None):
+        _RecordingSelector.recorded.append((epoch, np.array(z, dtype=np.float32)))
+        return super().update(epoch, z, labels, reference)
+
+
+@contextlib.contextmanager
+def _record_evaluations(on: bool):
+    """While on, the loop's evaluations go through _RecordingSelector; yields its list of (epoch, z)."""
+    _RecordingSelector.recorded = []
+    if not on:
+        yield _RecordingSelector.recorded
+        return
+    original = train_loop.Selector
+    train_loop.Selector = _RecordingSelector
+    try:
+        yield _RecordingSelector.recorded
+    finally:
+        train_loop.Selector = original
+
+
 def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: Path,
-            save_dir: Path | None = None) -> dict:
+            save_dir: Path | None = None, evals_dir: Path | None = None) -> dict:
     torch.set_num_threads(THREADS)
     cfg = _set_config(name, seed)
     # Own output path per run: train() resumes from (or refuses) checkpoints it finds under the output's storage.
@@ -148,7 +176,8 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
     cfg = cfg.override(overrides)
     t0 = time.perf_counter()
     data = prepare_data(cfg)
-    state = train(cfg, data)
+    with _record_evaluations(evals_dir is not None) as recorded:
+        state = train(cfg, data)
     shutil.rmtree(default_storage(cfg), ignore_errors=True)
     model = build_model(cfg.model, state["n_genes"], state["n_clusters"])
     res: dict = {"dataset": name, "seed": seed, "n_cells": data.x.shape[0], "k": data.n_clusters,
@@ -157,6 +186,8 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
     if state.get("best_model") is not None:
         picks["pick"] = state["best_model"] if cfg.eval.selection != "last" else state["model"]
     pca = fit_input_pca(cfg, data.x)
+    if evals_dir is not None:
+        save_evaluations(evals_dir / f"{name}-s{seed}.npz", recorded, state, cfg, data, seed)
     for tag, weights in picks.items():
         model.load_state_dict(weights)
         emb = embed(model, ArraySource(data.x), project=pca.project if pca is not None else None)
@@ -192,6 +223,21 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
     return res, data
 
 
+def save_evaluations(path: Path, recorded: list, state: dict, cfg: JojoConfig, data, seed: int) -> None:
+    """Every evaluation's z (E, n, d) with what bench.replay_selection needs to score selection rules and final
+    labels at any epoch: the selector's reference (PCA(50) of the evaluated cells), the final space's input PCA at
+    weight 1, truth, K, the warm-up bound and the epoch the run picked."""
+    if data.x.shape[0] > cfg.eval.max_eval_cells:
+        raise ValueError("--save-evals needs every cell evaluated (n_cells <= eval.max_eval_cells)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    truth = np.unique(np.asarray(data.labels), return_inverse=True)[1]
+    p1 = InputPCA.fit(ArraySource(data.x), 1.0, seed, cfg.eval.max_eval_cells, cfg.eval.input_pca_components)
+    np.savez(path, epochs=np.array([e for e, _ in recorded]), z=np.stack([z for _, z in recorded]),
+             reference=input_reference(data.x, seed), p1=p1.project(data.x), truth=truth, k=data.n_clusters,
+             seed=seed, min_epoch=min(state["epochs"] - 1, int(cfg.eval.select_from * state["epochs"])),
+             pick_epoch=state["history"][-1]["best_epoch"])
+
+
 def save_embedding(path: Path, z: np.ndarray, data, seed: int) -> None:
     """The picked model's z with what bench.replay needs to recluster it: truth, K, and the input's PCA(50)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,6 +268,9 @@ def main(argv=None) -> None:
     p.add_argument("--save-embeddings", default=None, metavar="DIR",
                    help="save each run's picked embedding to DIR/<set>-s<seed>.npz (full variant only), to replay "
                    "final clusterings with bench.replay without retraining")
+    p.add_argument("--save-evals", default=None, metavar="DIR",
+                   help="save every evaluation's z of each run to DIR/<set>-s<seed>.npz (full variant only), to "
+                   "replay selection rules and final labels at any epoch with bench.replay_selection")
     p.add_argument("--out", default="docs/quality")
     args = p.parse_args(argv)
     if args.set_as_full and (not args.set or args.variants or args.ablations):
@@ -253,7 +302,8 @@ def main(argv=None) -> None:
                 continue
             for variant, ov in variants.items():
                 save = Path(args.save_embeddings) if args.save_embeddings and variant == "full" else None
-                r, data = run_one(name, seed, ov, args.epochs, workdir, save)
+                evals = Path(args.save_evals) if args.save_evals and variant == "full" else None
+                r, data = run_one(name, seed, ov, args.epochs, workdir, save, evals)
                 r["variant"] = variant
                 if variant == "full" and ov:
                     r["overrides"] = ",".join(args.set)

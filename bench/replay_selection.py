@@ -1,0 +1,155 @@
+"""Replay label-free selection rules on every evaluation of saved runs: which epoch each rule picks, and the final
+labels' ARI there, without retraining.
+
+    python -m bench.quality --datasets all --seed-list 0 --no-baselines --save-evals runs/evals
+    python -m bench.replay_selection runs/evals [--rules silhouette,final_silhouette,...] [--weights 1.5,2]
+
+Each saved run (``<set>-s<seed>.npz`` from ``bench.quality --save-evals``) holds z at every evaluation. A rule
+scores every evaluation from z and the input alone and picks the best one at or after the warm-up (ties: the later
+epoch), as the training loop's ``Selector`` does; the picked epoch's z then gets the product's final labels
+(k-means on [z, w x input PCA], ``eval.kmeans_restarts`` restarts, consensus) at each weight w. Labels only score
+the result, except in ``oracle``. ``silhouette`` is the product's rule: its pick is checked against the epoch the
+run itself picked, so the replay is known to be the training loop's. Rules:
+
+- ``silhouette``: cosine silhouette in z of k-means on z (3 restarts), the product's rule.
+- ``final_silhouette``: euclidean silhouette, in the final space at the default weight, of k-means (3 restarts)
+  in that space: the score of the clustering the user gets rather than of the one on z.
+- ``final_ch``: Calinski-Harabasz index of the same clustering in the same space.
+- ``silhouette_smooth``: ``silhouette`` averaged with its two neighbouring evaluations (less noise per pick).
+- ``last``: the last evaluation.
+- ``oracle``: the best final-space ARI of the 3-restart clustering against the truth (labels! comparison only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, silhouette_score
+
+from jojoscl_dist.cluster.kmeans import fit_kmeans
+from jojoscl_dist.cluster.metrics import score_labels
+from jojoscl_dist.cluster.selection import Selector
+from jojoscl_dist.config import EvalConfig
+from jojoscl_dist.train.loop import EVAL_KMEANS_RESTARTS
+
+DEFAULTS = EvalConfig()
+RULES = ("silhouette", "final_silhouette", "final_ch", "silhouette_smooth", "last", "oracle")
+
+
+def load(path: Path) -> dict:
+    d = np.load(path)
+    run = {k: d[k] for k in d.files}
+    for k in ("k", "seed", "min_epoch", "pick_epoch"):
+        run[k] = int(run[k])
+    return run
+
+
+def final_space(z: np.ndarray, p1: np.ndarray, weight: float) -> np.ndarray:
+    """The final k-means space: [z, w * p1] (p1: the input PCA projected at weight 1), z alone at w = 0."""
+    return z if weight == 0 else np.concatenate([z, weight * p1], axis=1).astype(np.float32)
+
+
+def _subsample(n: int, seed: int) -> np.ndarray | slice:
+    rng = np.random.default_rng(seed)
+    return rng.choice(n, DEFAULTS.max_eval_cells, replace=False) if n > DEFAULTS.max_eval_cells else slice(None)
+
+
+def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight) -> dict[str, np.ndarray]:
+    """Every rule's score at every evaluation, (E,) each (higher is better)."""
+    k, seed = run["k"], run["seed"]
+    sel = Selector(rule="silhouette", seed=seed, max_cells=DEFAULTS.max_eval_cells, min_epoch=run["min_epoch"])
+    out: dict[str, list[float]] = {r: [] for r in RULES}
+    for epoch, z in zip(run["epochs"], run["z"]):
+        epoch = int(epoch)
+        labels = fit_kmeans(z, k, seed=seed, restarts=EVAL_KMEANS_RESTARTS)
+        out["silhouette"].append(sel.update(epoch, z, labels)[0]["silhouette"])
+        x = final_space(z, run["p1"], weight)
+        final = fit_kmeans(x, k, seed=seed, restarts=EVAL_KMEANS_RESTARTS)
+        idx = _subsample(len(final), seed + epoch)
+        defined = 1 < len(np.unique(final)) < len(final)
+        out["final_silhouette"].append(float(silhouette_score(x[idx], final[idx])) if defined else -1.0)
+        out["final_ch"].append(float(calinski_harabasz_score(x, final)) if defined else 0.0)
+        out["last"].append(float(epoch))
+        out["oracle"].append(adjusted_rand_score(run["truth"], final))
+    scores = {r: np.asarray(v, dtype=np.float64) for r, v in out.items() if r != "silhouette_smooth"}
+    s = scores["silhouette"]
+    scores["silhouette_smooth"] = np.array([s[max(0, i - 1):i + 2].mean() for i in range(len(s))])
+    return scores
+
+
+def pick(score: np.ndarray, epochs: np.ndarray, min_epoch: int) -> int:
+    """Index of the best score at or after ``min_epoch`` (ties: the later evaluation)."""
+    ok = np.flatnonzero(epochs >= min_epoch)
+    if len(ok) == 0:
+        ok = np.array([len(epochs) - 1])
+    best = score[ok].max()
+    return int(ok[np.flatnonzero(score[ok] == best)[-1]])
+
+
+def replay_run(run: dict, rules: list[str], weights: list[float]) -> dict:
+    """{rule: {"epoch": picked epoch, "w<x>": (ari, nmi) of the final labels there}} for one run."""
+    scores = evaluation_scores(run)
+    cache: dict[tuple[int, float], tuple[float, float]] = {}
+    out = {}
+    for rule in rules:
+        i = pick(scores[rule], run["epochs"], run["min_epoch"])
+        row: dict = {"epoch": int(run["epochs"][i])}
+        for w in weights:
+            if (i, w) not in cache:
+                lab = fit_kmeans(final_space(run["z"][i], run["p1"], w), run["k"], seed=run["seed"],
+                                 restarts=DEFAULTS.kmeans_restarts, select=DEFAULTS.kmeans_select)
+                m = score_labels(run["truth"], lab)
+                cache[(i, w)] = (m["ari"], m["nmi"])
+            row[f"w{w:g}"] = cache[(i, w)]
+        out[rule] = row
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("dirs", nargs="+", help="folders of <set>-s<seed>.npz written by bench.quality --save-evals")
+    p.add_argument("--rules", default=",".join(RULES))
+    p.add_argument("--weights", default=f"{DEFAULTS.input_pca_weight:g}", help="input-PCA weights of the final "
+                   "labels, comma list (0 = z alone)")
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    files = sorted(f for d in args.dirs for f in Path(d).glob("*-s*.npz"))
+    if not files:
+        raise SystemExit(f"no <set>-s<seed>.npz in {args.dirs}: write them with bench.quality --save-evals")
+    rules = args.rules.split(",")
+    unknown = set(rules) - set(RULES)
+    if unknown:
+        raise SystemExit(f"unknown rules {sorted(unknown)}: choose from {','.join(RULES)}")
+    weights = [float(w) for w in args.weights.split(",")]
+    per_set: dict[str, dict[str, list[float]]] = {}
+    for f in files:
+        run = load(f)
+        res = replay_run(run, rules, weights)
+        if "silhouette" in res and res["silhouette"]["epoch"] != run["pick_epoch"]:
+            print(f"WARNING {f.stem}: the replayed silhouette picks epoch {res['silhouette']['epoch']}, the run "
+                  f"picked {run['pick_epoch']}")
+        name = f.stem.rsplit("-s", 1)[0]
+        cells = "  ".join(f"{r} e{res[r]['epoch']} " + " ".join(f"{res[r][f'w{w:g}'][0]:.3f}" for w in weights)
+                          for r in rules)
+        print(f"{f.stem:28s} {cells}", flush=True)
+        for r in rules:
+            for w in weights:
+                per_set.setdefault(name, {}).setdefault(f"{r} w{w:g}", []).append(res[r][f"w{w:g}"][0])
+    print(f"\nmean ARI over {len(per_set)} sets (each set: its runs' mean); wins / losses > 0.02 against "
+          f"silhouette at the same weight")
+    print("| rule | weight | mean ARI | sets > +0.02 | sets < -0.02 |\n|---|---|---|---|---|")
+    for r in rules:
+        for w in weights:
+            key = f"{r} w{w:g}"
+            mean = np.mean([np.mean(v[key]) for v in per_set.values()])
+            ref = f"silhouette w{w:g}"
+            d = [np.mean(v[key]) - np.mean(v[ref]) for v in per_set.values()] if ref in next(iter(per_set.values())) else []
+            up, down = sum(x > 0.02 for x in d), sum(x < -0.02 for x in d)
+            print(f"| `{r}` | {w:g} | {mean:.3f} | {up if d else '-'} | {down if d else '-'} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""bench.replay_selection: the pick rule, a replay on saved evaluations, and the recorder behind --save-evals."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bench import quality
+from bench.replay_selection import final_space, load, main, pick, replay_run
+from jojoscl_dist.cluster.selection import Selector
+from jojoscl_dist.train import loop
+
+
+def test_pick_skips_the_warm_up_and_breaks_ties_to_the_later_evaluation():
+    epochs = np.array([4, 9, 14, 19])
+    assert pick(np.array([9.0, 1.0, 3.0, 3.0]), epochs, min_epoch=5) == 3  # epoch 4 is warm-up; 3 = 3 -> later
+    assert pick(np.array([9.0, 1.0, 3.0, 2.0]), epochs, min_epoch=5) == 2
+    assert pick(np.array([9.0, 1.0]), np.array([1, 2]), min_epoch=10) == 1  # nothing eligible: the last one
+
+
+def _run(tmp_path):
+    """Three evaluations of 60 cells in 3 types: noise, clean clusters, and clusters with two types merged."""
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 20)
+    centres = rng.normal(size=(3, 8)) * 5
+
+    def unit(a):
+        return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+
+    noise = unit(rng.normal(size=(60, 8)))
+    clean = unit(centres[truth] + rng.normal(size=(60, 8)) * 0.2)
+    merged = unit(centres[np.minimum(truth, 1)] + rng.normal(size=(60, 8)) * 0.2)
+    p1 = rng.normal(size=(60, 4)).astype(np.float32) * 0.01  # an uninformative input PCA
+    np.savez(tmp_path / "toy-s0.npz", epochs=np.array([4, 9, 14]), z=np.stack([noise, clean, merged]),
+             reference=p1, p1=p1, truth=truth, k=3, seed=0, min_epoch=2, pick_epoch=9)
+    return load(tmp_path / "toy-s0.npz")
+
+
+def test_replay_picks_the_clean_evaluation_and_scores_it(tmp_path, capsys):
+    run = _run(tmp_path)
+    assert np.array_equal(final_space(run["z"][0], run["p1"], 0.0), run["z"][0])  # w = 0: z alone
+    assert final_space(run["z"][0], run["p1"], 2.0).shape == (60, 12)
+    res = replay_run(run, ["silhouette", "oracle", "last"], [1.5, 0.0])
+    assert res["silhouette"]["epoch"] == 9 and res["oracle"]["epoch"] == 9 and res["last"]["epoch"] == 14
+    assert res["silhouette"]["w1.5"][0] == pytest.approx(1.0) and res["silhouette"]["w0"][0] == pytest.approx(1.0)
+    assert res["last"]["w0"][0] < 0.8  # two types merged: K-means splits the big blob, ARI below 1
+    main([str(tmp_path), "--rules", "silhouette,last", "--weights", "1.5"])
+    out = capsys.readouterr().out
+    assert "WARNING" not in out  # the replayed default rule picks the epoch the run recorded
+    assert "| `silhouette` | 1.5 | 1.000 |" in out
+
+
+def test_record_evaluations_captures_z_and_restores_the_loop_selector():
+    original = loop.Selector
+    with quality._record_evaluations(True) as recorded:
+        assert loop.Selector is not original
+        sel = loop.Selector(rule="silhouette", seed=0)
+        z = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+        sel.update(5, z, np.array([0, 1] * 5))
+    assert loop.Selector is original is Selector
+    assert len(recorded) == 1 and recorded[0][0] == 5 and np.array_equal(recorded[0][1], z)
+    with quality._record_evaluations(False) as recorded:
+        assert loop.Selector is original and recorded == []
+
+
+def test_save_evaluations_refuses_subsampled_evaluations(tmp_path):
+    cfg = quality.JojoConfig()
+    cfg.eval.max_eval_cells = 5
+    data = SimpleNamespace(x=np.zeros((6, 4), np.float32), labels=np.zeros(6), n_clusters=2)
+    with pytest.raises(ValueError, match="every cell evaluated"):
+        quality.save_evaluations(tmp_path / "a.npz", [], {"epochs": 10, "history": []}, cfg, data, 0)
+    assert not (tmp_path / "a.npz").exists()
