@@ -15,6 +15,10 @@ run itself picked, so the replay is known to be the training loop's. Rules:
 - ``final_silhouette``: euclidean silhouette, in the final space at the default weight, of k-means (3 restarts)
   in that space: the score of the clustering the user gets rather than of the one on z.
 - ``final_ch``: Calinski-Harabasz index of the same clustering in the same space.
+- ``final_input_silhouette``: euclidean silhouette of that clustering in PCA(50) of the input, a space the model
+  does not shape (so a model that only tightens its own z does not score higher).
+- ``agreement``: ARI between the k-means clusterings on z and in the final space: an epoch whose own clusters the
+  input's PCA confirms.
 - ``silhouette_smooth``: ``silhouette`` averaged with its two neighbouring evaluations (less noise per pick).
 - ``last``: the last evaluation.
 - ``oracle``: the best final-space ARI of the 3-restart clustering against the truth (labels! comparison only).
@@ -36,7 +40,8 @@ from jojoscl_dist.config import EvalConfig
 from jojoscl_dist.train.loop import EVAL_KMEANS_RESTARTS
 
 DEFAULTS = EvalConfig()
-RULES = ("silhouette", "final_silhouette", "final_ch", "silhouette_smooth", "last", "oracle")
+RULES = ("silhouette", "final_silhouette", "final_ch", "final_input_silhouette", "agreement", "silhouette_smooth",
+         "last", "oracle")
 
 
 def load(path: Path) -> dict:
@@ -72,6 +77,9 @@ def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight) -> d
         defined = 1 < len(np.unique(final)) < len(final)
         out["final_silhouette"].append(float(silhouette_score(x[idx], final[idx])) if defined else -1.0)
         out["final_ch"].append(float(calinski_harabasz_score(x, final)) if defined else 0.0)
+        ref = run["reference"]
+        out["final_input_silhouette"].append(float(silhouette_score(ref[idx], final[idx])) if defined else -1.0)
+        out["agreement"].append(adjusted_rand_score(labels, final))
         out["last"].append(float(epoch))
         out["oracle"].append(adjusted_rand_score(run["truth"], final))
     scores = {r: np.asarray(v, dtype=np.float64) for r, v in out.items() if r != "silhouette_smooth"}

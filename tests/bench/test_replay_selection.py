@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bench import quality
-from bench.replay_selection import final_space, load, main, pick, replay_run
+from bench.replay_selection import RULES, final_space, load, main, pick, replay_run
 from jojoscl_dist.cluster.selection import Selector
 from jojoscl_dist.train import loop
 
@@ -44,6 +44,8 @@ def test_replay_picks_the_clean_evaluation_and_scores_it(tmp_path, capsys):
     assert res["silhouette"]["epoch"] == 9 and res["oracle"]["epoch"] == 9 and res["last"]["epoch"] == 14
     assert res["silhouette"]["w1.5"][0] == pytest.approx(1.0) and res["silhouette"]["w0"][0] == pytest.approx(1.0)
     assert res["last"]["w0"][0] < 0.8  # two types merged: K-means splits the big blob, ARI below 1
+    every = replay_run(run, list(RULES), [1.5])
+    assert set(every) == set(RULES) and every["final_silhouette"]["epoch"] == 9
     main([str(tmp_path), "--rules", "silhouette,last", "--weights", "1.5"])
     out = capsys.readouterr().out
     assert "WARNING" not in out  # the replayed default rule picks the epoch the run recorded
