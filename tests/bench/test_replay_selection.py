@@ -46,6 +46,7 @@ def test_replay_picks_the_clean_evaluation_and_scores_it(tmp_path, capsys):
     assert res["last"]["w0"][0] < 0.8  # two types merged: K-means splits the big blob, ARI below 1
     every = replay_run(run, list(RULES), [1.5])
     assert set(every) == set(RULES) and every["final_silhouette"]["epoch"] == 9
+    assert every["oracle_final"]["epoch"] == 9 and every["oracle_final"]["w1.5"][0] == pytest.approx(1.0)
     main([str(tmp_path), "--rules", "silhouette,last", "--weights", "1.5"])
     out = capsys.readouterr().out
     assert "WARNING" not in out  # the replayed default rule picks the epoch the run recorded
