@@ -2,6 +2,7 @@
 
     python -m bench.quality --datasets all --seed-list 0 --no-baselines --save-embeddings runs/emb
     python -m bench.replay runs/emb [--rules default,medoid,overmerge] [--restarts 40]
+    python -m bench.replay runs/evals ...   # or bench.quality --save-evals runs (the picked evaluation's z)
 
 Each saved run (``<set>-s<seed>.npz``: the picked model's z, the input's PCA(50) coordinates, the truth and K)
 is reclustered by every rule, and the ARI of each rule is printed per run and averaged. Labels are used only to
@@ -12,6 +13,8 @@ score; no rule sees them. Rules:
 - ``w<x>``: the same at input-PCA weight x (``w0`` = z alone).
 - ``medoid``: R k-means++ restarts in each of [z, w x PCA(20)] for w in 0, 0.75, 1.5, 3; keep the partition with
   the highest mean ARI to all the others, so the data, not a fixed w, chooses the space (session 16: rejected).
+- ``zpca<n>``: the default space with z replaced by its top n principal components, scaled to unit mean squared
+  norm like the input block: z without its minor directions (session 31: rejected).
 - ``overmerge``: k-means with 2K clusters in the default space (consensus of R), then the clusters merged
   pairwise by the size-weighted Ward cost n_a n_b / (n_a + n_b) ||c_a - c_b||^2 down to K (session 17: rejected).
 """
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from jojoscl_dist.cluster.input_pca import cluster_space
+from jojoscl_dist.cluster.input_pca import cluster_space, rms_norm
 from jojoscl_dist.cluster.kmeans import consensus_index, fit_kmeans
 from jojoscl_dist.config import EvalConfig
 
@@ -84,6 +87,15 @@ def rule_overmerge(run: dict, seed: int, n: int, factor: float = 2.0) -> np.ndar
     return ward_merge(x, fine, k)
 
 
+def rule_zpca(run: dict, seed: int, n: int, n_components: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    z = run["pick_z"]
+    c = PCA(n_components=min(n_components, z.shape[0] - 1, z.shape[1]), random_state=seed).fit_transform(z)
+    reduced = {**run, "pick_z": (c / rms_norm(c)).astype(np.float32)}
+    return rule_default(reduced, seed, n)
+
+
 def run_rule(rule: str, run: dict, seed: int, n: int) -> np.ndarray:
     if rule == "default":
         return rule_default(run, seed, n)
@@ -93,11 +105,17 @@ def run_rule(rule: str, run: dict, seed: int, n: int) -> np.ndarray:
         return rule_overmerge(run, seed, n)
     if rule.startswith("w"):
         return rule_default(run, seed, n, float(rule[1:]))
-    raise ValueError(f"unknown rule {rule!r}: default, w<weight>, medoid or overmerge")
+    if rule.startswith("zpca"):
+        return rule_zpca(run, seed, n, int(rule[4:]))
+    raise ValueError(f"unknown rule {rule!r}: default, w<weight>, zpca<n>, medoid or overmerge")
 
 
 def load(path: Path) -> dict:
+    """A --save-embeddings dump, or a --save-evals one (its picked evaluation's z and the selector's PCA(50))."""
     d = np.load(path, allow_pickle=True)  # allow_pickle: older dumps kept string truth labels
+    if "pick_z" not in d.files:
+        at = list(d["epochs"]).index(int(d["pick_epoch"]))
+        return {"pick_z": d["z"][at], "pca": d["reference"], "truth": d["truth"], "k": int(d["k"])}
     return {"pick_z": d["pick_z"], "pca": d["pca"], "truth": d["truth"], "k": int(d["k"])}
 
 

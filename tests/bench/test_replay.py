@@ -33,9 +33,17 @@ def test_save_then_replay_recovers_separated_clusters(tmp_path, capsys):
     save_embedding(tmp_path / "toy-s0.npz", z.astype(np.float32), data, seed=0)
     run = load(tmp_path / "toy-s0.npz")
     assert run["k"] == 3 and run["pca"].shape == (90, 39) and run["truth"].dtype.kind == "i"
-    for rule in ("default", "w0", "medoid", "overmerge"):
+    for rule in ("default", "w0", "zpca5", "medoid", "overmerge"):
         labels = run_rule(rule, run, seed=0, n=8)
         assert len(np.unique(labels)) == 3
     main([str(tmp_path), "--rules", "default,overmerge", "--restarts", "8"])
     out = capsys.readouterr().out
     assert "toy-s0" in out and "mean over 1 runs: default 1.0000 overmerge 1.0000" in out
+
+
+def test_load_takes_the_picked_evaluation_of_a_save_evals_dump(tmp_path):
+    z = np.arange(3 * 4 * 2, dtype=np.float32).reshape(3, 4, 2)  # 3 evaluations of 4 cells
+    np.savez(tmp_path / "toy-s0.npz", epochs=np.array([4, 9, 14]), z=z, reference=np.ones((4, 3)),
+             p1=np.ones((4, 3)), truth=np.array([0, 0, 1, 1]), k=2, seed=0, min_epoch=2, pick_epoch=9)
+    run = load(tmp_path / "toy-s0.npz")
+    assert np.array_equal(run["pick_z"], z[1]) and run["pca"].shape == (4, 3) and run["k"] == 2
