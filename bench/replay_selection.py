@@ -20,6 +20,8 @@ run itself picked, so the replay is known to be the training loop's. Rules:
   does not shape (so a model that only tightens its own z does not score higher).
 - ``agreement``: ARI between the k-means clusterings on z and in the final space: an epoch whose own clusters the
   input's PCA confirms.
+- ``final_medoid``: the mean ARI of this evaluation's final-space clustering to those of every other evaluation
+  after the warm-up: the epoch whose clusters the rest of training agrees with most.
 - ``silhouette_smooth``: ``silhouette`` averaged with its two neighbouring evaluations (less noise per pick).
 - ``last``: the last evaluation.
 - ``oracle``: the best final-space ARI of the 3-restart clustering against the truth (labels! comparison only):
@@ -45,7 +47,8 @@ from jojoscl_dist.train.loop import EVAL_KMEANS_RESTARTS
 
 DEFAULTS = EvalConfig()
 SCORE_CELLS = 5000  # cells (seeded sample) behind the new rules' silhouettes: O(n^2) each, at every evaluation
-RULES = ("silhouette", "final_silhouette", "final_ch", "final_input_silhouette", "agreement", "silhouette_smooth",
+RULES = ("silhouette", "final_silhouette", "final_ch", "final_input_silhouette", "agreement", "final_medoid",
+         "silhouette_smooth",
          "last", "oracle", "oracle_final")
 
 
@@ -72,6 +75,7 @@ def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight) -> d
     k, seed = run["k"], run["seed"]
     sel = Selector(rule="silhouette", seed=seed, max_cells=DEFAULTS.max_eval_cells, min_epoch=run["min_epoch"])
     out: dict[str, list[float]] = {r: [] for r in RULES}
+    finals = []
     for epoch, z in zip(run["epochs"], run["z"]):
         epoch = int(epoch)
         labels = fit_kmeans(z, k, seed=seed, restarts=EVAL_KMEANS_RESTARTS)
@@ -85,9 +89,14 @@ def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight) -> d
         ref = run["reference"]
         out["final_input_silhouette"].append(float(silhouette_score(ref[idx], final[idx])) if defined else -1.0)
         out["agreement"].append(adjusted_rand_score(labels, final))
+        finals.append(final)
         out["last"].append(float(epoch))
         out["oracle"].append(adjusted_rand_score(run["truth"], final))
-    scores = {r: np.asarray(v, dtype=np.float64) for r, v in out.items() if r not in ("silhouette_smooth", "oracle_final")}
+    derived = ("silhouette_smooth", "final_medoid", "oracle_final")
+    scores = {r: np.asarray(v, dtype=np.float64) for r, v in out.items() if r not in derived}
+    late = [i for i, e in enumerate(run["epochs"]) if e >= run["min_epoch"]]
+    scores["final_medoid"] = np.array([np.mean([adjusted_rand_score(finals[i], finals[j]) for j in late if j != i])
+                                       if len(late) > 1 else 0.0 for i in range(len(finals))])
     s = scores["silhouette"]
     scores["silhouette_smooth"] = np.array([s[max(0, i - 1):i + 2].mean() for i in range(len(s))])
     return scores
