@@ -22,6 +22,8 @@ run itself picked, so the replay is known to be the training loop's. Rules:
   input's PCA confirms.
 - ``final_medoid``: the mean ARI of this evaluation's final-space clustering to those of every other evaluation
   after the warm-up: the epoch whose clusters the rest of training agrees with most.
+- ``final_restarts``: the mean ARI between ``STABILITY_RESTARTS`` single k-means++ runs in the final space: the
+  epoch whose clustering the most restarts reproduce (clustering stability). Costlier than the others.
 - ``silhouette_smooth``: ``silhouette`` averaged with its two neighbouring evaluations (less noise per pick).
 - ``last``: the last evaluation.
 - ``oracle``: the best final-space ARI of the 3-restart clustering against the truth (labels! comparison only):
@@ -46,10 +48,11 @@ from jojoscl_dist.config import EvalConfig
 from jojoscl_dist.train.loop import EVAL_KMEANS_RESTARTS
 
 DEFAULTS = EvalConfig()
+STABILITY_RESTARTS = 8  # single k-means runs per evaluation behind final_restarts
 SCORE_CELLS = 5000  # cells (seeded sample) behind the new rules' silhouettes: O(n^2) each, at every evaluation
 RULES = ("silhouette", "final_silhouette", "final_ch", "final_input_silhouette", "agreement", "final_medoid",
-         "silhouette_smooth",
-         "last", "oracle", "oracle_final")
+         "final_restarts", "silhouette_smooth", "last", "oracle", "oracle_final")
+COSTLY = ("final_restarts", "oracle_final")  # not run unless named in --rules
 
 
 def load(path: Path) -> dict:
@@ -70,8 +73,15 @@ def _subsample(n: int, seed: int) -> np.ndarray | slice:
     return rng.choice(n, SCORE_CELLS, replace=False) if n > SCORE_CELLS else slice(None)
 
 
-def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight) -> dict[str, np.ndarray]:
-    """Every rule's score at every evaluation, (E,) each (higher is better)."""
+def restart_agreement(x: np.ndarray, k: int, seed: int, n: int = STABILITY_RESTARTS) -> float:
+    """Mean pairwise ARI of n single k-means++ runs on x (seeds seed .. seed + n - 1)."""
+    labels = [fit_kmeans(x, k, seed=seed + r, restarts=1) for r in range(n)]
+    return float(np.mean([adjusted_rand_score(labels[i], labels[j]) for i in range(n) for j in range(i + 1, n)]))
+
+
+def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight,
+                      rules: tuple[str, ...] = RULES) -> dict[str, np.ndarray]:
+    """Every rule's score at every evaluation, (E,) each (higher is better); ``final_restarts`` only when asked."""
     k, seed = run["k"], run["seed"]
     sel = Selector(rule="silhouette", seed=seed, max_cells=DEFAULTS.max_eval_cells, min_epoch=run["min_epoch"])
     out: dict[str, list[float]] = {r: [] for r in RULES}
@@ -90,6 +100,7 @@ def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight) -> d
         out["final_input_silhouette"].append(float(silhouette_score(ref[idx], final[idx])) if defined else -1.0)
         out["agreement"].append(adjusted_rand_score(labels, final))
         finals.append(final)
+        out["final_restarts"].append(restart_agreement(x, k, seed) if "final_restarts" in rules else 0.0)
         out["last"].append(float(epoch))
         out["oracle"].append(adjusted_rand_score(run["truth"], final))
     derived = ("silhouette_smooth", "final_medoid", "oracle_final")
@@ -113,7 +124,7 @@ def pick(score: np.ndarray, epochs: np.ndarray, min_epoch: int) -> int:
 
 def replay_run(run: dict, rules: list[str], weights: list[float]) -> dict:
     """{rule: {"epoch": picked epoch, "w<x>": (ari, nmi) of the final labels there}} for one run."""
-    scores = evaluation_scores(run)
+    scores = evaluation_scores(run, rules=tuple(rules))
     cache: dict[tuple[int, float], tuple[float, float]] = {}
 
     def final(i: int, w: float) -> tuple[float, float]:
@@ -143,8 +154,8 @@ def replay_run(run: dict, rules: list[str], weights: list[float]) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("dirs", nargs="+", help="folders of <set>-s<seed>.npz written by bench.quality --save-evals")
-    p.add_argument("--rules", default=",".join(r for r in RULES if r != "oracle_final"),
-                   help=f"comma list of {','.join(RULES)} (default: all but the costly oracle_final)")
+    p.add_argument("--rules", default=",".join(r for r in RULES if r not in COSTLY),
+                   help=f"comma list of {','.join(RULES)} (default: all but the costly {' and '.join(COSTLY)})")
     p.add_argument("--weights", default=f"{DEFAULTS.input_pca_weight:g}", help="input-PCA weights of the final "
                    "labels, comma list (0 = z alone)")
     args = p.parse_args(argv)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bench import quality
-from bench.replay_selection import RULES, final_space, load, main, pick, replay_run
+from bench.replay_selection import RULES, final_space, load, main, pick, replay_run, restart_agreement
 from jojoscl_dist.cluster.selection import Selector
 from jojoscl_dist.train import loop
 
@@ -73,3 +73,11 @@ def test_save_evaluations_refuses_subsampled_evaluations(tmp_path):
     with pytest.raises(ValueError, match="every cell evaluated"):
         quality.save_evaluations(tmp_path / "a.npz", [], {"epochs": 10, "history": []}, cfg, data, 0)
     assert not (tmp_path / "a.npz").exists()
+
+
+def test_restart_agreement_is_one_on_separated_clusters_and_lower_on_noise():
+    rng = np.random.default_rng(0)
+    blobs = (np.repeat(np.eye(3) * 20, 30, axis=0) + rng.normal(size=(90, 3))).astype(np.float32)
+    noise = rng.uniform(size=(90, 3)).astype(np.float32)
+    assert restart_agreement(blobs, 3, seed=0, n=4) == pytest.approx(1.0)
+    assert restart_agreement(noise, 6, seed=0, n=4) < 0.9
