@@ -138,27 +138,24 @@ def _add_baselines(r: dict, data, seed: int) -> None:
         r[f"{b}_ari"], r[f"{b}_nmi"] = m["ari"], m["nmi"]
 
 
-class _RecordingSelector(Selector):
-    """The training loop's Selector, also keeping every evaluation's z (bench only, in-process runs)."""
-
-    recorded: list[tuple[int, np.ndarray]] = []  # reset by _record_evaluations
-
-    def update(self, epoch, z, labels, reference=None):
-        _RecordingSelector.recorded.append((epoch, np.array(z, dtype=np.float32)))
-        return super().update(epoch, z, labels, reference)
-
-
 @contextlib.contextmanager
 def _record_evaluations(on: bool):
-    """While on, the loop's evaluations go through _RecordingSelector; yields its list of (epoch, z)."""
-    _RecordingSelector.recorded = []
+    """While on, the training loop's Selector also keeps every evaluation's z (bench only, in-process runs);
+    yields the list of (epoch, z) it fills."""
+    recorded: list[tuple[int, np.ndarray]] = []
     if not on:
-        yield _RecordingSelector.recorded
+        yield recorded
         return
+
+    class Recording(Selector):
+        def update(self, epoch, z, labels, reference=None):
+            recorded.append((epoch, np.array(z, dtype=np.float32)))
+            return super().update(epoch, z, labels, reference)
+
     original = train_loop.Selector
-    train_loop.Selector = _RecordingSelector
+    train_loop.Selector = Recording
     try:
-        yield _RecordingSelector.recorded
+        yield recorded
     finally:
         train_loop.Selector = original
 

@@ -96,8 +96,8 @@ def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight,
         defined = 1 < len(np.unique(final)) < len(final)
         out["final_silhouette"].append(float(silhouette_score(x[idx], final[idx])) if defined else -1.0)
         out["final_ch"].append(float(calinski_harabasz_score(x, final)) if defined else 0.0)
-        ref = run["reference"]
-        out["final_input_silhouette"].append(float(silhouette_score(ref[idx], final[idx])) if defined else -1.0)
+        out["final_input_silhouette"].append(float(silhouette_score(run["reference"][idx], final[idx]))
+                                             if defined else -1.0)
         out["agreement"].append(adjusted_rand_score(labels, final))
         finals.append(final)
         out["final_restarts"].append(restart_agreement(x, k, seed) if "final_restarts" in rules else 0.0)
@@ -105,7 +105,7 @@ def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight,
         out["oracle"].append(adjusted_rand_score(run["truth"], final))
     derived = ("silhouette_smooth", "final_medoid", "oracle_final")
     scores = {r: np.asarray(v, dtype=np.float64) for r, v in out.items() if r not in derived}
-    late = [i for i, e in enumerate(run["epochs"]) if e >= run["min_epoch"]]
+    late = eligible(run["epochs"], run["min_epoch"])
     scores["final_medoid"] = np.array([np.mean([adjusted_rand_score(finals[i], finals[j]) for j in late if j != i])
                                        if len(late) > 1 else 0.0 for i in range(len(finals))])
     s = scores["silhouette"]
@@ -113,11 +113,15 @@ def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight,
     return scores
 
 
+def eligible(epochs: np.ndarray, min_epoch: int) -> np.ndarray:
+    """Indices of the evaluations a rule may pick: those at or after ``min_epoch``, else the last one."""
+    ok = np.flatnonzero(np.asarray(epochs) >= min_epoch)
+    return ok if len(ok) else np.array([len(epochs) - 1])
+
+
 def pick(score: np.ndarray, epochs: np.ndarray, min_epoch: int) -> int:
     """Index of the best score at or after ``min_epoch`` (ties: the later evaluation)."""
-    ok = np.flatnonzero(epochs >= min_epoch)
-    if len(ok) == 0:
-        ok = np.array([len(epochs) - 1])
+    ok = eligible(epochs, min_epoch)
     best = score[ok].max()
     return int(ok[np.flatnonzero(score[ok] == best)[-1]])
 
@@ -138,11 +142,9 @@ def replay_run(run: dict, rules: list[str], weights: list[float]) -> dict:
     out = {}
     for rule in rules:
         if rule == "oracle_final":  # per weight: the best evaluation at that weight
-            ok = np.flatnonzero(run["epochs"] >= run["min_epoch"]) if run["epochs"][-1] >= run["min_epoch"] \
-                else np.array([len(run["epochs"]) - 1])
             out[rule] = {"epoch": -1}
             for w in weights:
-                best = max(ok, key=lambda i: (final(i, w)[0], i))
+                best = max(eligible(run["epochs"], run["min_epoch"]), key=lambda i: (final(i, w)[0], i))
                 out[rule][f"w{w:g}"] = final(best, w)
                 out[rule]["epoch"] = int(run["epochs"][best])
             continue
