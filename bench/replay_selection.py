@@ -25,6 +25,8 @@ run itself picked, so the replay is known to be the training loop's. Rules:
 - ``final_restarts``: the mean ARI between ``STABILITY_RESTARTS`` single k-means++ runs in the final space: the
   epoch whose clustering the most restarts reproduce (clustering stability). Costlier than the others.
 - ``silhouette_smooth``: ``silhouette`` averaged with its two neighbouring evaluations (less noise per pick).
+- ``silhouette_from<f>``: ``silhouette`` with the warm-up at a fraction f of the epochs instead of
+  ``eval.select_from`` (e.g. ``silhouette_from0.4``).
 - ``last``: the last evaluation.
 - ``oracle``: the best final-space ARI of the 3-restart clustering against the truth (labels! comparison only):
   the table's "oracle epoch" column.
@@ -148,7 +150,11 @@ def replay_run(run: dict, rules: list[str], weights: list[float]) -> dict:
                 out[rule][f"w{w:g}"] = final(best, w)
                 out[rule]["epoch"] = int(run["epochs"][best])
             continue
-        i = pick(scores[rule], run["epochs"], run["min_epoch"])
+        if rule.startswith("silhouette_from"):  # the default score under another warm-up
+            n_epochs = int(run["epochs"][-1]) + 1
+            i = pick(scores["silhouette"], run["epochs"], min(n_epochs - 1, int(float(rule[15:]) * n_epochs)))
+        else:
+            i = pick(scores[rule], run["epochs"], run["min_epoch"])
         out[rule] = {"epoch": int(run["epochs"][i]), **{f"w{w:g}": final(i, w) for w in weights}}
     return out
 
@@ -166,7 +172,7 @@ def main(argv=None) -> None:
     if not files:
         raise SystemExit(f"no <set>-s<seed>.npz in {args.dirs}: write them with bench.quality --save-evals")
     rules = args.rules.split(",")
-    unknown = set(rules) - set(RULES)
+    unknown = {r for r in rules if r not in RULES and not r.startswith("silhouette_from")}
     if unknown:
         raise SystemExit(f"unknown rules {sorted(unknown)}: choose from {','.join(RULES)}")
     weights = [float(w) for w in args.weights.split(",")]

@@ -44,6 +44,8 @@ def test_replay_picks_the_clean_evaluation_and_scores_it(tmp_path, capsys):
     assert res["silhouette"]["epoch"] == 9 and res["oracle"]["epoch"] == 9 and res["last"]["epoch"] == 14
     assert res["silhouette"]["w1.5"][0] == pytest.approx(1.0) and res["silhouette"]["w0"][0] == pytest.approx(1.0)
     assert res["last"]["w0"][0] < 0.8  # two types merged: K-means splits the big blob, ARI below 1
+    late = replay_run(run, ["silhouette_from0.8"], [1.5])  # warm-up to epoch 12: only epoch 14 is left
+    assert late["silhouette_from0.8"]["epoch"] == 14
     every = replay_run(run, list(RULES), [1.5])
     assert set(every) == set(RULES) and every["final_silhouette"]["epoch"] == 9
     assert every["oracle_final"]["epoch"] == 9 and every["oracle_final"]["w1.5"][0] == pytest.approx(1.0)
