@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, silhouette_score
 
+from bench.defaults import pick_index
 from jojoscl_dist.cluster.kmeans import fit_kmeans
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.cluster.selection import Selector
@@ -83,7 +84,8 @@ def restart_agreement(x: np.ndarray, k: int, seed: int, n: int = STABILITY_RESTA
 
 def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight,
                       rules: tuple[str, ...] = RULES) -> dict[str, np.ndarray]:
-    """Every rule's score at every evaluation, (E,) each (higher is better); ``final_restarts`` only when asked."""
+    """Every rule's score at every evaluation, (E,) each (higher is better). The costly scores (the two
+    final-space silhouettes, Calinski-Harabasz and ``final_restarts``) only for the rules asked; 0 otherwise."""
     k, seed = run["k"], run["seed"]
     sel = Selector(rule="silhouette", seed=seed, max_cells=DEFAULTS.max_eval_cells, min_epoch=run["min_epoch"])
     out: dict[str, list[float]] = {r: [] for r in RULES}
@@ -96,10 +98,11 @@ def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight,
         final = fit_kmeans(x, k, seed=seed, restarts=EVAL_KMEANS_RESTARTS)
         idx = _subsample(len(final), seed + epoch)
         defined = 1 < len(np.unique(final)) < len(final)
-        out["final_silhouette"].append(float(silhouette_score(x[idx], final[idx])) if defined else -1.0)
-        out["final_ch"].append(float(calinski_harabasz_score(x, final)) if defined else 0.0)
+        out["final_silhouette"].append(float(silhouette_score(x[idx], final[idx]))
+                                       if defined and "final_silhouette" in rules else -1.0)
+        out["final_ch"].append(float(calinski_harabasz_score(x, final)) if defined and "final_ch" in rules else 0.0)
         out["final_input_silhouette"].append(float(silhouette_score(run["reference"][idx], final[idx]))
-                                             if defined else -1.0)
+                                             if defined and "final_input_silhouette" in rules else -1.0)
         out["agreement"].append(adjusted_rand_score(labels, final))
         finals.append(final)
         out["final_restarts"].append(restart_agreement(x, k, seed) if "final_restarts" in rules else 0.0)
@@ -123,9 +126,7 @@ def eligible(epochs: np.ndarray, min_epoch: int) -> np.ndarray:
 
 def pick(score: np.ndarray, epochs: np.ndarray, min_epoch: int) -> int:
     """Index of the best score at or after ``min_epoch`` (ties: the later evaluation)."""
-    ok = eligible(epochs, min_epoch)
-    best = score[ok].max()
-    return int(ok[np.flatnonzero(score[ok] == best)[-1]])
+    return pick_index(score, eligible(epochs, min_epoch))
 
 
 def replay_run(run: dict, rules: list[str], weights: list[float]) -> dict:
