@@ -18,6 +18,11 @@ run itself picked, so the replay is known to be the training loop's. Rules:
 - ``final_ch``: Calinski-Harabasz index of the same clustering in the same space.
 - ``final_input_silhouette``: euclidean silhouette of that clustering in PCA(50) of the input, a space the model
   does not shape (so a model that only tightens its own z does not score higher).
+- ``knn_purity``: the fraction of each cell's ``PURITY_NEIGHBOURS`` nearest neighbours in the input's PCA (20 PCs
+  of the reference) that share its cluster in the final space: a partition that cuts the input's neighbourhood
+  graph least, whatever the cluster shapes.
+- ``z_final_silhouette``: cosine silhouette, in z, of the final-space clustering: the product's score, but of the
+  clusters the user gets.
 - ``agreement``: ARI between the k-means clusterings on z and in the final space: an epoch whose own clusters the
   input's PCA confirms.
 - ``final_medoid``: the mean ARI of this evaluation's final-space clustering to those of every other evaluation
@@ -27,6 +32,8 @@ run itself picked, so the replay is known to be the training loop's. Rules:
 - ``silhouette_smooth``: ``silhouette`` averaged with its two neighbouring evaluations (less noise per pick).
 - ``silhouette_from<f>``: ``silhouette`` with the warm-up at a fraction f of the epochs instead of
   ``eval.select_from`` (e.g. ``silhouette_from0.4``).
+- ``<a>+<b>[+...]``: the sum of the named rules' ranks among the evaluations after the warm-up (e.g.
+  ``silhouette+final_input_silhouette``): two scores that fail on different runs, combined without weights.
 - ``last``: the last evaluation.
 - ``oracle``: the best final-space ARI of the 3-restart clustering against the truth (labels! comparison only):
   the table's "oracle epoch" column.
@@ -52,8 +59,10 @@ from jojoscl_dist.train.loop import EVAL_KMEANS_RESTARTS
 
 DEFAULTS = EvalConfig()
 STABILITY_RESTARTS = 8  # single k-means runs per evaluation behind final_restarts
+PURITY_NEIGHBOURS = 15  # neighbours per cell behind knn_purity
 SCORE_CELLS = 5000  # cells (seeded sample) behind the new rules' silhouettes: O(n^2) each, at every evaluation
-RULES = ("silhouette", "final_silhouette", "final_ch", "final_input_silhouette", "agreement", "final_medoid",
+RULES = ("silhouette", "final_silhouette", "final_ch", "final_input_silhouette", "knn_purity", "z_final_silhouette",
+         "agreement", "final_medoid",
          "final_restarts", "silhouette_smooth", "last", "oracle", "oracle_final")
 COSTLY = ("final_restarts", "oracle_final")  # not run unless named in --rules
 
@@ -84,12 +93,20 @@ def restart_agreement(x: np.ndarray, k: int, seed: int, n: int = STABILITY_RESTA
 
 def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight,
                       rules: tuple[str, ...] = RULES) -> dict[str, np.ndarray]:
-    """Every rule's score at every evaluation, (E,) each (higher is better). The costly scores (the two
-    final-space silhouettes, Calinski-Harabasz and ``final_restarts``) only for the rules asked; 0 otherwise."""
+    """Every rule's score at every evaluation, (E,) each (higher is better). The costly scores (the silhouettes
+    other than the product's, Calinski-Harabasz, kNN purity and ``final_restarts``) only for the rules asked;
+    a constant otherwise."""
     k, seed = run["k"], run["seed"]
     sel = Selector(rule="silhouette", seed=seed, max_cells=DEFAULTS.max_eval_cells, min_epoch=run["min_epoch"])
     out: dict[str, list[float]] = {r: [] for r in RULES}
     finals = []
+    neighbours = None
+    if "knn_purity" in rules:
+        from sklearn.neighbors import NearestNeighbors
+
+        ref = run["reference"][:, :20]
+        neighbours = NearestNeighbors(n_neighbors=min(PURITY_NEIGHBOURS + 1, len(ref))).fit(ref).kneighbors(
+            ref, return_distance=False)[:, 1:]
     for epoch, z in zip(run["epochs"], run["z"]):
         epoch = int(epoch)
         labels = fit_kmeans(z, k, seed=seed, restarts=EVAL_KMEANS_RESTARTS)
@@ -103,6 +120,10 @@ def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight,
         out["final_ch"].append(float(calinski_harabasz_score(x, final)) if defined and "final_ch" in rules else 0.0)
         out["final_input_silhouette"].append(float(silhouette_score(run["reference"][idx], final[idx]))
                                              if defined and "final_input_silhouette" in rules else -1.0)
+        out["knn_purity"].append(float((final[neighbours] == final[:, None]).mean()) if neighbours is not None
+                                 else 0.0)
+        out["z_final_silhouette"].append(float(silhouette_score(z[idx], final[idx], metric="cosine"))
+                                         if defined and "z_final_silhouette" in rules else -1.0)
         out["agreement"].append(adjusted_rand_score(labels, final))
         finals.append(final)
         out["final_restarts"].append(restart_agreement(x, k, seed) if "final_restarts" in rules else 0.0)
@@ -129,9 +150,25 @@ def pick(score: np.ndarray, epochs: np.ndarray, min_epoch: int) -> int:
     return pick_index(score, eligible(epochs, min_epoch))
 
 
+def rank_sum(scores: dict[str, np.ndarray], parts: list[str], epochs: np.ndarray, min_epoch: int) -> np.ndarray:
+    """Sum over ``parts`` of each evaluation's rank (0 = worst) among the eligible ones; -1 elsewhere."""
+    late = eligible(epochs, min_epoch)
+    out = np.full(len(epochs), -1.0)
+    out[late] = sum(np.argsort(np.argsort(scores[r][late], kind="stable"), kind="stable") for r in parts)
+    return out
+
+
+def components(rules: list[str]) -> tuple[str, ...]:
+    """The base rules behind ``rules`` (a rank-sum rule names its parts)."""
+    return tuple(part for r in rules for part in r.split("+"))
+
+
 def replay_run(run: dict, rules: list[str], weights: list[float]) -> dict:
     """{rule: {"epoch": picked epoch, "w<x>": (ari, nmi) of the final labels there}} for one run."""
-    scores = evaluation_scores(run, rules=tuple(rules))
+    scores = evaluation_scores(run, rules=components(rules))
+    for rule in rules:
+        if "+" in rule:
+            scores[rule] = rank_sum(scores, rule.split("+"), run["epochs"], run["min_epoch"])
     cache: dict[tuple[int, float], tuple[float, float]] = {}
 
     def final(i: int, w: float) -> tuple[float, float]:
@@ -173,7 +210,7 @@ def main(argv=None) -> None:
     if not files:
         raise SystemExit(f"no <set>-s<seed>.npz in {args.dirs}: write them with bench.quality --save-evals")
     rules = args.rules.split(",")
-    unknown = {r for r in rules if r not in RULES and not r.startswith("silhouette_from")}
+    unknown = {r for r in components(rules) if r not in RULES and not r.startswith("silhouette_from")}
     if unknown:
         raise SystemExit(f"unknown rules {sorted(unknown)}: choose from {','.join(RULES)}")
     weights = [float(w) for w in args.weights.split(",")]

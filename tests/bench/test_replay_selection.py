@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from bench import quality
-from bench.replay_selection import RULES, final_space, load, main, pick, replay_run, restart_agreement
+from bench.replay_selection import (RULES, final_space, load, main, pick, rank_sum, replay_run,
+                                    restart_agreement)
 from jojoscl_dist.cluster.selection import Selector
 from jojoscl_dist.train import loop
 
@@ -16,6 +17,14 @@ def test_pick_skips_the_warm_up_and_breaks_ties_to_the_later_evaluation():
     assert pick(np.array([9.0, 1.0, 3.0, 3.0]), epochs, min_epoch=5) == 3  # epoch 4 is warm-up; 3 = 3 -> later
     assert pick(np.array([9.0, 1.0, 3.0, 2.0]), epochs, min_epoch=5) == 2
     assert pick(np.array([9.0, 1.0]), np.array([1, 2]), min_epoch=10) == 1  # nothing eligible: the last one
+
+
+def test_rank_sum_adds_ranks_among_the_eligible_evaluations_only():
+    epochs = np.array([4, 9, 14, 19])
+    scores = {"a": np.array([100.0, 0.1, 0.3, 0.2]), "b": np.array([100.0, 5.0, 1.0, 9.0])}
+    # eligible: epochs 9, 14, 19; ranks a = (0, 2, 1), b = (1, 0, 2); the warm-up's huge scores do not count
+    assert rank_sum(scores, ["a", "b"], epochs, min_epoch=5).tolist() == [-1.0, 1.0, 2.0, 3.0]
+    assert pick(rank_sum(scores, ["a", "b"], epochs, 5), epochs, 5) == 3
 
 
 def _run(tmp_path):
@@ -49,6 +58,10 @@ def test_replay_picks_the_clean_evaluation_and_scores_it(tmp_path, capsys):
     every = replay_run(run, list(RULES), [1.5])
     assert set(every) == set(RULES) and every["final_silhouette"]["epoch"] == 9
     assert every["oracle_final"]["epoch"] == 9 and every["oracle_final"]["w1.5"][0] == pytest.approx(1.0)
+    # An input whose PCA shows the three types: the final clusters of the clean epoch cut its kNN graph least.
+    informed = replay_run({**run, "reference": run["z"][1]}, ["knn_purity", "z_final_silhouette",
+                                                              "silhouette+knn_purity"], [1.5])
+    assert {r: v["epoch"] for r, v in informed.items()} == dict.fromkeys(informed, 9)
     main([str(tmp_path), "--rules", "silhouette,last", "--weights", "1.5"])
     out = capsys.readouterr().out
     assert "WARNING" not in out  # the replayed default rule picks the epoch the run recorded
