@@ -15,6 +15,9 @@ score; no rule sees them. Rules:
   the highest mean ARI to all the others, so the data, not a fixed w, chooses the space (session 16: rejected).
 - ``zpca<n>``: the default space with z replaced by its top n principal components, scaled to unit mean squared
   norm like the input block: z without its minor directions (session 31: rejected).
+- ``knnw``: the default at each weight w in 0, 0.5, 1, 1.5, 2, 3; keep the labels whose clusters cut the kNN
+  graphs (15 neighbours) of the input block and of z least (the mean of the two purities: the fraction of a cell's
+  neighbours in its cluster), so each run chooses its own weight (session 32: rejected).
 - ``overmerge``: k-means with 2K clusters in the default space (consensus of R), then the clusters merged
   pairwise by the size-weighted Ward cost n_a n_b / (n_a + n_b) ||c_a - c_b||^2 down to K (session 17: rejected).
 """
@@ -36,6 +39,8 @@ DEFAULTS = EvalConfig()  # the final space and restart budget follow the product
 N_COMPONENTS = DEFAULTS.input_pca_components
 WEIGHT = DEFAULTS.input_pca_weight
 MEDOID_WEIGHTS = (0.0, 0.75, 1.5, 3.0)
+KNN_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+KNN_NEIGHBOURS = 15
 
 
 def space(run: dict, weight: float) -> np.ndarray:
@@ -60,6 +65,23 @@ def rule_medoid(run: dict, seed: int, n: int) -> np.ndarray:
     labels = [lab for i, w in enumerate(MEDOID_WEIGHTS)
               for lab in restarts(space(run, w), run["k"], per, 1000 * seed + per * i)]
     return labels[consensus_index(labels, [0.0] * len(labels))]
+
+
+def knn_purity(labels: np.ndarray, neighbours: np.ndarray) -> float:
+    """Fraction of (cell, neighbour) pairs in the same cluster; ``neighbours`` (n, k) indices."""
+    return float((labels[neighbours] == labels[:, None]).mean())
+
+
+def rule_knn_weight(run: dict, seed: int, n: int) -> np.ndarray:
+    from sklearn.neighbors import NearestNeighbors
+
+    def graph(x: np.ndarray) -> np.ndarray:
+        k = min(KNN_NEIGHBOURS + 1, len(x))
+        return NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x, return_distance=False)[:, 1:]
+
+    graphs = [graph(run["pca"][:, :N_COMPONENTS]), graph(run["pick_z"])]
+    labels = [rule_default(run, seed, n, w) for w in KNN_WEIGHTS]
+    return max(labels, key=lambda lab: np.mean([knn_purity(lab, g) for g in graphs]))
 
 
 def ward_merge(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -103,11 +125,13 @@ def run_rule(rule: str, run: dict, seed: int, n: int) -> np.ndarray:
         return rule_medoid(run, seed, n)
     if rule == "overmerge":
         return rule_overmerge(run, seed, n)
+    if rule == "knnw":
+        return rule_knn_weight(run, seed, n)
     if rule.startswith("w"):
         return rule_default(run, seed, n, float(rule[1:]))
     if rule.startswith("zpca"):
         return rule_zpca(run, seed, n, int(rule[4:]))
-    raise ValueError(f"unknown rule {rule!r}: default, w<weight>, zpca<n>, medoid or overmerge")
+    raise ValueError(f"unknown rule {rule!r}: default, w<weight>, zpca<n>, medoid, knnw or overmerge")
 
 
 def load(path: Path) -> dict:

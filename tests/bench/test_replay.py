@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from bench.quality import save_embedding
-from bench.replay import load, main, run_rule, ward_merge
+from bench.replay import knn_purity, load, main, run_rule, ward_merge
 
 
 def test_ward_merge_joins_the_cheapest_pair_by_size_weighted_cost():
@@ -33,7 +33,7 @@ def test_save_then_replay_recovers_separated_clusters(tmp_path, capsys):
     save_embedding(tmp_path / "toy-s0.npz", z.astype(np.float32), data, seed=0)
     run = load(tmp_path / "toy-s0.npz")
     assert run["k"] == 3 and run["pca"].shape == (90, 39) and run["truth"].dtype.kind == "i"
-    for rule in ("default", "w0", "zpca5", "medoid", "overmerge"):
+    for rule in ("default", "w0", "zpca5", "medoid", "overmerge", "knnw"):
         labels = run_rule(rule, run, seed=0, n=8)
         assert len(np.unique(labels)) == 3
     main([str(tmp_path), "--rules", "default,overmerge", "--restarts", "8"])
@@ -48,3 +48,10 @@ def test_load_takes_the_picked_evaluation_of_a_save_evals_dump(tmp_path):
     run = load(tmp_path / "toy-s0.npz")
     assert np.array_equal(run["pick_z"], z[1]) and run["k"] == 2
     assert np.array_equal(run["pca"], np.ones((4, 3)))  # the product's own input block, not the selector's PCA
+
+
+def test_knn_purity_counts_neighbour_pairs_in_the_same_cluster():
+    labels = np.array([0, 0, 1, 1])
+    neighbours = np.array([[1, 2], [0, 3], [3, 0], [2, 1]])  # pairs: same, cross, same, cross, same, cross, same, cross
+    assert knn_purity(labels, neighbours) == 0.5
+    assert knn_purity(np.zeros(4, int), neighbours) == 1.0
