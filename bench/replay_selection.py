@@ -34,6 +34,7 @@ run itself picked, so the replay is known to be the training loop's. Rules:
   ``eval.select_from`` (e.g. ``silhouette_from0.4``).
 - ``<a>+<b>[+...]``: the sum of the named rules' ranks among the evaluations after the warm-up (e.g.
   ``silhouette+final_input_silhouette``): two scores that fail on different runs, combined without weights.
+  The parts are rules of the list above other than ``silhouette_from<f>``.
 - ``last``: the last evaluation.
 - ``oracle``: the best final-space ARI of the 3-restart clustering against the truth (labels! comparison only):
   the table's "oracle epoch" column.
@@ -62,8 +63,7 @@ STABILITY_RESTARTS = 8  # single k-means runs per evaluation behind final_restar
 PURITY_NEIGHBOURS = 15  # neighbours per cell behind knn_purity
 SCORE_CELLS = 5000  # cells (seeded sample) behind the new rules' silhouettes: O(n^2) each, at every evaluation
 RULES = ("silhouette", "final_silhouette", "final_ch", "final_input_silhouette", "knn_purity", "z_final_silhouette",
-         "agreement", "final_medoid",
-         "final_restarts", "silhouette_smooth", "last", "oracle", "oracle_final")
+         "agreement", "final_medoid", "final_restarts", "silhouette_smooth", "last", "oracle", "oracle_final")
 COSTLY = ("final_restarts", "oracle_final")  # not run unless named in --rules
 
 
@@ -211,6 +211,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"no <set>-s<seed>.npz in {args.dirs}: write them with bench.quality --save-evals")
     rules = args.rules.split(",")
     unknown = {r for r in components(rules) if r not in RULES and not r.startswith("silhouette_from")}
+    unknown |= {r for r in rules if "+" in r and any(p not in RULES for p in r.split("+"))}  # no warm-up variants
     if unknown:
         raise SystemExit(f"unknown rules {sorted(unknown)}: choose from {','.join(RULES)}")
     weights = [float(w) for w in args.weights.split(",")]

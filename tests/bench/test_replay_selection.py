@@ -62,6 +62,9 @@ def test_replay_picks_the_clean_evaluation_and_scores_it(tmp_path, capsys):
     informed = replay_run({**run, "reference": run["z"][1]}, ["knn_purity", "z_final_silhouette",
                                                               "silhouette+knn_purity"], [1.5])
     assert {r: v["epoch"] for r, v in informed.items()} == dict.fromkeys(informed, 9)
+    for bad in ("silhouette+nope", "silhouette+silhouette_from0.5"):  # rank sums of known base rules only
+        with pytest.raises(SystemExit, match="unknown rules"):
+            main([str(tmp_path), "--rules", bad])
     main([str(tmp_path), "--rules", "silhouette,last", "--weights", "1.5"])
     out = capsys.readouterr().out
     assert "WARNING" not in out  # the replayed default rule picks the epoch the run recorded
