@@ -67,19 +67,20 @@ def rule_medoid(run: dict, seed: int, n: int) -> np.ndarray:
     return labels[consensus_index(labels, [0.0] * len(labels))]
 
 
+def knn_graph(x: np.ndarray, k: int = KNN_NEIGHBOURS) -> np.ndarray:
+    """(n, k) indices of each row's k nearest other rows (Euclidean)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    return NearestNeighbors(n_neighbors=min(k + 1, len(x))).fit(x).kneighbors(x, return_distance=False)[:, 1:]
+
+
 def knn_purity(labels: np.ndarray, neighbours: np.ndarray) -> float:
     """Fraction of (cell, neighbour) pairs in the same cluster; ``neighbours`` (n, k) indices."""
     return float((labels[neighbours] == labels[:, None]).mean())
 
 
 def rule_knn_weight(run: dict, seed: int, n: int) -> np.ndarray:
-    from sklearn.neighbors import NearestNeighbors
-
-    def graph(x: np.ndarray) -> np.ndarray:
-        k = min(KNN_NEIGHBOURS + 1, len(x))
-        return NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x, return_distance=False)[:, 1:]
-
-    graphs = [graph(run["pca"][:, :N_COMPONENTS]), graph(run["pick_z"])]
+    graphs = [knn_graph(run["pca"][:, :N_COMPONENTS]), knn_graph(run["pick_z"])]
     labels = [rule_default(run, seed, n, w) for w in KNN_WEIGHTS]
     return max(labels, key=lambda lab: np.mean([knn_purity(lab, g) for g in graphs]))
 

@@ -18,8 +18,8 @@ run itself picked, so the replay is known to be the training loop's. Rules:
 - ``final_ch``: Calinski-Harabasz index of the same clustering in the same space.
 - ``final_input_silhouette``: euclidean silhouette of that clustering in PCA(50) of the input, a space the model
   does not shape (so a model that only tightens its own z does not score higher).
-- ``knn_purity``: the fraction of each cell's ``PURITY_NEIGHBOURS`` nearest neighbours in the input's PCA (20 PCs
-  of the reference) that share its cluster in the final space: a partition that cuts the input's neighbourhood
+- ``knn_purity``: the fraction of each cell's 15 nearest neighbours (``bench.replay.KNN_NEIGHBOURS``) in the
+  input's PCA (20 PCs of the reference) that share its cluster in the final space: a partition that cuts the input's neighbourhood
   graph least, whatever the cluster shapes.
 - ``z_final_silhouette``: cosine silhouette, in z, of the final-space clustering: the product's score, but of the
   clusters the user gets.
@@ -52,6 +52,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, silhouette_score
 
 from bench.defaults import pick_index
+from bench.replay import knn_graph, knn_purity
 from jojoscl_dist.cluster.kmeans import fit_kmeans
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.cluster.selection import Selector
@@ -60,7 +61,6 @@ from jojoscl_dist.train.loop import EVAL_KMEANS_RESTARTS
 
 DEFAULTS = EvalConfig()
 STABILITY_RESTARTS = 8  # single k-means runs per evaluation behind final_restarts
-PURITY_NEIGHBOURS = 15  # neighbours per cell behind knn_purity
 SCORE_CELLS = 5000  # cells (seeded sample) behind the new rules' silhouettes: O(n^2) each, at every evaluation
 RULES = ("silhouette", "final_silhouette", "final_ch", "final_input_silhouette", "knn_purity", "z_final_silhouette",
          "agreement", "final_medoid", "final_restarts", "silhouette_smooth", "last", "oracle", "oracle_final")
@@ -100,13 +100,7 @@ def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight,
     sel = Selector(rule="silhouette", seed=seed, max_cells=DEFAULTS.max_eval_cells, min_epoch=run["min_epoch"])
     out: dict[str, list[float]] = {r: [] for r in RULES}
     finals = []
-    neighbours = None
-    if "knn_purity" in rules:
-        from sklearn.neighbors import NearestNeighbors
-
-        ref = run["reference"][:, :20]
-        neighbours = NearestNeighbors(n_neighbors=min(PURITY_NEIGHBOURS + 1, len(ref))).fit(ref).kneighbors(
-            ref, return_distance=False)[:, 1:]
+    neighbours = knn_graph(run["reference"][:, :20]) if "knn_purity" in rules else None
     for epoch, z in zip(run["epochs"], run["z"]):
         epoch = int(epoch)
         labels = fit_kmeans(z, k, seed=seed, restarts=EVAL_KMEANS_RESTARTS)
@@ -120,8 +114,7 @@ def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight,
         out["final_ch"].append(float(calinski_harabasz_score(x, final)) if defined and "final_ch" in rules else 0.0)
         out["final_input_silhouette"].append(float(silhouette_score(run["reference"][idx], final[idx]))
                                              if defined and "final_input_silhouette" in rules else -1.0)
-        out["knn_purity"].append(float((final[neighbours] == final[:, None]).mean()) if neighbours is not None
-                                 else 0.0)
+        out["knn_purity"].append(knn_purity(final, neighbours) if neighbours is not None else 0.0)
         out["z_final_silhouette"].append(float(silhouette_score(z[idx], final[idx], metric="cosine"))
                                          if defined and "z_final_silhouette" in rules else -1.0)
         out["agreement"].append(adjusted_rand_score(labels, final))
