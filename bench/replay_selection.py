@@ -19,8 +19,8 @@ run itself picked, so the replay is known to be the training loop's. Rules:
 - ``final_input_silhouette``: euclidean silhouette of that clustering in PCA(50) of the input, a space the model
   does not shape (so a model that only tightens its own z does not score higher).
 - ``knn_purity``: the fraction of each cell's 15 nearest neighbours (``bench.replay.KNN_NEIGHBOURS``) in the
-  input's PCA (20 PCs of the reference) that share its cluster in the final space: a partition that cuts the input's neighbourhood
-  graph least, whatever the cluster shapes.
+  input's PCA (the reference's first ``eval.input_pca_components``) that share its cluster in the final space: a
+  partition that cuts the input's neighbourhood graph least, whatever the cluster shapes.
 - ``z_final_silhouette``: cosine silhouette, in z, of the final-space clustering: the product's score, but of the
   clusters the user gets.
 - ``agreement``: ARI between the k-means clusterings on z and in the final space: an epoch whose own clusters the
@@ -100,7 +100,7 @@ def evaluation_scores(run: dict, weight: float = DEFAULTS.input_pca_weight,
     sel = Selector(rule="silhouette", seed=seed, max_cells=DEFAULTS.max_eval_cells, min_epoch=run["min_epoch"])
     out: dict[str, list[float]] = {r: [] for r in RULES}
     finals = []
-    neighbours = knn_graph(run["reference"][:, :20]) if "knn_purity" in rules else None
+    neighbours = knn_graph(run["reference"][:, :DEFAULTS.input_pca_components]) if "knn_purity" in rules else None
     for epoch, z in zip(run["epochs"], run["z"]):
         epoch = int(epoch)
         labels = fit_kmeans(z, k, seed=seed, restarts=EVAL_KMEANS_RESTARTS)
@@ -203,8 +203,9 @@ def main(argv=None) -> None:
     if not files:
         raise SystemExit(f"no <set>-s<seed>.npz in {args.dirs}: write them with bench.quality --save-evals")
     rules = args.rules.split(",")
-    unknown = {r for r in components(rules) if r not in RULES and not r.startswith("silhouette_from")}
-    unknown |= {r for r in rules if "+" in r and any(p not in RULES for p in r.split("+"))}  # no warm-up variants
+    # A rule is a listed one, a warm-up variant of the default, or a rank sum of listed ones.
+    unknown = {r for r in rules if any(p not in RULES for p in r.split("+"))
+               and not (r.startswith("silhouette_from") and "+" not in r)}
     if unknown:
         raise SystemExit(f"unknown rules {sorted(unknown)}: choose from {','.join(RULES)}")
     weights = [float(w) for w in args.weights.split(",")]
