@@ -18,6 +18,12 @@ score; no rule sees them. Rules:
 - ``knnw``: the default at each weight w in 0, 0.5, 1, 1.5, 2, 3; keep the labels whose clusters cut the kNN
   graphs (15 neighbours) of the input block and of z least (the mean of the two purities: the fraction of a cell's
   neighbours in its cluster), so each run chooses its own weight (session 32: rejected).
+- ``min<m>``: the consensus restart among the restarts whose smallest cluster holds at least m cells (m < 1: that
+  fraction of the cells, at least 1); all restarts when none does. ``min1`` is the control on the same restarts.
+  k-means++ seeds outlying cells, so the final labels often hold a cluster of one cell (session 34: rejected).
+- ``absorb<m>``: when the default's labels hold s clusters under m cells, refit with K + s clusters, keep the K
+  largest and give the other clusters' cells to the nearest kept centroid: spare clusters absorb the outliers
+  (session 34: rejected).
 - ``overmerge``: k-means with 2K clusters in the default space (consensus of R), then the clusters merged
   pairwise by the size-weighted Ward cost n_a n_b / (n_a + n_b) ||c_a - c_b||^2 down to K (session 17: rejected).
 """
@@ -32,7 +38,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 from jojoscl_dist.cluster.input_pca import cluster_space, rms_norm
-from jojoscl_dist.cluster.kmeans import consensus_index, fit_kmeans
+from jojoscl_dist.cluster.kmeans import assign, consensus_index, fit_kmeans, fit_kmeans_centroids
 from jojoscl_dist.config import EvalConfig
 
 DEFAULTS = EvalConfig()  # the final space and restart budget follow the product's defaults
@@ -119,6 +125,33 @@ def rule_zpca(run: dict, seed: int, n: int, n_components: int) -> np.ndarray:
     return rule_default(reduced, seed, n)
 
 
+def min_cells(m: float, n_cells: int) -> int:
+    """A cluster-size floor: m cells, or for m < 1 that fraction of n_cells (at least 1)."""
+    return int(m) if m >= 1 else max(1, int(np.ceil(m * n_cells)))
+
+
+def rule_min_size(run: dict, seed: int, n: int, m: float) -> np.ndarray:
+    x = space(run, WEIGHT)
+    floor = min_cells(m, len(x))
+    labels = restarts(x, run["k"], n, seed)
+    kept = [lab for lab in labels if np.bincount(lab, minlength=run["k"]).min() >= floor] or labels
+    return kept[consensus_index(kept, [0.0] * len(kept))]
+
+
+def rule_absorb(run: dict, seed: int, n: int, m: float) -> np.ndarray:
+    x = space(run, WEIGHT)
+    k = run["k"]
+    floor = min_cells(m, len(x))
+    labels = fit_kmeans(x, k, seed=seed, restarts=n, select=DEFAULTS.kmeans_select)
+    spare = int((np.bincount(labels, minlength=k) < floor).sum())
+    if spare == 0:
+        return labels
+    fine, cents = fit_kmeans_centroids(x, min(len(x), k + spare), seed=seed, restarts=n,
+                                       select=DEFAULTS.kmeans_select)
+    keep = np.argsort(-np.bincount(fine, minlength=len(cents)), kind="stable")[:k]
+    return assign(x, cents[keep])
+
+
 def run_rule(rule: str, run: dict, seed: int, n: int) -> np.ndarray:
     if rule == "default":
         return rule_default(run, seed, n)
@@ -128,11 +161,16 @@ def run_rule(rule: str, run: dict, seed: int, n: int) -> np.ndarray:
         return rule_overmerge(run, seed, n)
     if rule == "knnw":
         return rule_knn_weight(run, seed, n)
+    if rule.startswith("min"):
+        return rule_min_size(run, seed, n, float(rule[3:]))
+    if rule.startswith("absorb"):
+        return rule_absorb(run, seed, n, float(rule[6:]))
     if rule.startswith("w"):
         return rule_default(run, seed, n, float(rule[1:]))
     if rule.startswith("zpca"):
         return rule_zpca(run, seed, n, int(rule[4:]))
-    raise ValueError(f"unknown rule {rule!r}: default, w<weight>, zpca<n>, medoid, knnw or overmerge")
+    raise ValueError(f"unknown rule {rule!r}: default, w<weight>, zpca<n>, min<m>, absorb<m>, "
+                     "medoid, knnw or overmerge")
 
 
 def load(path: Path) -> dict:

@@ -3,9 +3,11 @@
 from types import SimpleNamespace
 
 import numpy as np
+from sklearn.metrics import adjusted_rand_score
 
 from bench.quality import save_embedding
-from bench.replay import knn_purity, load, main, run_rule, ward_merge
+import bench.replay as replay
+from bench.replay import knn_purity, load, main, min_cells, run_rule, ward_merge
 
 
 def test_ward_merge_joins_the_cheapest_pair_by_size_weighted_cost():
@@ -55,3 +57,42 @@ def test_knn_purity_counts_neighbour_pairs_in_the_same_cluster():
     neighbours = np.array([[1, 2], [0, 3], [3, 0], [2, 1]])  # pairs: same, cross, same, cross, same, cross, same, cross
     assert knn_purity(labels, neighbours) == 0.5
     assert knn_purity(np.zeros(4, int), neighbours) == 1.0
+
+
+def test_min_cells_reads_counts_and_fractions():
+    assert min_cells(3, 10) == 3
+    assert min_cells(0.005, 1000) == 5 and min_cells(0.005, 1001) == 6  # ceil
+    assert min_cells(0.001, 10) == 1  # never below one cell
+
+
+def toy_run(seed=0, outlier=None):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, 8)) * 10
+    truth = np.repeat(np.arange(3), 30)
+    x = centres[truth] + rng.normal(size=(90, 8))
+    if outlier is not None:
+        x = np.vstack([x, centres[0] + outlier])
+        truth = np.append(truth, 0)
+    x = x.astype(np.float32)
+    return {"pick_z": x, "pca": x, "truth": truth, "k": 3}
+
+
+def test_min_size_keeps_the_restarts_without_tiny_clusters(monkeypatch):
+    run = toy_run()
+    tiny = np.array([0] * 88 + [1, 2])  # clusters of 88, 1 and 1 cells
+    fair = np.repeat(np.arange(3), 30)
+    monkeypatch.setattr(replay, "restarts", lambda x, k, n, seed: [tiny, tiny, fair])
+    # The consensus of all three restarts is `tiny` (two agree); with the floor only `fair` is left.
+    assert np.array_equal(run_rule("min1", run, seed=0, n=3), tiny)
+    assert np.array_equal(run_rule("min2", run, seed=0, n=3), fair)
+    monkeypatch.setattr(replay, "restarts", lambda x, k, n, seed: [tiny, tiny])
+    assert np.array_equal(run_rule("min2", run, seed=0, n=2), tiny)  # none passes: all restarts are kept
+
+
+def test_absorb_gives_a_far_outlier_to_the_nearest_real_cluster():
+    run = toy_run(outlier=np.full(8, 200.0))  # one cell far off the first cluster
+    default = run_rule("default", run, seed=0, n=4)
+    assert np.bincount(default).min() == 1  # the outlier takes a cluster of its own and two real ones merge
+    labels = run_rule("absorb2", run, seed=0, n=4)
+    assert len(np.unique(labels)) == 3 and np.bincount(labels).min() >= 30
+    assert adjusted_rand_score(run["truth"], labels) == 1.0  # the outlier joins the cluster it came from
