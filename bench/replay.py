@@ -19,7 +19,8 @@ score; no rule sees them. Rules:
   graphs (15 neighbours) of the input block and of z least (the mean of the two purities: the fraction of a cell's
   neighbours in its cluster), so each run chooses its own weight (session 32: rejected).
 - ``min<m>``: the consensus restart among the restarts whose smallest cluster holds at least m cells (m < 1: that
-  fraction of the cells, at least 1); all restarts when none does. ``min1`` is the control on the same restarts.
+  fraction of the cells, at least 1); all restarts when none does. ``min1`` is their control: the same restarts
+  (other seeds than ``default``'s), no floor.
   k-means++ seeds outlying cells, so the final labels often hold a cluster of one cell (session 34: rejected).
 - ``absorb<m>``: when the default's labels hold s clusters under m cells, refit with K + s clusters, keep the K
   largest and give the other clusters' cells to the nearest kept centroid: spare clusters absorb the outliers
@@ -142,7 +143,7 @@ def rule_absorb(run: dict, seed: int, n: int, m: float) -> np.ndarray:
     x = space(run, WEIGHT)
     k = run["k"]
     floor = min_cells(m, len(x))
-    labels = fit_kmeans(x, k, seed=seed, restarts=n, select=DEFAULTS.kmeans_select)
+    labels = rule_default(run, seed, n)
     spare = int((np.bincount(labels, minlength=k) < floor).sum())
     if spare == 0:
         return labels
