@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from jojoscl_dist.errors import JojoInputError
 
 InputScale = Literal["auto", "counts", "normalized", "log"]
 HvgFlavor = Literal["auto", "seurat", "seurat_v3", "pearson_residuals", "cell_ranger"]
@@ -153,7 +157,26 @@ class JojoConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "JojoConfig":
-        return _build(cls, d or {})
+        cfg = _build(cls, d or {}, "")
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> "JojoConfig":
+        """Range and cross-field checks (types are checked and coerced when the config is built)."""
+        for key, rule in RANGES.items():
+            section, name = key.split(".")
+            _check_range(key, getattr(getattr(self, section), name), rule)
+        workers = max(1, self.run.num_workers)
+        if self.optim.batch_size < 2 * workers:
+            raise ConfigValueError("optim.batch_size", f"must be at least 2 per worker ({2 * workers} for "
+                                   f"{workers} worker(s)), got {self.optim.batch_size}")
+        if self.loss.alpha + self.loss.beta + self.loss.w_sure <= 0:
+            raise JojoInputError("loss.alpha, loss.beta and loss.w_sure (--alpha, --beta, --w-sure) are all 0: "
+                                 "nothing would train; give at least one a positive weight")
+        if self.data.demo_cells < self.data.demo_types:
+            raise ConfigValueError("data.demo_cells", f"must be at least data.demo_types ({self.data.demo_types}), "
+                                   f"got {self.data.demo_cells}")
+        return self
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -163,17 +186,27 @@ class JojoConfig:
     @classmethod
     def load(cls, path: str | Path) -> "JojoConfig":
         path = Path(path)
-        text = path.read_text()
-        d = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        try:
+            text = path.read_text()
+            d = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except FileNotFoundError:
+            raise JojoInputError(f"config file not found: {path} (check --config)") from None
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            raise JojoInputError(f"could not read config file {path}: {e.__class__.__name__}: "
+                                 f"{str(e).splitlines()[0]}") from None
+        if d is not None and not isinstance(d, dict):
+            raise JojoInputError(f"config file {path} holds a {type(d).__name__}, not a mapping of sections "
+                                 f"(data, model, loss, optim, eval, run)")
         return cls.from_dict(d)
 
     def override(self, dotted: dict[str, Any]) -> "JojoConfig":
         """Return a copy with 'section.field' keys replaced (used by the CLI and Tune)."""
         d = self.to_dict()
         for key, value in dotted.items():
-            section, name = key.split(".", 1)
+            section, _, name = key.partition(".")
             if section not in d or name not in d[section]:
-                raise KeyError(f"unknown config key {key!r}")
+                raise JojoInputError(f"unknown config key {key!r} (sections: {', '.join(d)}; see "
+                                     f"jojoscl_dist/config.py)")
             d[section][name] = value
         return JojoConfig.from_dict(d)
 
@@ -186,25 +219,152 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _build(cls: type, d: dict[str, Any]) -> Any:
+class ConfigValueError(JojoInputError):
+    """A config value of the wrong type or out of range; ``key`` is its 'section.field' (the CLI adds the flag)."""
+
+    def __init__(self, key: str, problem: str):
+        self.key, self.problem = key, problem
+        super().__init__(f"{key} {problem}")
+
+    def named(self, name: str) -> str:
+        return f"{name} {self.problem}"
+
+
+# 'section.field' -> (lowest, highest, lowest allowed itself, highest allowed itself); None = unbounded.
+# None values of optional fields are not range-checked.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "data.k_resolution": (0, None, False, True),
+    "data.n_top_genes": (1, None, True, True),
+    "data.scale_clip": (0, None, False, True),
+    "data.chunk_size": (1, None, True, True),
+    "data.store_chunk_rows": (1, None, True, True),
+    "data.shuffle_buffer_chunks": (1, None, True, True),
+    "data.prefetch_batches": (0, None, True, True),
+    "data.prepare_above_cells": (1, None, True, True),
+    "data.prepare_above_bytes": (1, None, True, True),
+    "data.demo_cells": (2, None, True, True),
+    "data.demo_genes": (2, None, True, True),
+    "data.demo_types": (2, None, True, True),
+    "model.hidden_dims": (1, None, True, True),
+    "model.latent_dim": (1, None, True, True),
+    "model.instance_dim": (1, None, True, True),
+    "model.cluster_hidden": (1, None, True, True),
+    "model.input_pcs": (0, None, True, True),
+    "model.mask_keep": (0, 1, False, True),
+    "model.mask_min_nonzero": (0, None, True, True),
+    "model.noise_std": (0, None, True, True),
+    "model.momentum": (0, 1, True, True),
+    "loss.alpha": (0, None, True, True),
+    "loss.beta": (0, None, True, True),
+    "loss.w_sure": (0, None, True, True),
+    "loss.tau_instance": (0, None, False, True),
+    "loss.tau_cluster": (0, None, False, True),
+    "loss.kmeans_iters": (1, None, True, True),
+    "optim.epochs": (1, None, True, True),
+    "optim.batch_size": (2, None, True, True),
+    "optim.lr": (0, 10, False, True),
+    "optim.weight_decay": (0, None, True, True),
+    "optim.min_steps": (0, None, True, True),
+    "eval.eval_every": (1, None, True, True),
+    "eval.select_from": (0, 1, True, False),
+    "eval.kmeans_restarts": (1, None, True, True),
+    "eval.input_pca_weight": (0, None, True, True),
+    "eval.input_pca_components": (1, None, True, True),
+    "eval.max_eval_cells": (2, None, True, True),
+    "eval.final_fit_cells": (2, None, True, True),
+    "run.seed": (0, 2**63 - 1, True, True),
+    "run.num_workers": (0, None, True, True),
+    "run.cpus_per_worker": (1, None, True, True),
+    "run.max_failures": (0, None, True, True),
+    "run.checkpoint_every": (1, None, True, True),
+}
+
+
+def _check_range(key: str, value: Any, rule: tuple) -> None:
+    lo, hi, lo_in, hi_in = rule
+    if value is None:
+        return
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if (lo is not None and (v < lo or (v == lo and not lo_in))) or \
+                (hi is not None and (v > hi or (v == hi and not hi_in))):
+            raise ConfigValueError(key, f"must be {_describe(value, rule)}, got {value!r}")
+
+
+def _describe(value: Any, rule: tuple) -> str:
+    lo, hi, lo_in, hi_in = rule
+    kind = "an integer" if isinstance(value, int) else "a number"
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>=' if lo_in else '>'} {lo:g}")
+    if hi is not None:
+        parts.append(f"{'<=' if hi_in else '<'} {hi:g}")
+    return f"{kind} {' and '.join(parts)}"
+
+
+def _build(cls: type, d: Any, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise JojoInputError(f"config section {prefix.rstrip('.') or 'root'} must be a mapping of fields, got "
+                             f"{d!r}")
     hints = get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - known
     if unknown:
-        raise KeyError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")
+        raise JojoInputError(f"unknown config key(s) {sorted(prefix + str(u) for u in unknown)}: known keys "
+                             f"{'of ' + prefix.rstrip('.') if prefix else 'are'} {sorted(known)}")
     kwargs = {}
     for name, value in d.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value or {})
-        elif get_origin(tp) is tuple and value is not None:
-            kwargs[name] = tuple(value)
+            kwargs[name] = _build(tp, value or {}, f"{name}.")
         else:
-            _check_literal(cls.__name__, name, tp, value)
-            kwargs[name] = value
+            kwargs[name] = _coerce(prefix + name, tp, value)
     return cls(**kwargs)
 
 
-def _check_literal(owner: str, name: str, tp: Any, value: Any) -> None:
-    if get_origin(tp) is Literal and value not in get_args(tp):
-        raise ValueError(f"{owner}.{name} must be one of {get_args(tp)}, got {value!r}")
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """``value`` checked against the field's type; YAML's numbers written as text (``lr: 3e-4``, which YAML
+    1.1 reads as a string) are taken as numbers."""
+    if get_origin(tp) is Literal:
+        if value not in get_args(tp):
+            raise ConfigValueError(key, f"must be one of {', '.join(map(str, get_args(tp)))}, got {value!r}")
+        return value
+    options = get_args(tp) if get_origin(tp) in (Union, UnionType) else (tp,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigValueError(key, "must be given (it has no 'None' setting)")
+    if get_origin(tp) is tuple:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigValueError(key, f"must be a list of integers, got {value!r}")
+        return tuple(_coerce(key, int, v) for v in value)
+    if str in options and isinstance(value, str):
+        return value
+    for t in (bool, int, float):
+        if t in options:
+            got = _as(t, value)
+            if got is not None:
+                return got
+    if str in options:
+        raise ConfigValueError(key, f"must be text or a number, got {value!r}")
+    names = " or ".join({bool: "true/false", int: "an integer", float: "a number"}[t] for t in (bool, int, float)
+                        if t in options)
+    raise ConfigValueError(key, f"must be {names}, got {value!r}")
+
+
+def _as(t: type, value: Any) -> Any:
+    """``value`` as ``t`` when it is one unambiguously, else None."""
+    if t is bool:
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    if t is int:
+        return int(value) if float(value).is_integer() else None
+    return float(value)

@@ -29,11 +29,13 @@ import pandas as pd
 import zarr
 
 from jojoscl_dist.config import DataConfig
+from jojoscl_dist.data.fingerprint import fingerprint
 from jojoscl_dist.data.preprocess import (HVG_FLAVORS, TARGET_SUM_HELP, PreprocessStats, compute_stats,
                                           target_sum_arg)
 from jojoscl_dist.data.readers import read_input
 from jojoscl_dist.data.zarr_store import FORMAT_VERSION, PREPARED_KEY, commit_store, is_prepared_store, is_zarr_group
 from jojoscl_dist.errors import JojoInputError
+from jojoscl_dist.outputs.run_dir import refuse_unsafe_target
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +116,14 @@ def prepare(input_path: str | Path, output: str | Path, *, n_top_genes: int = 20
     import dask.array as da
 
     out = Path(output).resolve()
+    if not Path(input_path).exists():
+        raise JojoInputError(f"input not found: {input_path} (check --input)")
+    refuse_unsafe_target(out, [input_path])
     if out.exists() and not overwrite:
         raise JojoInputError(f"{out} already exists: pass --overwrite to replace it, or choose another --output")
+    if out.exists() and not is_prepared_store(out):
+        raise JojoInputError(f"--output {out} exists and is not a prepared store: --overwrite replaces only a store "
+                             f"written by python -m jojoscl_dist.prepare; choose another --output")
     t0 = time.perf_counter()
     raw = open_raw(input_path)
     n_cells, n_genes = raw.x.shape
@@ -176,10 +184,25 @@ def _write_skeleton(tmp: Path, raw: RawInput, stats: PreprocessStats, kept: np.n
     obs.index = obs.index.astype(str)
     var = pd.DataFrame(index=pd.Index(stats.gene_names, name=None))
     uns = {PREPARED_KEY: {"format_version": FORMAT_VERSION, "source": str(Path(source).resolve()),
+                          "source_fingerprint_json": json.dumps(fingerprint(source)),
                           "stats_json": json.dumps(stats.to_dict()),
                           "mean": np.asarray(stats.mean), "std": np.asarray(stats.std)}}
     with ad.settings.override(zarr_write_format=3):  # anndata 0.12 still writes format 2 by default; not global
         ad.AnnData(obs=obs, var=var, uns=uns).write_zarr(tmp)
+
+
+def check_options(a: argparse.Namespace) -> None:
+    """The numeric options, range-checked by the training config's own rules (same limits, same words)."""
+    from jojoscl_dist.config import ConfigValueError, JojoConfig
+
+    flags = {"data.n_top_genes": ("--n-top-genes", a.n_top_genes), "data.chunk_size": ("--chunk-size", a.chunk_size),
+             "data.store_chunk_rows": ("--chunk-rows", a.chunk_rows)}
+    try:
+        JojoConfig().override({key: value for key, (_, value) in flags.items()})
+    except ConfigValueError as e:
+        raise JojoInputError(e.named(flags[e.key][0])) from None
+    if a.workers is not None and a.workers < 1:
+        raise JojoInputError(f"--workers must be an integer >= 1, got {a.workers}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="jojoscl: %(levelname)s: %(message)s")
     try:
+        check_options(a)
         info = prepare(a.input, a.output, n_top_genes=a.n_top_genes, input_scale=a.input_scale,
                        hvg_flavor=a.hvg_flavor, target_sum=a.target_sum,
                        chunk_size=a.chunk_size, chunk_rows=a.chunk_rows, workers=a.workers, overwrite=a.overwrite,

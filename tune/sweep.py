@@ -148,6 +148,11 @@ def default_point(base: JojoConfig, space: dict[str, dict], nested: bool) -> dic
     return point
 
 
+# Everything a sweep may write into --output (run_dir.is_our_run: --overwrite replaces nothing else).
+SWEEP_ENTRIES = ["space.yaml", "ray", "trials", "trials.csv", "trials.md", "best.yaml", "summary.json", "best_run",
+                 "rerun", "mlflow.db", "mlartifacts"]
+
+
 def run_sweep(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     import ray
@@ -167,11 +172,12 @@ def run_sweep(argv: list[str] | None = None) -> dict[str, Any]:
     space = load_space(args.space)
     res = TrialResources.parse(args.resources_per_trial)
     base = base_config(args, res.workers)
-    out = run_dir.check_output(args.output, args.overwrite)
+    out = run_dir.check_output(args.output, args.overwrite, [args.data] if args.data else [])
     if out.exists():
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # an earlier sweep of ours (check_output refuses anything else)
     out.mkdir(parents=True)
     out = out.resolve()
+    run_dir.write_marker(out, SWEEP_ENTRIES)  # from the start: an interrupted sweep is ours to replace too
     data = prepare_data(base)
     max_t = resolve_epochs(base, data.x.shape[0])
     if max_t < 1:

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from jojoscl_dist.errors import JojoInputError
+
 
 @dataclass
 class AtlasSpec:
@@ -109,6 +111,20 @@ def demo_atlas(n_cells: int = 3000, n_genes: int = 3000, n_types: int = 6, seed:
     return a
 
 
+SYNTHETIC_SOURCE = "jojoscl_dist synthetic atlas"
+
+
+def is_synthetic_store(path: str | Path) -> bool:
+    """A raw store written by ``write_raw_zarr`` (the only kind its --overwrite replaces)."""
+    import zarr
+
+    try:
+        uns = zarr.open_group(str(path), mode="r")["uns"]
+        return str(ad.io.read_elem(uns).get("source", "")).startswith(SYNTHETIC_SOURCE)
+    except Exception:  # not a readable AnnData group: not ours
+        return False
+
+
 def write_raw_zarr(spec: AtlasSpec, path: str | Path, chunk_size: int = 1000, progress: bool = True,
                    overwrite: bool = False) -> Path:
     """Stream the atlas to a raw AnnData Zarr store (format 3, CSR counts) chunk by chunk.
@@ -160,10 +176,10 @@ def write_raw_zarr(spec: AtlasSpec, path: str | Path, chunk_size: int = 1000, pr
             warnings.simplefilter("ignore", UserWarning)  # the same zarr note, once per element
             ad.io.write_elem(root, "obs", obs)
             ad.io.write_elem(root, "var", var)
-            ad.io.write_elem(root, "uns", {"source": f"jojoscl_dist synthetic atlas {spec}"})
+            ad.io.write_elem(root, "uns", {"source": f"{SYNTHETIC_SOURCE} {spec}"})
             for empty in ("obsm", "varm", "obsp", "varp", "layers"):
                 ad.io.write_elem(root, empty, {})
-        commit_store(tmp, out)
+        commit_store(tmp, out, replaceable=is_synthetic_store)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -188,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = AtlasSpec(n_cells=a.cells, n_genes=a.genes, n_types=a.types, seed=a.seed)
     try:
         out = write_raw_zarr(spec, a.output, a.chunk_size, progress=not a.quiet, overwrite=a.overwrite)
-    except FileExistsError as e:
+    except (FileExistsError, JojoInputError) as e:
         print(f"jojoscl: error: {e}", file=sys.stderr)
         return 2
     print(f"jojoscl: wrote {a.cells} cells x {a.genes} genes ({a.types} types) to {out}", flush=True)

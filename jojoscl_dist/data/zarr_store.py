@@ -48,6 +48,8 @@ def read_prepared_meta(path: str | Path) -> dict[str, Any]:
     g = zarr.open_group(str(path), mode="r")
     meta = dict(ad.io.read_elem(g["uns"][PREPARED_KEY]))
     meta["stats"] = json.loads(str(meta.pop("stats_json")))
+    fp = meta.pop("source_fingerprint_json", None)  # absent in stores of earlier versions
+    meta["source_fingerprint"] = json.loads(str(fp)) if fp is not None else None
     return meta
 
 
@@ -167,9 +169,10 @@ class ZarrSource:
         return out
 
 
-def commit_store(tmp: Path, out: Path) -> None:
-    """Consolidate a finished store's metadata and move it into place, replacing an older one: written under a
-    temporary name first, so a crash never leaves a store that looks complete."""
+def commit_store(tmp: Path, out: Path, replaceable=is_prepared_store) -> None:
+    """Consolidate a finished store's metadata and move it into place, replacing an older one only when
+    ``replaceable(out)`` says we wrote it: written under a temporary name first, so a crash never leaves a store
+    that looks complete."""
     import os
     import shutil
     import warnings
@@ -178,5 +181,8 @@ def commit_store(tmp: Path, out: Path) -> None:
         warnings.simplefilter("ignore", UserWarning)  # consolidated metadata is a zarr-python extension in v3
         zarr.consolidate_metadata(str(tmp))
     if out.exists():
+        if not replaceable(out):
+            raise JojoInputError(f"{out} exists and is not a store jojoscl wrote: choose another output path "
+                                 f"(nothing jojoscl did not write is replaced)")
         shutil.rmtree(out)
     os.replace(tmp, out)

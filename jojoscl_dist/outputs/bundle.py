@@ -1,6 +1,7 @@
 """The model bundle (``<run>/model/model.pt``): everything needed to assign clusters to new cells.
 
-Contents (a torch-saved dict, schema ``SCHEMA``):
+Contents (a dict of tensors and plain values, schema ``SCHEMA``; written and read by ``outputs/safe_files.py``,
+so loading a bundle never runs code, and ``model.pt.sha256`` beside it must match):
   schema        bundle format version; ``load`` refuses versions it does not know
   weights       state dict of the selected JojoSCL (query encoder + heads)
   n_genes, n_clusters
@@ -32,8 +33,10 @@ from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.preprocess import PreprocessStats
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.model import JojoSCL, build_model
+from jojoscl_dist.outputs import safe_files
 
-SCHEMA = 2
+SCHEMA = 3
+READABLE_SCHEMAS = (2, 3)  # 2: the same fields with plain numpy arrays (read without pickle all the same)
 FILENAME = "model.pt"
 
 
@@ -76,9 +79,7 @@ def versions() -> dict[str, str]:
 def save(bundle: ModelBundle, directory: str | Path) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    path = d / FILENAME
-    torch.save(bundle.to_dict(), path)
-    return path
+    return safe_files.save(bundle.to_dict(), d / FILENAME)
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -93,16 +94,13 @@ def resolve_path(path: str | Path) -> Path:
 
 def load(path: str | Path) -> ModelBundle:
     p = resolve_path(path)
-    try:
-        # Our own format: tensors, numpy arrays and plain containers (weights_only would reject the arrays).
-        d = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or foreign file
-        raise JojoInputError(f"could not read model bundle {p}: {e.__class__.__name__}: {e}") from e
+    d = safe_files.load(p, "model bundle")
     if not isinstance(d, dict) or "schema" not in d:
         raise JojoInputError(f"{p} is not a jojoscl model bundle (no schema field)")
-    if d["schema"] != SCHEMA:
-        raise JojoInputError(f"model bundle {p} has schema {d['schema']} but this jojoscl-dist "
-                             f"({__version__}) reads schema {SCHEMA}: retrain with this version, or predict with "
+    if d["schema"] not in READABLE_SCHEMAS:
+        raise JojoInputError(f"model bundle {p} has schema {d['schema']} but this jojoscl-dist ({__version__}) "
+                             f"reads schemas {', '.join(map(str, READABLE_SCHEMAS))}: retrain with this version, "
+                             f"or predict with "
                              f"the version that wrote it ({d.get('versions', {}).get('jojoscl_dist', 'unknown')})")
     missing = [k for k in ("weights", "n_genes", "n_clusters", "preprocess", "centroids", "label_method", "config")
                if k not in d]
@@ -112,8 +110,8 @@ def load(path: str | Path) -> ModelBundle:
     if stats.n_genes != d["n_genes"]:
         raise JojoInputError(f"model bundle {p} is inconsistent: {stats.n_genes} preprocessing genes for a model "
                              f"of {d['n_genes']} inputs")
-    return ModelBundle(weights=d["weights"], n_genes=int(d["n_genes"]), n_clusters=int(d["n_clusters"]),
+    return ModelBundle(weights=dict(d["weights"]), n_genes=int(d["n_genes"]), n_clusters=int(d["n_clusters"]),
                        stats=stats, centroids=np.asarray(d["centroids"], dtype=np.float32),
                        label_method=str(d["label_method"]), config=JojoConfig.from_dict(d["config"]),
-                       versions=dict(d.get("versions", {})), schema=int(d["schema"]),
+                       versions=dict(d.get("versions", {})), schema=SCHEMA,
                        input_pca=InputPCA.from_dict(d.get("input_pca")))

@@ -20,22 +20,62 @@ from pathlib import Path
 
 from jojoscl_dist.errors import JojoInputError
 
-DONE_MARKER = "metrics.json"
+RUN_MARKER = ".jojoscl-run"  # written last into a finished run: lists what the run wrote (see is_our_run)
 # Present while the committed outputs still wait for their MLflow logging: a run directory holding it is not
 # finished, so the same command may replace it without --overwrite (a failed tracking step never blocks a retry).
 PENDING_MARKER = ".tracking-pending"
+# Written into the run folder after the commit (the default sqlite MLflow store under --output).
+LATE_ENTRIES = ("mlflow.db", "mlartifacts", PENDING_MARKER, RUN_MARKER)
 
 log = logging.getLogger(__name__)
 
 
-def check_output(output: str | Path, overwrite: bool) -> Path:
+def refuse_unsafe_target(out: Path, inputs: list[str | Path], flag: str = "--output") -> None:
+    """Never write into or replace a root or home folder, the working directory (or a folder holding it), or a
+    folder that holds an input; never write inside an input."""
+    out = out.resolve()
+    home = Path.home().resolve()
+    if out == Path(out.anchor) or out == home or out in home.parents:
+        raise JojoInputError(f"{flag} {out} is a root or home folder: give a new folder for the run, e.g. "
+                             f"{flag} runs/{out.name or 'jojoscl'}")
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise JojoInputError(f"{flag} {out} is the working directory or holds it: give a new folder, e.g. "
+                             f"{flag} runs/jojoscl")
+    for inp in inputs:
+        i = Path(inp).resolve()
+        if i == out or out in i.parents:
+            raise JojoInputError(f"{flag} {out} holds the input {i}: choose an output folder outside the input")
+        if i in out.parents:
+            raise JojoInputError(f"{flag} {out} lies inside the input {i}: choose an output folder outside it")
+
+
+def is_our_run(out: Path) -> tuple[bool, list[str]]:
+    """(True, []) when ``out`` holds a run this tool wrote and nothing else; else (False, names not ours)."""
+    marker = out / RUN_MARKER
+    try:
+        written = set(json.loads(marker.read_text())["entries"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False, sorted(p.name for p in out.iterdir())[:3]
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in written | set(LATE_ENTRIES))
+    return not foreign, foreign[:3]
+
+
+def check_output(output: str | Path, overwrite: bool, inputs: list[str | Path] = ()) -> Path:
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise JojoInputError(f"--output {out} exists and is a file (choose a directory path)")
+    refuse_unsafe_target(out, list(inputs))
+    if not out.exists() or not any(out.iterdir()):
+        return out
+    ours, foreign = is_our_run(out)
+    if not ours:
+        raise JojoInputError(f"--output {out} holds files jojoscl did not write (e.g. {', '.join(foreign)}): "
+                             f"choose another --output (only a finished jojoscl run is ever replaced)")
     if (out / PENDING_MARKER).exists() and not overwrite:
         log.warning("%s holds a run whose tracking step did not finish: replacing it", out)
         return out
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if not overwrite:
         raise JojoInputError(f"--output {out} already holds an earlier run (pass --overwrite to replace it, "
                              f"or choose another --output)")
     return out
@@ -44,17 +84,39 @@ def check_output(output: str | Path, overwrite: bool) -> Path:
 def staging_dir(output: str | Path) -> Path:
     out = Path(output)
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if stage.exists():
+    if stage.exists():  # our own pid's leftover
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
     return stage
 
 
+def write_marker(stage: Path, entries: list[str] | None = None) -> None:
+    """The last file staged: what this run wrote (or, for a sweep, may write), so --overwrite can tell our folder
+    from a user's."""
+    from jojoscl_dist import __version__
+
+    entries = sorted(entries if entries is not None else (p.name for p in stage.iterdir())) + [RUN_MARKER]
+    (stage / RUN_MARKER).write_text(json.dumps({"tool": "jojoscl-dist", "version": __version__,
+                                                "entries": entries}, indent=1))
+
+
 def commit(stage: Path, output: str | Path) -> Path:
+    """Move the staged run into place; an earlier run there (checked again to be ours) is moved aside first and
+    deleted only once the new one is in place."""
     out = Path(output)
-    if out.exists():
-        shutil.rmtree(out)
+    old = None
+    if out.exists() and any(out.iterdir()):
+        ours, foreign = is_our_run(out)
+        if not ours:
+            raise JojoInputError(f"--output {out} now holds files jojoscl did not write (e.g. "
+                                 f"{', '.join(foreign)}): the new run stays in {stage}")
+        old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+        out.rename(old)
+    elif out.exists():
+        out.rmdir()  # empty
     stage.rename(out)
+    if old is not None:
+        shutil.rmtree(old)
     return out
 
 

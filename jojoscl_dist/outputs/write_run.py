@@ -65,6 +65,7 @@ def write_run(cfg: JojoConfig, data: "PreparedData", state: dict, chosen: dict, 
             (stage / run_dir.PENDING_MARKER).write_text("MLflow logging not finished\n")
         run_dir.write_json(stage / "metrics.json", {"final": metrics, "history": history_clean(state["history"]),
                                                     "k_selection": data.k_info})
+        run_dir.write_marker(stage)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -11,7 +11,7 @@ import logging
 import sys
 import warnings
 
-from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.config import ConfigValueError, JojoConfig
 from jojoscl_dist.data.preprocess import TARGET_SUM_HELP, target_sum_arg
 from jojoscl_dist.errors import JojoInputError, TrackingError
 
@@ -97,6 +97,16 @@ def config_from_args(argv: list[str] | None = None) -> JojoConfig:
     return cfg.override({k: v for k, v in args.items() if v is not None})
 
 
+FLAG_OF = {key: flag for flag, key, _, _ in OPTIONS}
+
+
+def input_error_line(e: JojoInputError) -> str:
+    """The error's message, naming the command-line flag of a config value where there is one."""
+    if isinstance(e, ConfigValueError) and e.key in FLAG_OF:
+        return e.named(f"{FLAG_OF[e.key]} ({e.key})")
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="jojoscl: %(levelname)s: %(message)s")
     logging.getLogger("faiss").setLevel(logging.WARNING)
@@ -106,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         from jojoscl_dist.train.run import run
 
         result = run(cfg)
-    except (JojoInputError, KeyError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"jojoscl: error: {msg}", file=sys.stderr)
+    except JojoInputError as e:  # only our input errors; anything else is a bug and keeps its traceback
+        print(f"jojoscl: error: {input_error_line(e)}", file=sys.stderr)
         return 2
     except TrackingError as e:  # outputs are complete; the same command retries the logging
         print(f"jojoscl: error: {e}", file=sys.stderr)

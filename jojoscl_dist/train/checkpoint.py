@@ -3,7 +3,8 @@
 Keys: schema, epoch (last completed), step, model (query encoder + heads), key_encoder, optimizer, scheduler,
 rng (per-rank augmentation generators and per-rank torch/numpy/python global states), kmeans (warm-start
 centroids), selector (history, best epoch), best_model (weights of the label-free pick), history (per-epoch
-metrics), n_genes, n_clusters, config.
+metrics), n_genes, n_clusters, config, data_fingerprint (data/fingerprint.py: the input it was trained on).
+Written and read by ``outputs/safe_files.py``: no pickle, a ``state.pt.sha256`` beside it, fsynced before the rename.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-SCHEMA_VERSION = 1
+from jojoscl_dist.errors import JojoInputError
+from jojoscl_dist.outputs import safe_files
+
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # 1: the same fields with plain numpy arrays (read without pickle all the same)
 STATE_FILE = "state.pt"
 
 # Config fields a resumed run may change without invalidating the checkpoint: where things go and how
@@ -26,18 +31,15 @@ RESUMABLE_CHANGES = {"optim.epochs", "optim.min_steps", "eval.eval_every", "run.
 
 
 def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
-    path = Path(directory) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    torch.save({"schema": SCHEMA_VERSION, **state}, tmp)
-    tmp.replace(path)  # never a half-written state.pt
-    return path
+    return safe_files.save({"schema": SCHEMA_VERSION, **state}, Path(directory) / STATE_FILE)
 
 
 def load_state(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / STATE_FILE
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("schema") != SCHEMA_VERSION:
-        raise ValueError(f"checkpoint {path} has schema {state.get('schema')}, this version reads {SCHEMA_VERSION}")
+    state = safe_files.load(path, "checkpoint")
+    if not isinstance(state, dict) or state.get("schema") not in READABLE_SCHEMAS:
+        raise JojoInputError(f"checkpoint {path} has schema {state.get('schema') if isinstance(state, dict) else None}"
+                             f", this version reads {READABLE_SCHEMAS}: start the run under another --run-name")
     return state
 
 
@@ -79,8 +81,8 @@ def latest_loadable(root: str | Path) -> tuple[Path, dict[str, Any]] | None:
             continue
         try:
             return d, load_state(d)
-        except Exception as e:  # truncated by a crash mid-copy
-            print(f"jojoscl: skipping unreadable checkpoint {d} ({e.__class__.__name__})", flush=True)
+        except JojoInputError as e:  # truncated by a crash mid-copy, altered, or not ours: never trained on
+            print(f"jojoscl: skipping checkpoint {d}: {e}", flush=True)
     return None
 
 

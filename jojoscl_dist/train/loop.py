@@ -44,6 +44,7 @@ class WorkerData:
     source: Any  # .shape and .rows(idx) -> float32 (n, G)
     n_clusters: int
     labels: np.ndarray | None = None  # truth, for logged metrics only; never used for selection
+    fingerprint: dict | None = None  # the input's identity, saved in every checkpoint (data/fingerprint.py)
 
 
 def seed_everything(seed: int) -> None:
@@ -229,6 +230,7 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
                     "kmeans": kmeans.state_dict(), "selector": selector.state_dict(),
                     "best_model": best_model, "history": history,
                     "n_genes": n_genes, "n_clusters": k, "config": cfg.to_dict(),
+                    "data_fingerprint": data.fingerprint,
                 })
                 session.report(metrics, checkpoint_dir=tmp)
         else:

@@ -93,7 +93,7 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     if session.rank == 0 and not cfg.run.quiet:
         session.on_report = EpochProgress(resolve_epochs(cfg, source.shape[0]), mode="lines", stream=sys.stdout,
                                           prefix="")
-    data = WorkerData(source, config["n_clusters"], config.get("labels"))
+    data = WorkerData(source, config["n_clusters"], config.get("labels"), config.get("fingerprint"))
     if hook:
         _install_fault_hook(session, hook)
     train_worker(cfg, data, session)
@@ -134,7 +134,8 @@ def ensure_ray(num_workers: int, use_gpu: bool) -> None:
 
 
 def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name: str,
-            fault_hook: dict | None = None, resume_from: str | None = None) -> tuple[str | None, Exception | None]:
+            fault_hook: dict | None = None, resume_from: str | None = None,
+            fingerprint: dict | None = None) -> tuple[str | None, Exception | None]:
     """Run TorchTrainer; return (path of the latest checkpoint, error or None).
 
     ``resume_from``: the newest complete checkpoint the driver found under storage_path/name (or None).
@@ -150,7 +151,7 @@ def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name
     trainer = ray.train.torch.TorchTrainer(
         ray_train_loop,
         train_loop_config={"cfg": cfg.to_dict(), "n_clusters": n_clusters, "labels": labels, "fault_hook": fault_hook,
-                           "resume_from": resume_from,
+                           "resume_from": resume_from, "fingerprint": fingerprint,
                            **({"data_path": x.path} if isinstance(x, ZarrSource) else {"data_ref": ray.put(x)})},
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=n, use_gpu=use_gpu, resources_per_worker=per_worker),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -18,6 +19,7 @@ import torch
 from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.data.fingerprint import describe_change, fingerprint, same_data
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.zarr_store import ZarrSource, is_prepared_store
 from jojoscl_dist.data.preprocess import PreprocessStats, compute_stats, materialize
@@ -27,6 +29,7 @@ from jojoscl_dist.errors import JojoInputError, TrackingError
 from jojoscl_dist.model import build_model
 from jojoscl_dist.model.augment import effective_keep
 from jojoscl_dist.outputs import run_dir
+from jojoscl_dist.outputs.lock import RunLock
 from jojoscl_dist.outputs.write_run import history_clean, write_run  # noqa: F401 - history_clean re-exported
 from jojoscl_dist.train.checkpoint import config_differences, latest_loadable, load_state
 from jojoscl_dist.train.embed import embed, embed_to_zarr, final_clustering
@@ -49,6 +52,7 @@ class PreparedData:
     obs_names: np.ndarray  # kept cells
     source: str
     k_info: dict | None = None  # how K was chosen when --n-clusters auto
+    fingerprint: dict | None = None  # the input file's identity (data/fingerprint.py); None for the demo atlas
 
     @property
     def kept_mask(self) -> np.ndarray:
@@ -75,15 +79,16 @@ def prepare_data(cfg: JojoConfig) -> PreparedData:
         from jojoscl_dist.prepare import needs_prepare, prepare
 
         if is_prepared_store(dc.path):  # stream it; never materialised
-            return _from_store(cfg, Path(dc.path), str(dc.path))
+            return _from_store(cfg, Path(dc.path), str(dc.path), fingerprint(dc.path))
         if needs_prepare(dc.path, dc):  # an atlas: prepare out of core into the run's storage, then stream
-            store = default_storage(cfg) / "prepared.zarr"
-            if not is_prepared_store(store):  # a resumed run reuses its store
+            raw_fp = fingerprint(dc.path)
+            store = prepared_store_path(cfg)
+            if not _store_matches(store, raw_fp):  # a resumed run reuses its store, never another input's
                 print(f"jojoscl: {dc.path} is large: preparing it out of core into {store}", flush=True)
                 prepare(dc.path, store, n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
                         hvg_flavor=dc.hvg_flavor, chunk_size=dc.chunk_size, chunk_rows=dc.store_chunk_rows,
                         clip=dc.scale_clip, target_sum=dc.target_sum, overwrite=True, progress=not cfg.run.quiet)
-            return _from_store(cfg, store, str(dc.path))
+            return _from_store(cfg, store, str(dc.path), raw_fp)
     if dc.path is None:
         adata = demo_atlas(dc.demo_cells, dc.demo_genes, dc.demo_types, seed=cfg.run.seed)
         source = f"synthetic demo atlas ({dc.demo_cells} cells, {dc.demo_genes} genes, {dc.demo_types} types)"
@@ -112,7 +117,28 @@ def prepare_data(cfg: JojoConfig) -> PreparedData:
             raise JojoInputError(f"{n_kept} usable cells are too few to choose K: give --n-clusters K")
         k, k_info = _auto_k(cfg, x)
     labels = labels_all[stats.cell_mask] if labels_all is not None else None
-    return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names)[stats.cell_mask], source, k_info)
+    fp = fingerprint(dc.path) if dc.path is not None else None
+    return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names)[stats.cell_mask], source, k_info,
+                        fp)
+
+
+def prepared_store_path(cfg: JojoConfig) -> Path:
+    """Where a large raw input is prepared on the fly: inside this run's own storage folder, never shared."""
+    return default_storage(cfg) / default_run_name(cfg) / "prepared.zarr"
+
+
+def _store_matches(store: Path, raw_fp: dict) -> bool:
+    """The store exists, is complete and was prepared from exactly this input (else it is rebuilt)."""
+    from jojoscl_dist.data.zarr_store import read_prepared_meta
+
+    if not is_prepared_store(store):
+        return False
+    recorded = read_prepared_meta(store).get("source_fingerprint")
+    if same_data(recorded, raw_fp):
+        return True
+    print(f"jojoscl: {store} was prepared from other data ({describe_change(recorded or {}, raw_fp)}): "
+          f"preparing it again", flush=True)
+    return False
 
 
 def make_names_unique(adata: ad.AnnData) -> None:
@@ -158,7 +184,7 @@ def _auto_k(cfg: JojoConfig, x: np.ndarray) -> tuple[int, dict]:
     return k, k_info
 
 
-def _from_store(cfg: JojoConfig, path: Path, source: str) -> PreparedData:
+def _from_store(cfg: JojoConfig, path: Path, source: str, fp: dict | None) -> PreparedData:
     """A prepared store: obs/var/statistics from its metadata; X stays on disk (ZarrSource)."""
     import zarr
 
@@ -179,7 +205,7 @@ def _from_store(cfg: JojoConfig, path: Path, source: str) -> PreparedData:
     if k > x.shape[0]:
         raise JojoInputError(f"--n-clusters {k} is larger than the number of cells ({x.shape[0]}); choose K <= "
                              f"{x.shape[0]}")
-    return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names), source, k_info)
+    return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names), source, k_info, fp)
 
 
 def default_run_name(cfg: JojoConfig) -> str:
@@ -213,16 +239,17 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
     cfg = resolve_for_data(cfg, data)
     storage = default_storage(cfg)
     name = default_run_name(cfg)
-    resume = check_resume(cfg, storage / name)
+    resume = check_resume(cfg, storage / name, data.fingerprint)
     done = resume[1] if resume else None
     if done is not None and done["epoch"] >= resolve_epochs(cfg, data.x.shape[0]) - 1:
         return done  # finished earlier (e.g. its tracking step failed): nothing to train, no workers to start
     if cfg.run.num_workers <= 0:  # in-process, no Ray (tests, benchmarks, debugging); same checkpoint layout
         progress = EpochProgress(resolve_epochs(cfg, data.x.shape[0]), mode="off" if cfg.run.quiet else "auto")
-        session = LocalSession(storage / name, on_report=progress,
+        session = LocalSession(storage / name, on_report=progress, resume_from=resume[0] if resume else None,
+                               discover=False,
                                device=("cuda" if (cfg.run.use_gpu or (cfg.run.use_gpu is None and torch.cuda.is_available())) else "cpu"))
         try:
-            train_worker(cfg, WorkerData(as_source(data.x), data.n_clusters, data.labels), session)
+            train_worker(cfg, WorkerData(as_source(data.x), data.n_clusters, data.labels, data.fingerprint), session)
         finally:
             progress.close()
         return load_state(session.checkpoint)
@@ -232,7 +259,7 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
         raise JojoInputError(f"{data.x.shape[0]} cells cannot be shared among {cfg.run.num_workers} workers")
     try:
         path, error = fit_ray(cfg, data.x, data.n_clusters, data.labels, str(storage), name, fault_hook,
-                              resume_from=str(resume[0]) if resume else None)
+                              resume_from=str(resume[0]) if resume else None, fingerprint=data.fingerprint)
     except Exception as e:  # TrainingFailedError wraps the worker's exception
         raise RuntimeError(f"training failed: {e}") from e
     if error is not None or path is None:
@@ -263,13 +290,18 @@ def fit_input_pca(cfg: JojoConfig, x) -> InputPCA | None:
                         cfg.eval.input_pca_components)
 
 
-def check_resume(cfg: JojoConfig, root: Path) -> tuple[Path, dict] | None:
+def check_resume(cfg: JojoConfig, root: Path, data_fp: dict | None = None) -> tuple[Path, dict] | None:
     """Before training: say when a run resumes from a checkpoint (returned with its state), refuse one of a
-    different config."""
+    different config or of other data."""
     found = latest_loadable(root)
     if found is None:
         return None
     ckpt, st = found
+    saved_fp = st.get("data_fingerprint")
+    if data_fp is not None and not same_data(saved_fp, data_fp):
+        raise JojoInputError(f"{root} holds checkpoints trained on other data than {data_fp['path']} "
+                             f"({describe_change(saved_fp or {}, data_fp)}): give this run another --run-name or "
+                             f"--output, or delete that folder to start over")
     diffs = config_differences(st.get("config", {}), cfg.to_dict())
     if diffs:
         raise JojoInputError(f"{root} holds checkpoints of a different run ({'; '.join(diffs[:3])}): delete that "
@@ -280,13 +312,26 @@ def check_resume(cfg: JojoConfig, root: Path) -> tuple[Path, dict] | None:
 
 def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
     t_start = time.perf_counter()
-    if cfg.eval.input_pca_components < 1:  # refused before any output or hours of training
-        raise JojoInputError(f"--input-pca-components must be at least 1, got {cfg.eval.input_pca_components} "
-                             "(for z alone set --input-pca-weight 0)")
-    if cfg.model.input_pcs < 0:
-        raise JojoInputError(f"--input-pcs must be 0 (the encoder reads the genes) or a number of principal "
-                             f"components, got {cfg.model.input_pcs}")
-    out = run_dir.check_output(cfg.run.output, cfg.run.overwrite)
+    cfg.validate()  # refused before any output or hours of training
+    with contextlib.ExitStack() as locks:
+        for lock in run_locks(cfg):
+            locks.enter_context(lock)
+        return _run_locked(cfg, fault_hook, t_start)
+
+
+def run_locks(cfg: JojoConfig) -> list[RunLock]:
+    """One run at a time per output folder and, with --storage-path, per run name on that storage."""
+    out = Path(cfg.run.output).resolve()
+    locks = [RunLock(out.parent / f".{out.name}.lock", f"--output {cfg.run.output}")]
+    if cfg.run.storage_path:
+        name = default_run_name(cfg)
+        locks.append(RunLock(default_storage(cfg) / f".{name}.lock", f"run {name} on --storage-path "
+                                                                      f"{cfg.run.storage_path}"))
+    return locks
+
+
+def _run_locked(cfg: JojoConfig, fault_hook: dict | None, t_start: float) -> RunResult:
+    out = run_dir.check_output(cfg.run.output, cfg.run.overwrite, [cfg.data.path] if cfg.data.path else [])
     if cfg.run.tracking:  # an unreachable MLflow store fails here, not after hours of training
         from jojoscl_dist.tracking.mlflow_log import check_tracking
 

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from jojoscl_dist.train.checkpoint import latest_checkpoint
+from jojoscl_dist.train.checkpoint import checkpoints, latest_checkpoint
 
 
 class Session:
@@ -37,17 +37,21 @@ class LocalSession(Session):
     """Single process. Keeps every reported metrics dict and the last checkpoint directory.
 
     Checkpoints live under ``checkpoint_root`` as checkpoint_<counter>; a new session on a root that already
-    holds one resumes from it (the in-process counterpart of reusing a Ray Train run name).
+    holds one resumes from it (the in-process counterpart of reusing a Ray Train run name), or from
+    ``resume_from`` when the driver chose one (it skips checkpoints that do not load).
     """
 
     def __init__(self, checkpoint_root: str | Path | None = None, device: str | None = None,
-                 on_report: Callable[[dict], None] | None = None):
+                 on_report: Callable[[dict], None] | None = None, resume_from: str | Path | None = None,
+                 discover: bool = True):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.root = Path(checkpoint_root or tempfile.mkdtemp(prefix="jojoscl-local-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.metrics: list[dict] = []
-        self.checkpoint: Path | None = latest_checkpoint(self.root)
-        self._count = int(self.checkpoint.name.split("_")[-1]) if self.checkpoint else 0
+        found = latest_checkpoint(self.root) if discover else None
+        self.checkpoint: Path | None = Path(resume_from) if resume_from else found
+        existing = [int(p.name.split("_")[-1]) for p in checkpoints(self.root) if p.name.split("_")[-1].isdigit()]
+        self._count = max(existing, default=0)
         self.on_report = on_report
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:

@@ -47,10 +47,12 @@ def test_bundle_keeps_the_input_pca_and_reads_older_bundles_without_it(tmp_path)
     b.input_pca = InputPCA.fit(ArraySource(x), 1.0, seed=0, n_components=4)
     got = bundle.load(bundle.save(b, tmp_path / "new"))
     np.testing.assert_array_equal(got.input_pca.project(x), b.input_pca.project(x))
-    d = b.to_dict()
+    d = b.to_dict() | {"schema": 2, "versions": {"torch": torch.__version__}}
     del d["input_pca"]  # a bundle written before the input PCA existed: z alone, as it was trained
-    torch.save(d, tmp_path / "model.pt")
-    assert bundle.load(tmp_path).input_pca is None
+    torch.save(d, tmp_path / "model.pt")  # as schema 2 was written: plain numpy arrays, torch's version object
+    got = bundle.load(tmp_path)
+    assert got.input_pca is None and got.schema == bundle.SCHEMA
+    np.testing.assert_array_equal(got.centroids, b.centroids)
 
 
 def test_bundle_rebuilds_an_encoder_trained_on_input_pcs(tmp_path):

@@ -83,7 +83,7 @@ def test_final_kmeans_restart_selection_reaches_the_labels(tmp_path, monkeypatch
     res = run(cfg)
     assert seen == [4]  # the final k-means only: in-training evaluations keep 3 restarts by inertia
     assert res.metrics["kmeans_select"] == "consensus" and res.metrics["kmeans_restarts"] == 4
-    with pytest.raises(ValueError, match="kmeans_select must be one of"):
+    with pytest.raises(JojoInputError, match="kmeans_select must be one of"):
         config_from_args(["--kmeans-select", "best"])
 
 
@@ -103,11 +103,11 @@ def test_input_pca_components_from_the_cli(tmp_path, monkeypatch):
     assert bundle.load(res.output).centroids.shape == (2, 192 + 12)
     assert res.metrics["input_pca_components"] == 12
     cfg.eval.input_pca_components, cfg.run.output = 0, str(tmp_path / "bad")
-    with pytest.raises(JojoInputError, match="--input-pca-components must be at least 1"):
+    with pytest.raises(JojoInputError, match="eval.input_pca_components must be an integer >= 1, got 0"):
         run(cfg)
     assert not (tmp_path / "bad").exists()
     cfg.eval.input_pca_components, cfg.model.input_pcs = 12, -5
-    with pytest.raises(JojoInputError, match="--input-pcs must be 0"):
+    with pytest.raises(JojoInputError, match="model.input_pcs must be an integer >= 0, got -5"):
         run(cfg)
     assert not (tmp_path / "bad").exists()
 

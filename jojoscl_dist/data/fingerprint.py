@@ -1,0 +1,67 @@
+"""The identity of an input file or store, cheap at a million cells: what a prepared store and every checkpoint
+record, so that neither is ever reused for other data.
+
+A fingerprint holds the resolved path, the size in bytes, the newest modification time and a SHA-256 over the
+first and last MiB of a file, or over a folder's metadata files (Zarr/JSON) and the list of its files with their
+sizes. Two inputs are the same data when size, mtime and hash agree; the path is kept for the message only (the
+same volume may be mounted elsewhere on another pod).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+BLOCK = 1 << 20  # bytes hashed at each end of a file
+METADATA_FILES = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+COMPARED = ("size", "mtime_ns", "sha256")
+
+
+def fingerprint(path: str | Path) -> dict[str, Any]:
+    p = Path(path).resolve()
+    return _of_folder(p) if p.is_dir() else _of_file(p)
+
+
+def _of_file(p: Path) -> dict[str, Any]:
+    st = p.stat()
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        h.update(f.read(BLOCK))
+        if st.st_size > 2 * BLOCK:
+            f.seek(-BLOCK, os.SEEK_END)
+        h.update(f.read(BLOCK))
+    return {"path": str(p), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256": h.hexdigest()}
+
+
+def _of_folder(p: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    size, mtime = 0, 0
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        st = f.stat()
+        rel = f.relative_to(p).as_posix()
+        size += st.st_size
+        mtime = max(mtime, st.st_mtime_ns)
+        h.update(f"{rel}\0{st.st_size}\n".encode())
+        if f.name in METADATA_FILES:
+            h.update(f.read_bytes())
+    return {"path": str(p), "size": int(size), "mtime_ns": int(mtime), "sha256": h.hexdigest()}
+
+
+def same_data(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    return a is not None and b is not None and all(a.get(k) == b.get(k) for k in COMPARED)
+
+
+def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What differs, in words, for an error line."""
+    parts = []
+    if old.get("size") != new.get("size"):
+        parts.append(f"size {old.get('size')} -> {new.get('size')} bytes")
+    if old.get("mtime_ns") != new.get("mtime_ns"):
+        parts.append("modification time changed")
+    if old.get("sha256") != new.get("sha256"):
+        parts.append("content hash changed")
+    if old.get("path") != new.get("path"):
+        parts.append(f"was {old.get('path')}")
+    return ", ".join(parts) or "no fingerprint recorded"
