@@ -5,6 +5,7 @@ K. Quality at a K is the ARI against obs['cell_type'] of k-means (k-means++, 10 
 cheap and model-free, so it compares "chosen K" with "true K" on equal terms (not the JojoSCL ARI).
 
     python bench/k_selection.py --data-dir /work/shared/data --out bench/results/k_selection.json
+    python bench/k_selection.py --report bench/results/k_selection.json   # the tables in docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -45,12 +46,38 @@ def bench_one(path: Path, seed: int) -> dict:
     return row
 
 
+LABELS = {"leiden_r1.0": "Leiden, resolution 1.0 (default)", "leiden_r0.5": "Leiden, resolution 0.5",
+          "silhouette": "silhouette scan, K = 2..30"}
+
+
+def report(d: dict) -> str:
+    """The summary and per-set tables of a results file, as markdown."""
+    s, rows = d["summary"], d["rows"]
+    out = ["| rule | K within ±20% | median \\|K−K_true\\|/K_true | mean ARI at chosen K | mean ARI at true K | "
+           "median time |", "|---|---|---|---|---|---|"]
+    for name, label in LABELS.items():
+        t = float(np.median([r[f"{name}_time_s"] for r in rows]))
+        out.append(f"| {label} | {s[name]['within20']} / {s[name]['n']} | {s[name]['median_abs_rel_err']:.2f} | "
+                   f"{s[name]['mean_ari']:.3f} | {s['true_k_mean_ari']:.3f} | {t:.2f} s |")
+    out += ["", "| data set | cells | true K | " + " | ".join(f"K {n}" for n in LABELS) + " | ARI at true K | "
+            + " | ".join(f"ARI {n}" for n in LABELS) + " |", "|---|---|---|" + "---|" * (2 * len(LABELS) + 1)]
+    for r in rows:
+        ks = [f"{r[f'{n}_k']}{' ✓' if r[f'{n}_within20'] else ''}" for n in LABELS]
+        out.append(f"| {r['dataset']} | {r['n_cells']} | {r['k_true']} | " + " | ".join(ks)
+                   + f" | {r['ari_true_k']:.3f} | " + " | ".join(f"{r[f'{n}_ari']:.3f}" for n in LABELS) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data-dir", default="/work/shared/data")
     p.add_argument("--out", default="bench/results/k_selection.json")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", metavar="JSON", help="print the markdown tables of a results file and exit")
     args = p.parse_args()
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text())), end="")
+        return
     rows = []
     for f in sorted(Path(args.data_dir).glob("*.h5ad")):
         t0 = time.perf_counter()

@@ -3,7 +3,6 @@
     python -m bench.quality [--datasets A,B,...] [--seeds 3] [--ablations] [--out docs/quality]
     python -m bench.quality --datasets all --seed-list 5,6 --baselines-only   # the baselines alone, more seeds
     python -m bench.quality --set KEY=VALUE [--set-as-full]   # a changed default; as the table's 'full' rows
-    python -m bench.quality --save-evals runs/evals ...   # every evaluation's z, for bench.replay_selection
 
 Every method sees the same preprocessed matrix (jojoscl_dist.data.preprocess). Baselines: k-means (10 restarts)
 on PCA(50); scanpy Leiden on the 15-NN graph of PCA(50) at resolution 1.0 and with the resolution bisected to
@@ -15,7 +14,6 @@ per-worker loop as Ray Train, --num-workers 0) to keep the table affordable on 2
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import dataclasses
 import logging
@@ -32,17 +30,16 @@ import torch
 from bench.defaults import _value, pick_index
 from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.cluster.metrics import score_labels
-from jojoscl_dist.cluster.selection import Selector, input_reference
+from jojoscl_dist.cluster.selection import input_reference
 from jojoscl_dist.cluster.kmeans import fit_kmeans
 from jojoscl_dist.config import EvalConfig, JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.model import build_model
 from jojoscl_dist.train.embed import embed, final_labels
-from jojoscl_dist.train import loop as train_loop
 from jojoscl_dist.train.run import default_storage, fit_input_pca, oracle, prepare_data, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-# Table II of the paper (ARI, NMI): JojoSCL and ScCCL, for the sets that are theirs (METHOD.md s6).
+# Table II of the paper (ARI, NMI): JojoSCL and ScCCL, for the sets that are theirs.
 PAPER = {
     "10X_PBMC_top2000": ((.8080, .8025), (.7866, .7782)),
     "Bladder_top2000": ((.6079, .7507), (.5798, .7332)),
@@ -138,30 +135,7 @@ def _add_baselines(r: dict, data, seed: int) -> None:
         r[f"{b}_ari"], r[f"{b}_nmi"] = m["ari"], m["nmi"]
 
 
-@contextlib.contextmanager
-def _record_evaluations(on: bool):
-    """While on, the training loop's Selector also keeps every evaluation's z (bench only, in-process runs);
-    yields the list of (epoch, z) it fills."""
-    recorded: list[tuple[int, np.ndarray]] = []
-    if not on:
-        yield recorded
-        return
-
-    class Recording(Selector):
-        def update(self, epoch, z, labels, reference=None):
-            recorded.append((epoch, np.array(z, dtype=np.float32)))
-            return super().update(epoch, z, labels, reference)
-
-    original = train_loop.Selector
-    train_loop.Selector = Recording
-    try:
-        yield recorded
-    finally:
-        train_loop.Selector = original
-
-
-def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: Path,
-            save_dir: Path | None = None, evals_dir: Path | None = None) -> dict:
+def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: Path) -> dict:
     torch.set_num_threads(THREADS)
     cfg = _set_config(name, seed)
     # Own output path per run: train() resumes from (or refuses) checkpoints it finds under the output's storage.
@@ -173,8 +147,7 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
     cfg = cfg.override(overrides)
     t0 = time.perf_counter()
     data = prepare_data(cfg)
-    with _record_evaluations(evals_dir is not None) as recorded:
-        state = train(cfg, data)
+    state = train(cfg, data)
     shutil.rmtree(default_storage(cfg), ignore_errors=True)
     model = build_model(cfg.model, state["n_genes"], state["n_clusters"])
     res: dict = {"dataset": name, "seed": seed, "n_cells": data.x.shape[0], "k": data.n_clusters,
@@ -183,8 +156,6 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
     if state.get("best_model") is not None:
         picks["pick"] = state["best_model"] if cfg.eval.selection != "last" else state["model"]
     pca = fit_input_pca(cfg, data.x)
-    if evals_dir is not None:
-        save_evaluations(evals_dir / f"{name}-s{seed}.npz", recorded, state, cfg, data, seed)
     for tag, weights in picks.items():
         model.load_state_dict(weights)
         emb = embed(model, ArraySource(data.x), project=pca.project if pca is not None else None)
@@ -192,8 +163,6 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
                            cfg.eval.kmeans_select)
         m = score_labels(data.labels, lab)
         res[f"{tag}_ari"], res[f"{tag}_nmi"] = m["ari"], m["nmi"]
-        if tag == "pick" and save_dir is not None:
-            save_embedding(save_dir / f"{name}-s{seed}.npz", emb["z"], data, seed)
         if tag == "pick" and cfg.eval.label_method == "kmeans":
             # The final k-means of the same picked model at other input-PCA weights (evidence for the default).
             base = pca or InputPCA.fit(ArraySource(data.x), 1.0, seed, cfg.eval.max_eval_cells,
@@ -220,28 +189,6 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
     return res, data
 
 
-def save_evaluations(path: Path, recorded: list, state: dict, cfg: JojoConfig, data, seed: int) -> None:
-    """Every evaluation's z (E, n, d) with what bench.replay_selection needs to score selection rules and final
-    labels at any epoch: the selector's reference (PCA(50) of the evaluated cells), the final space's input PCA at
-    weight 1, truth, K, the warm-up bound and the epoch the run picked."""
-    if data.x.shape[0] > cfg.eval.max_eval_cells:
-        raise ValueError("--save-evals needs every cell evaluated (n_cells <= eval.max_eval_cells)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    truth = np.unique(np.asarray(data.labels), return_inverse=True)[1]
-    p1 = InputPCA.fit(ArraySource(data.x), 1.0, seed, cfg.eval.max_eval_cells, cfg.eval.input_pca_components)
-    np.savez(path, epochs=np.array([e for e, _ in recorded]), z=np.stack([z for _, z in recorded]),
-             reference=input_reference(data.x, seed), p1=p1.project(data.x), truth=truth, k=data.n_clusters,
-             seed=seed, min_epoch=min(state["epochs"] - 1, int(cfg.eval.select_from * state["epochs"])),
-             pick_epoch=state["history"][-1]["best_epoch"])
-
-
-def save_embedding(path: Path, z: np.ndarray, data, seed: int) -> None:
-    """The picked model's z with what bench.replay needs to recluster it: truth, K, and the input's PCA(50)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    truth = np.unique(np.asarray(data.labels), return_inverse=True)[1]  # codes: loadable without pickle
-    np.savez_compressed(path, pick_z=z, pca=input_reference(data.x, seed), truth=truth, k=data.n_clusters)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--datasets", default=",".join(PAPER_SETS), help="comma list, or 'all'")
@@ -262,12 +209,6 @@ def main(argv=None) -> None:
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--baselines-only", action="store_true",
                    help="no training: print the baselines' rows (variant 'baselines') for more seeds of the bar")
-    p.add_argument("--save-embeddings", default=None, metavar="DIR",
-                   help="save each run's picked embedding to DIR/<set>-s<seed>.npz (full variant only), to replay "
-                   "final clusterings with bench.replay without retraining")
-    p.add_argument("--save-evals", default=None, metavar="DIR",
-                   help="save every evaluation's z of each run to DIR/<set>-s<seed>.npz (full variant only), to "
-                   "replay selection rules and final labels at any epoch with bench.replay_selection")
     p.add_argument("--out", default="docs/quality")
     args = p.parse_args(argv)
     if args.set_as_full and (not args.set or args.variants or args.ablations):
@@ -298,9 +239,7 @@ def main(argv=None) -> None:
                 _print_row(rows[-1])
                 continue
             for variant, ov in variants.items():
-                save = Path(args.save_embeddings) if args.save_embeddings and variant == "full" else None
-                evals = Path(args.save_evals) if args.save_evals and variant == "full" else None
-                r, data = run_one(name, seed, ov, args.epochs, workdir, save, evals)
+                r, data = run_one(name, seed, ov, args.epochs, workdir)
                 r["variant"] = variant
                 if variant == "full" and ov:
                     r["overrides"] = ",".join(args.set)

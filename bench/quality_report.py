@@ -1,9 +1,12 @@
 """Render the quality benchmark's CSVs (bench/quality.py) as the markdown in docs/benchmarks.md ("Quality").
 
     python -m bench.quality_report TABLE.csv [ABLATIONS.csv ...] [--out FILE.md]
+    python -m bench.quality_report bench/results/quality/table.jsonl \
+        --baselines-from bench/results/quality/baselines.jsonl          # the tables in docs/benchmarks.md
 
 A ``.log`` argument is bench/quality.py's printed output: its one-dict-per-run lines are read, so a table cut
-short (or split over processes) still renders.
+short (or split over processes) still renders. A ``.jsonl`` argument holds the same rows, one JSON object a line
+(the stored results).
 
 Tables: the main one (variant 'full': label-free pick, last epoch, oracle epoch, three baselines, the paper's
 values), the targets of the quality issue checked against it, and the ablations pivoted per variant. Rows of
@@ -216,6 +219,10 @@ def weight_replay(df: pd.DataFrame) -> list[str]:
 
 
 def _read(p: Path) -> pd.DataFrame:
+    if p.suffix == ".jsonl":
+        import json
+
+        return pd.DataFrame([json.loads(line) for line in p.read_text().splitlines() if line.strip()])
     if p.suffix == ".log":
         import ast
 

@@ -6,6 +6,7 @@ existing path: materialise + ray.put) at the same global batch size. Every stage
 process tree (driver, raylet, Ray Train workers, ...) is sampled from /proc for its peak RSS.
 
     PYTHONPATH=. python bench/scale.py --cells 100000 30000 --genes 20000 --workdir /tmp/scale --json out.json
+    PYTHONPATH=. python bench/scale.py --report out.json   # its table, as in docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -139,6 +140,24 @@ def train_stats(out: Path, workers: int) -> dict:
             "ari": m["final"].get("ari"), "n_cells": m["final"]["n_cells"]}
 
 
+def report(results: dict) -> str:
+    """One markdown row per size of a results file."""
+    procs = ("ray::RayTrainWorker", "driver", "ray::TrainController", "gcs_server")
+    out = ["| cells | generate raw: s (peak GiB) | prepare: s, cells/s (peak GiB) | store GiB | streamed epoch: s, "
+           "cells/s/worker | in memory: cells/s/worker (subset) | stream / memory | peak RSS GiB in training: "
+           "Train worker / driver / TrainController / gcs_server | rank-0 evaluation s | ARI after the epoch |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["sizes"]:
+        g, p, ts, tm = r.get("generate"), r.get("prepare"), r["train_stream"], r["train_memory"]
+        rss = " / ".join(f"{ts['per_label_max_gib'].get(k, float('nan')):.2f}" for k in procs)
+        out.append(f"| {r['cells']:,} | " + (f"{g['wall_s']:.0f} ({g['max_process_gib']:.2f})" if g else "-")
+                   + " | " + (f"{p['wall_s']:.0f}, {p['cells_per_s']:,.0f} ({p['max_process_gib']:.2f})" if p else "-")
+                   + f" | {r['store_gib']:.2f} | {ts['epoch_time_s']:.1f}, {ts['cells_per_s_per_worker']:,.0f} | "
+                   f"{tm['cells_per_s_per_worker']:,.0f} ({tm['n_cells']:,}) | {r['stream_vs_memory']:.2f} | {rss} | "
+                   f"{ts['eval_time_s']:.1f} | {ts['ari']:.3f} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cells", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -152,7 +171,11 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the raw atlas and the store")
     ap.add_argument("--reuse", action="store_true", help="skip generate + prepare where --keep left them")
+    ap.add_argument("--report", metavar="JSON", help="print the markdown table of a results file and exit")
     args = ap.parse_args()
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text())), end="")
+        return
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     results = {"command": " ".join([Path(PY).name, *sys.argv]), "machine": f"{platform.node()} "

@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python bench/throughput.py --data /work/shared/data/10X_PBMC_top2000.h5ad [--cli] \
         [--baseline-src DIR] [--write-docs docs/benchmarks.md]
+    PYTHONPATH=. python bench/throughput.py --from-json bench/results/speed/throughput.json --write-docs docs/benchmarks.md
 
 1. fp32 matmul GFLOP/s (2048^3 sgemm, median), measured before and after the training runs.
 2. Steady-state cells/s of the real per-worker loop (``train_worker`` through ``LocalSession``): the loop's own
@@ -248,7 +249,12 @@ def main(argv=None) -> int:
     ap.add_argument("--profile-steps", type=int, default=30)
     ap.add_argument("--cli", action="store_true", help="also time full default CLI runs (minutes)")
     ap.add_argument("--write-docs", help="write the results into this markdown file's 'Speed' section")
+    ap.add_argument("--from-json", help="measure nothing: take the results from this file (the JSON line printed)")
     a = ap.parse_args(argv)
+    if a.from_json:
+        if a.write_docs:
+            write_docs(Path(a.write_docs), json.loads(Path(a.from_json).read_text()))
+        return 0
     torch.set_num_threads(a.threads)
     res: dict = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                             f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {a.threads}",
@@ -333,7 +339,7 @@ def write_docs(path: Path, res: dict) -> None:
     for c in res.get("cli", []):
         lines += ["", f"- CLI `{c.get('cmd', '')}`: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                            for k, v in c.items() if k != "cmd")]
-    section = "\n".join(lines) + "\n"
+    section = "\n".join(lines) + "\n\n"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     start = text.find("## Speed")
     if start >= 0:

@@ -2,7 +2,7 @@
 
 Sources of defaults are given beside each field: "paper" (arXiv 2506.00410), "ref" (the authors' code,
 ziwenwang28/JojoSCL), "CC" (Contrastive Clustering, Li et al. 2021) or "ours" (set on measurement; see
-docs/benchmarks.md).
+docs/decisions.md for the evidence behind each).
 """
 
 from __future__ import annotations
@@ -34,20 +34,17 @@ class DataConfig:
     path: str | None = None  # None: the packaged synthetic demo atlas
     label_key: str | None = None  # obs column with the truth; evaluation only (and K when n_clusters is None)
     n_clusters: int | str | None = None  # K; None -> number of distinct labels in label_key; "auto" -> k_rule
-    k_rule: KRule = "leiden"  # ours: label-free K rule for n_clusters="auto" (docs/benchmarks.md, K selection)
+    k_rule: KRule = "leiden"  # ours: label-free K rule for n_clusters="auto" (docs/decisions.md)
     k_resolution: float = 1.0  # Leiden resolution of k_rule "leiden" (ours: 1.0 beat 0.5)
-    n_top_genes: int = 2000  # paper / peers: top-2000 HVG; 3000 lost on 2 seeds (docs/benchmarks.md)
-    # ours: "auto" ranks genes by Seurat dispersion, and on sparse counts by the Seurat v3 variance (Pearson
-    # residuals where its trend cannot be fitted) (data/preprocess.py; docs/benchmarks.md, sessions 22 and 24).
-    # "cell_ranger" is a per-data-set choice, not a default: Human_brain 0.635 -> 0.865 at the median total, 0.822 ->
-    # 0.837 at the capped one, while Baron_mouse, Yan and Goolam lose (docs/benchmarks.md, sessions 26 and 29)
+    n_top_genes: int = 2000  # paper: top-2000 HVG (1000 and 3000 measured: docs/decisions.md)
+    # ours: Seurat dispersion; on sparse counts the Seurat v3 variance, or Pearson residuals where its trend cannot
+    # be fitted (data/preprocess.py). "cell_ranger" is a per-data-set option. Why: docs/decisions.md
     hvg_flavor: HvgFlavor = "auto"
     input_scale: InputScale = "auto"  # auto: integer counts -> normalise+log1p; non-integer -> see data.preprocess
     # counts: each cell is scaled to this total before log1p. "median": the median total (scanpy, the reference);
-    # "auto" (ours): the median, capped at 1e5 for deep full-length libraries, where a single read would otherwise
-    # weigh log1p(1) (Human_brain 0.64 -> 0.82 over 10 seeds; droplet sets unchanged; docs/benchmarks.md, session 29)
+    # "auto" (ours): the median, capped at 1e5 so one read of a deep library does not weigh log1p(1) (docs/decisions.md)
     target_sum: float | str = "auto"
-    scale_clip: float | None = None  # per-gene z-score clipping (reference: none; 10 lost, docs/benchmarks.md)
+    scale_clip: float | None = None  # per-gene z-score clipping (reference: none; 10 measured: docs/decisions.md)
     chunk_size: int = 4096  # rows per streaming chunk for preprocessing statistics
     # Atlas scale (prepared Zarr stores; see jojoscl_dist/prepare.py and docs/benchmarks.md "Scale")
     store_chunk_rows: int = 2048  # ours: rows per chunk of a prepared store's X (16 MB at 2000 HVG)
@@ -63,13 +60,13 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     hidden_dims: tuple[int, ...] = (512, 256)  # paper: G -> 512 -> 256 -> 128
-    latent_dim: int = 128  # paper; 64 lost 0.021 mean ARI (docs/benchmarks.md, session 22)
-    instance_dim: int = 192  # paper: instance head 128 -> 192 -> 192; 128 lost on 2 seeds (session 22)
-    cluster_hidden: int = 64  # paper: cluster head 128 -> 64 -> K; 128 lost (session 23)
+    latent_dim: int = 128  # paper (64 measured: docs/decisions.md)
+    instance_dim: int = 192  # paper: instance head 128 -> 192 -> 192 (128 measured: docs/decisions.md)
+    cluster_hidden: int = 64  # paper: cluster head 128 -> 64 -> K (128 measured: docs/decisions.md)
     # ours: >0 -> the encoder reads the augmented cell projected on the input's top PCs (fixed; model/jojoscl.py).
-    # 50 lost 0.017 mean ARI over 21 sets x 2 seeds (Human_brain, worm_neuron +0.06-0.10; Baron_mouse -0.28)
+    # Off by default: it helps some sets and loses on the 21-set mean (docs/decisions.md)
     input_pcs: int = 0
-    mask_keep: float = 0.1  # ref: inverted dropout p=0.9 -> keep 10%, survivors x10 (0.05 and 0.5 lost)
+    mask_keep: float = 0.1  # ref: inverted dropout p=0.9 -> keep 10%, survivors x10 (docs/decisions.md)
     mask_min_nonzero: float = 10.0  # ours: on sparse data raise the keep rate (<= 0.5) so a view keeps this many
     #                                 of a cell's non-zero genes on average; 0 = the reference's fixed rate
     noise_std: float = 0.1  # ref: Gaussian noise N(0, 0.1^2)
@@ -78,14 +75,14 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    # ours: 1 and 1; alpha 2 / beta 2 (the two free ratios under Adam) were no better (docs/benchmarks.md)
+    # ours: equal weights; doubling either was no better (docs/decisions.md)
     alpha: float = 1.0  # weight of L_INS
     beta: float = 1.0  # weight of L_CLU
-    w_sure: float = 1.0  # paper: 1; 0 lost 0.014 mean ARI on 21 sets x 3 seeds (session 23), 0.009 x 2 (session 30)
-    tau_instance: float = 0.07  # ref/paper; 0.05 and 0.2 lost on all 21 sets (docs/benchmarks.md)
+    w_sure: float = 1.0  # paper: 1; here L_SURE trains, unlike the reference's (docs/decisions.md)
+    tau_instance: float = 0.07  # ref/paper (0.05, 0.2 and 0.5 measured: docs/decisions.md)
     tau_cluster: float = 1.0  # CC: 1.0
-    sure_variant: SureVariant = "cross"  # ours: prior from the key view (METHOD.md s5.1)
-    kmeans_iters: int = 10  # Lloyd iterations of the per-batch k-means (warm-started; 30 lost, session 23)
+    sure_variant: SureVariant = "cross"  # ours: prior from the key view; the same-view value is 0 (docs/decisions.md)
+    kmeans_iters: int = 10  # ours: Lloyd iterations of the warm-started per-batch k-means (docs/decisions.md)
     kmeans_warm_start: bool = True  # carry centroids from the previous step (ours: speed)
     kmeans_backend: KMeansBackend = "torch"  # per-batch Lloyd: torch on the model's device, or faiss (GPU/CPU)
     reference_compatible: bool = False  # reproduce the authors' quirks (comparison only)
@@ -93,10 +90,10 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = 100  # ours: 50 and 150 lost (docs/benchmarks.md); longer runs degrade on small sets
+    epochs: int = 100  # ours: small sets degrade with longer training (docs/decisions.md)
     batch_size: int = 256  # GLOBAL batch; each of N workers takes batch_size / N
-    lr: float = 3e-4  # ours: the reference's 0.2 collapsed the cluster head; 3e-4 beat 1e-3 (docs/benchmarks.md)
-    weight_decay: float = 0.0  # ours: 1e-4 lost (docs/benchmarks.md)
+    lr: float = 3e-4  # ours: the reference's 0.2 collapsed the cluster head (docs/decisions.md)
+    weight_decay: float = 0.0  # ours: 1e-4 was worse (docs/decisions.md)
     schedule: Literal["constant", "cosine"] = "constant"
     min_steps: int = 0  # if >0, raise epochs so that small datasets still get this many optimiser steps
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast forward passes (GPU speed option)
@@ -105,17 +102,16 @@ class OptimConfig:
 @dataclass
 class EvalConfig:
     eval_every: int = 5  # epochs between label-free evaluations (candidates for the selection rule)
-    selection: SelectionRule = "silhouette"  # ours: label-free pick; beat 'last' and 'stability' (docs/benchmarks.md)
-    select_from: float = 0.2  # ours: evaluations in the first 20% of epochs are never picked (docs/benchmarks.md)
+    selection: SelectionRule = "silhouette"  # ours: label-free pick (docs/decisions.md)
+    select_from: float = 0.2  # ours: evaluations in the first 20% of epochs are never picked (docs/decisions.md)
     label_method: LabelMethod = "kmeans"  # final labels: k-means on the instance embedding z, or head argmax
-    kmeans_restarts: int = 40  # final k-means restarts (k-means++ seeded; 40 with consensus, docs/benchmarks.md)
+    kmeans_restarts: int = 40  # ours: final k-means restarts, k-means++ seeded (docs/decisions.md)
     # ours: keep the restart that agrees most with the others, not the lowest inertia (cluster/kmeans.py)
     kmeans_select: KMeansSelect = "consensus"
     # ours: the final k-means clusters [z, w * PCA(n) of the input] (cluster/input_pca.py); 0 = z alone.
-    # 1.5 beat 0-3 on 42 runs (21 sets x 2 seeds): mean ARI 0.712 vs 0.663 for z alone; at 20 PCs, 3 seeds:
-    # 0.715 vs 0.706-0.709 for w 1, 2, 3 (docs/benchmarks.md)
+    # The two views fail on different sets (docs/decisions.md)
     input_pca_weight: float = 1.5
-    # ours: 20 beat 10-50 (0.723 vs 0.709 for 50 on 42 runs, replayed; docs/benchmarks.md)
+    # ours: 20 components beat 10-50 (docs/decisions.md)
     input_pca_components: int = 20  # input principal components appended to z
     max_eval_cells: int = 20000  # ours: in-training evaluations embed a seeded sample of this many cells (atlases)
     final_fit_cells: int = 100000  # ours: on a prepared store, the final k-means fits on a seeded sample this size
@@ -133,7 +129,7 @@ class RunConfig:
     run_name: str | None = None
     storage_path: str | None = None  # Ray Train storage; default <output>/ray
     max_failures: int = 0
-    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always); see docs/benchmarks.md
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always); see docs/decisions.md
     overwrite: bool = False
     tracking: bool = True
     tracking_uri: str | None = None  # default sqlite under the output directory

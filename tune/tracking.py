@@ -31,7 +31,7 @@ TUNE_KEYS = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "time_since
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    """setup_mlflow/Tune never create the experiment (STACK-NOTES): do it here, on the driver."""
+    """setup_mlflow/Tune never create the experiment: do it here, on the driver."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id

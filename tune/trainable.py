@@ -25,7 +25,7 @@ from tune.space import apply_trial_config
 
 @dataclass
 class TrialResources:
-    workers: int = 1  # Train workers per trial (1: STACK-NOTES, Tune + a 2-worker trainer hung on 2 CPUs)
+    workers: int = 1  # Train workers per trial (1: Tune + a 2-worker trainer hung on 2 CPUs)
     cpu: float = 1.0  # per worker; also the torch thread count Ray gives each worker
     gpu: float = 0.0  # per worker (fractions share a GPU between trials)
 

@@ -101,8 +101,7 @@ def consensus_index(labels: list[np.ndarray], objs: list[float]) -> int:
 
     Why not the lowest inertia: on the concatenated [z, input PCA] space, the lowest-inertia restart is not the
     best clustering (30 or 100 restarts scored lower ARI than 10 on the 21 benchmark sets), while the restart
-    most restarts agree with is a robust pick that needs no labels (docs/benchmarks.md, "How the defaults were
-    set")."""
+    most restarts agree with is a robust pick that needs no labels (docs/decisions.md)."""
     from sklearn.metrics import adjusted_rand_score
 
     r = len(labels)

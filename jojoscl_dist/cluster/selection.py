@@ -3,7 +3,7 @@
 Scores (no labels involved):
 - ``silhouette``: mean cosine silhouette of the k-means labels on the instance embedding z (subsampled).
 - ``stability``: ARI between the k-means labels of this evaluation and of the previous one; a model whose
-  clustering has stopped moving is preferred (METHOD.md s7 suggests stability-based selection).
+  clustering has stopped moving is preferred.
 - ``input_silhouette`` (when a reference is given): euclidean silhouette of the same labels in PCA(50) of the
   evaluated cells' preprocessed expression. That space does not depend on the model, so unlike the silhouette in
   z it compares across hyper-parameters (sweeps): a config that shrinks z into tight balls scores high in its own
@@ -11,7 +11,7 @@ Scores (no labels involved):
 Rules: ``last`` (final epoch), ``silhouette`` (max), ``stability`` (max; ties -> later epoch). Evaluations before
 ``min_epoch`` are scored and logged but cannot be picked: right after initialisation the embedding has a high
 silhouette for reasons unrelated to cell types (measured: the first evaluations won on human_kidney and PBMC and
-were the worst epochs there; docs/benchmarks.md, "Quality").
+were the worst epochs there; docs/decisions.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Streaming preprocessing (METHOD.md s1), computed from statistics over row chunks.
+"""Streaming preprocessing (docs/method.md), computed from statistics over row chunks.
 
 1. Drop genes with zero total, then cells with zero total.
 2. Scale each cell to the median total count, at most ``TARGET_SUM_CAP`` (``target_sum="auto"``), then log1p.

@@ -2,7 +2,7 @@
 
 A prepared store is an ordinary AnnData Zarr group (format 3) whose X is the preprocessed HVG matrix, dense
 float32, chunked by rows (measured: dense row chunks read ~2.4x faster than CSR that must be densified and
-scaled per batch, see docs/benchmarks.md "Scale"). ``uns['jojoscl_prepared']`` marks it and holds the scaling
+scaled per batch, see docs/decisions.md). ``uns['jojoscl_prepared']`` marks it and holds the scaling
 statistics (``PreprocessStats.to_dict`` as JSON), so training detects it and streams it instead of preprocessing.
 
 X is created with fill value NaN: a chunk that is missing on disk reads back as NaN (never as plausible zeros),

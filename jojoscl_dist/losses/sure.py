@@ -12,7 +12,7 @@ the same-view variant, the key/momentum view for the cross-view variant). The pr
 
 Cells of clusters with N_k < 2 contribute 0. L_SURE = (1/N) * sum_i SURE_i, so dL/dh_i = 2 w_k (h_i - mu_k) / N:
 a shrinkage pull towards the cluster centroid. With the same-view prior the value is exactly 0 by algebra
-(sum_i ||mu_k - h_i||^2 = (N_k - 1) P s2_k); only the gradient is informative (METHOD.md s4, s5.1).
+(sum_i ||mu_k - h_i||^2 = (N_k - 1) P s2_k); only the gradient is informative (docs/method.md, L_SURE).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Encoder, heads and the momentum key encoder of JojoSCL (METHOD.md s2).
+"""Encoder, heads and the momentum key encoder of JojoSCL (docs/method.md).
 
 Shapes: x (N, G) -> encoder f -> h (N, 128), L2-normalised -> instance head g_I -> z (N, 192), L2-normalised;
 h -> cluster head g_C -> y (N, K), softmax.

@@ -128,7 +128,7 @@ def ensure_ray(num_workers: int, use_gpu: bool) -> None:
     # A cluster we join (RAY_ADDRESS) keeps its own settings.
     os.environ.setdefault("RAY_task_events_max_num_task_in_gcs", "1000")
     cpus = os.cpu_count() or 1
-    # Logical CPUs above physical: the Train controller needs a slot beside the workers (STACK-NOTES).
+    # Logical CPUs above physical: the Train controller needs a slot beside the workers.
     ray.init(num_cpus=max(cpus, num_workers) + 1, log_to_driver=True, runtime_env={"env_vars": RAY_ENV},
              logging_level=logging.WARNING)
 

@@ -12,7 +12,7 @@ def toy():
 
 def test_same_view_value_is_zero():
     h, a = toy()
-    assert abs(sure_loss(h, a).item()) < 1e-6  # the plug-in identity of METHOD.md s4
+    assert abs(sure_loss(h, a).item()) < 1e-6  # the plug-in identity: sum_i ||mu_k - h_i||^2 = (N_k - 1) P s2_k
 
 
 def test_cross_view_hand_computed():
