@@ -79,10 +79,10 @@ def images(old, new):
     return lambda d: [rep(f"{c}/image", g.container["image"].replace(old, new)) for c, g in zip((HC, WC), L.ray_groups(d))]
 
 
-def overlay_on(tmp_path, variant: str, images: str) -> list[dict]:
+def overlay_on(tmp_path, variant: str, image_entries: str) -> list[dict]:
     """Render a kustomization in tmp_path that takes k8s/<variant> and adds an `images:` list."""
     base = os.path.relpath(L.K8S_DIR / variant, tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(f"resources: [{base}]\nimages:\n{images}")
+    (tmp_path / "kustomization.yaml").write_text(f"resources: [{base}]\nimages:\n{image_entries}")
     return L.render(tmp_path)
 
 
@@ -144,7 +144,7 @@ def test_ray_version_literal_everywhere():
 
 
 def test_registry_override_keeps_digests(tmp_path):
-    """docs/deploy.md: an `images: newName` on top of an overlay renames every nested container, pins kept."""
+    """`images: newName` over an overlay renames the containers nested in RayJob/RayCluster, digests kept."""
     docs = overlay_on(tmp_path, "overlays/gpu",
                       "- name: ghcr.io/your-org/jojoscl-dist\n  newName: registry.example.com/ml/jojoscl-dist\n")
     refs = {c["image"].split("@")[0] for d in docs for _, _, c in L.containers(d) if "image" in c}
@@ -177,7 +177,8 @@ def test_every_cel_rule_of_the_crds_is_known(kind):
     def rules(node):
         if isinstance(node, dict):
             yield from (r["rule"] for r in node.get("x-kubernetes-validations", []))
-        for child in node.values() if isinstance(node, dict) else node if isinstance(node, list) else ():
+            node = list(node.values())
+        for child in node if isinstance(node, list) else ():
             yield from rules(child)
 
     v1 = next(v for v in L.crd_document(kind)["spec"]["versions"] if v["name"] == "v1")
@@ -272,8 +273,8 @@ def test_overlay_images_are_pinned_by_digest(variant):
     docs = rendered(variant)
     assert sum(1 for d in docs for _, _, c in L.containers(d) if "image" in c) >= 8
     assert [e for d in docs for e in L.pin_errors(d)] == []
-    for entry_ in yaml.safe_load((L.K8S_DIR / variant / "kustomization.yaml").read_text())["images"]:
-        assert L.DIGEST.match(entry_["digest"]) and L.IMAGE_TAG.match(entry_["newTag"]), entry_
+    for pin in yaml.safe_load((L.K8S_DIR / variant / "kustomization.yaml").read_text())["images"]:
+        assert L.DIGEST.match(pin["digest"]) and L.IMAGE_TAG.match(pin["newTag"]), pin
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
