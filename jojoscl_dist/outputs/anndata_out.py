@@ -48,7 +48,25 @@ def check_target(target: str | Path, input_path: str | Path | None, overwrite: b
                              f"overwritten)")
     if t.exists() and not overwrite:
         raise JojoInputError(f"{t} already exists: pass --overwrite to replace it, or choose another --output")
+    if t.exists() and not is_annotated_copy(t):
+        raise JojoInputError(f"{t} exists and is not an annotated copy written by jojoscl (no uns['jojoscl']): "
+                             f"--overwrite replaces only those; choose another --output")
     return t
+
+
+def is_annotated_copy(path: Path) -> bool:
+    """An h5ad or Zarr AnnData whose uns holds our 'jojoscl' entry (read from metadata; nothing else is loaded)."""
+    try:
+        if is_zarr(path):
+            import zarr
+
+            return "jojoscl" in zarr.open_group(str(path), mode="r")["uns"]
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return "uns" in f and "jojoscl" in f["uns"]
+    except Exception:  # unreadable or another format: not ours
+        return False
 
 
 def _plain(v: Any) -> Any:

@@ -438,6 +438,21 @@ def test_crafted_model_bundle_runs_no_code(tmp_path, capsys):
     assert not (tmp_path / "pred.h5ad").exists()
 
 
+def test_predict_overwrite_replaces_only_its_own_copy(tmp_path, capsys):
+    from jojoscl_dist.predict import main as predict_main
+
+    p, out = _trained_run(tmp_path)
+    theirs = write(counts(seed=5), tmp_path / "colleague.h5ad")
+    before = sha(theirs)
+    rc = predict_main(["--model", str(out), "--data", str(p), "--output", str(theirs), "--overwrite"])
+    msg = record("predict: --overwrite on a file jojoscl did not write", "`predict --output colleague.h5ad "
+                 "--overwrite`", capsys.readouterr().err, tmp_path)
+    assert rc == 2 and "not an annotated copy" in msg and sha(theirs) == before
+    mine = tmp_path / "pred.h5ad"
+    assert predict_main(["--model", str(out), "--data", str(p), "--output", str(mine)]) == 0
+    assert predict_main(["--model", str(out), "--data", str(p), "--output", str(mine), "--overwrite"]) == 0
+
+
 def test_model_bundle_checksum_mismatch(tmp_path, capsys):
     from jojoscl_dist.predict import main as predict_main
 
