@@ -132,6 +132,54 @@ def clear_divergence(root: str | Path) -> None:
     (Path(root) / DIVERGED_FILE).unlink(missing_ok=True)
 
 
+def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def resume_scheduler(sched, saved: dict, step: int) -> bool:
+    """Load a saved scheduler state. A cosine schedule saved for another length (--epochs changed on resume) is
+    set to this run's length instead, at the saved step (lr = its closed form there); True when that happened."""
+    t_max = getattr(sched, "T_max", None)
+    sched.load_state_dict(saved)
+    if t_max is None or sched.T_max == t_max:
+        return False
+    sched.T_max, sched.last_epoch = t_max, step
+    for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
+        # CosineAnnealingLR.step() continues recursively from the current lr: it must sit on the new curve.
+        group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * step / t_max)) / 2
+    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+    return True
+
+
+def augment_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of a worker's augmentation stream when a checkpoint's stream cannot be restored (another device)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def restore_generator(gen: torch.Generator, state: torch.Tensor, saved_device: str | None, seed: int, epoch: int,
+                      rank: int) -> bool:
+    """Restore a worker's augmentation stream; False when it was reseeded instead.
+
+    A CUDA generator state cannot be set on a CPU generator nor the reverse: a checkpoint written on another device
+    type reseeds the stream from (seed, epoch, rank), so the resumed run is reproducible but not identical to an
+    uninterrupted one. Checkpoints without a recorded device are tried as they are.
+    """
+    if saved_device in (None, gen.device.type):
+        try:
+            gen.set_state(state)
+            return True
+        except RuntimeError:  # a state of the other device type
+            pass
+    new_seed = augment_seed(seed, epoch, rank)
+    gen.manual_seed(new_seed)
+    log.warning("the checkpoint was written on %s and this worker runs on %s: augmentation stream of rank %d "
+                "reseeded from seed %d, epoch %d (seed %d)", saved_device or "another device", gen.device.type,
+                rank, seed, epoch, new_seed)
+    return False
+
+
 def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     rank, world = session.rank, session.world_size
     seed = cfg.run.seed
@@ -151,8 +199,7 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     model = model.to(session.device)
     opt = make_adam(model, oc.lr, oc.weight_decay, session.device)
     steps_per_epoch = epoch_batch_count(data.source, oc.batch_size, world, rank, seed)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
-             if oc.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    sched = make_scheduler(opt, oc.schedule, epochs * steps_per_epoch)
     gen = torch.Generator(device=session.device).manual_seed(seed * 1000 + rank + 1)  # augmentation, per worker
     local_batch = -(-oc.batch_size // world)
     pool = NoisePool(local_batch * n_genes, mc.noise_std, gen, session.device) if mc.noise_std > 0 else None
@@ -173,18 +220,23 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
 
     with session.resume_dir() as ckpt:
         if ckpt:
-            st = load_state(ckpt)
+            st = load_state(ckpt)  # tensors on the CPU, whatever device wrote them
             model.load_state_dict(st["model"])
             key_encoder.load_state_dict(st["key_encoder"])
-            opt.load_state_dict(st["optimizer"])
-            sched.load_state_dict(st["scheduler"])
+            opt.load_state_dict(st["optimizer"])  # torch moves each state tensor to its parameter's device
+            start_epoch, step = st["epoch"] + 1, st["step"]
+            if resume_scheduler(sched, st["scheduler"], step):
+                log.info("cosine schedule rebuilt for %d epochs at step %d", epochs, step)
             kmeans.load_state_dict(st["kmeans"])
             selector.load_state_dict(st["selector"])
             best_model, history = st["best_model"], st["history"]
-            start_epoch, step = st["epoch"] + 1, st["step"]
+            if 0 <= selector.best_epoch < selector.min_epoch:
+                # --epochs grew on resume: the pick so far lies before the new selection window (eval.select_from
+                # of the new length); the window's first evaluation replaces it.
+                selector.best_epoch, selector.best_value, best_model = -1, -np.inf, None
             gen_states = st["rng"]["generators"]
             if rank < len(gen_states):  # a rank beyond the saved world size keeps its fresh seeded stream
-                gen.set_state(gen_states[rank])
+                restore_generator(gen, gen_states[rank], st.get("device"), seed, start_epoch, rank)
             global_states = st["rng"].get("global", [])
             if rank < len(global_states):
                 set_global_rng_state(global_states[rank])
@@ -296,7 +348,7 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
                     "epoch": epoch, "step": step, "epochs": epochs,
                     "model": model.state_dict(), "key_encoder": key_encoder.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "rng": {"generators": gen_states, "global": global_states},
+                    "rng": {"generators": gen_states, "global": global_states}, "device": session.device.type,
                     "kmeans": kmeans.state_dict(), "selector": selector.state_dict(),
                     "best_model": best_model, "history": history,
                     "n_genes": n_genes, "n_clusters": k, "config": cfg.to_dict(),

@@ -288,6 +288,10 @@ def check_resume(cfg: JojoConfig, root: Path) -> tuple[Path, dict] | None:
         raise JojoInputError(f"{root} holds checkpoints of a different run ({'; '.join(diffs[:3])}): delete that "
                              f"folder to start over, or give this run another --run-name")
     print(f"jojoscl: resuming {root.name} from its checkpoint at epoch {st['epoch']} ({ckpt})", flush=True)
+    old_epochs = st.get("config", {}).get("optim", {}).get("epochs")
+    if old_epochs is not None and old_epochs != cfg.optim.epochs:
+        print(f"jojoscl: --epochs {old_epochs} -> {cfg.optim.epochs}: the learning-rate schedule "
+              f"({cfg.optim.schedule}) and the selection window (eval.select_from) follow the new length", flush=True)
     return ckpt, st
 
 
