@@ -134,3 +134,10 @@ def test_ray_stops_once_without_retrying(data_dir, tmp_path, ray_cluster):
         run(cfg, fault_hook=hook)
     assert str(again.value) == str(e.value)
     assert sorted(starts.read_text().split()) == ["0", "1"]
+    # --overwrite: the workers skip Ray's marker-only checkpoint and resume from the last good one (no NaN now).
+    good = load_state(latest_checkpoint(root))
+    cfg.run.overwrite = True
+    res = run(cfg, fault_hook={"starts": str(starts)})
+    assert sorted(starts.read_text().split()) == ["0", "0", "1", "1"]
+    assert [h["epoch"] for h in res.history] == [0, 1, 2]
+    assert res.history[0]["epoch_time_s"] == good["history"][0]["epoch_time_s"]  # epoch 0 not retrained
