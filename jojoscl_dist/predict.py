@@ -1,7 +1,9 @@
 """`python -m jojoscl_dist.predict --model RUN_DIR --data NEW.h5ad [--output FILE]`: clusters for new cells.
 
-1. Genes are aligned by name to the model's ordered gene list; missing genes are filled with the training mean
-   (0 after scaling) with a warning giving their count; extra genes are ignored.
+1. Genes are aligned by name to the model's ordered gene list, duplicated names first made unique as training
+   did (GENE, GENE-1, ...); missing genes are filled with the training mean (0 after scaling) with a warning
+   giving their count; extra genes are ignored. Below --min-shared-genes (default half of the model's genes)
+   predict refuses: so few genes in common mean other gene identifiers, and the clusters would be guesses.
 2. New cells are preprocessed with the saved statistics. For counts input the per-cell total is taken over all
    of the new cells' genes (as in training, before the HVG subset), then scaled to the training target sum,
    log1p, and z-scored with the training mean/std. Cells with zero total get no cluster (missing label).
@@ -23,7 +25,9 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
+from anndata.utils import make_index_unique
 
 from jojoscl_dist.cluster.kmeans import assign
 from jojoscl_dist.data.loader import ArraySource
@@ -36,6 +40,8 @@ from jojoscl_dist.train.embed import cluster_features, embed
 
 log = logging.getLogger(__name__)
 
+MIN_SHARED_GENES = 0.5  # fraction of the model's genes the new data must hold (--min-shared-genes)
+
 
 @dataclass
 class Prediction:
@@ -45,12 +51,23 @@ class Prediction:
     n_missing_genes: int
 
 
+def unique_gene_names(var_names) -> list[str]:
+    """The names training gives these genes: duplicates suffixed -1, -2, ... by anndata's own rule (what
+    AnnData.var_names_make_unique applies in training), in memory only."""
+    names = pd.Index([str(v) for v in var_names])
+    if names.is_unique:
+        return list(names)
+    log.warning("%d duplicate gene names in the new data (e.g. %r): matched to the model's genes as training named "
+                "them (suffixed -1, -2, ...)", int(names.duplicated().sum()), names[names.duplicated()][0])
+    with warnings.catch_warnings():  # anndata's note on suffix collisions: the renaming is the same as training's
+        warnings.simplefilter("ignore", UserWarning)
+        return list(make_index_unique(names))
+
+
 def align_genes(stats: PreprocessStats, var_names) -> tuple[np.ndarray, int]:
     """Column of each model gene in the new data (-1 where missing) and the number missing."""
-    names = [str(v) for v in var_names]
-    pos: dict[str, int] = {}
-    for i, n in enumerate(names):
-        pos.setdefault(n, i)  # duplicated names: the first column, as anndata's var_names_make_unique keeps it
+    names = unique_gene_names(var_names)
+    pos = {n: i for i, n in enumerate(names)}
     cols = np.array([pos.get(g, -1) for g in stats.gene_names], dtype=np.int64)
     n_missing = int((cols < 0).sum())
     if n_missing == len(cols):
@@ -105,8 +122,25 @@ def check_scale(x, stats: PreprocessStats) -> None:
         log.warning("the model was trained on %s values but the new data looks like raw counts", stats.input_scale)
 
 
-def predict(b: ModelBundle, adata: ad.AnnData, chunk_size: int = 4096) -> Prediction:
+def check_min_shared(fraction: float) -> None:
+    if not 0 < fraction <= 1:
+        raise JojoInputError(f"--min-shared-genes must be a fraction in (0, 1], got {fraction:g}")
+
+
+def check_shared_genes(n_shared: int, n_model: int, min_shared: float) -> None:
+    if n_shared < min_shared * n_model:
+        raise JojoInputError(f"the new data holds {n_shared} of the model's {n_model} genes "
+                             f"({n_shared / n_model:.0%}), fewer than --min-shared-genes {min_shared:g}: use the "
+                             f"same gene identifiers as in training, or lower --min-shared-genes")
+
+
+def predict(b: ModelBundle, adata: ad.AnnData, chunk_size: int = 4096, *,
+            min_shared_genes: float = MIN_SHARED_GENES) -> Prediction:
+    """Clusters of new cells. ``min_shared_genes``: the fraction of the model's genes the new data must hold, in
+    (0, 1]; below it a JojoInputError (the assignment would be a guess)."""
+    check_min_shared(min_shared_genes)
     cols, n_missing = align_genes(b.stats, adata.var_names)
+    check_shared_genes(len(cols) - n_missing, len(cols), min_shared_genes)
     if n_missing:
         log.warning("%d of the model's %d genes are missing from the new data: filled with the training mean",
                     n_missing, len(cols))
@@ -134,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--obs-key", default=anndata_out.DEFAULT_KEY, help="obs column for the clusters")
     p.add_argument("--label-key", help="obs column with true labels: print the agreement (ARI/NMI/ACC)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--min-shared-genes", type=float, default=MIN_SHARED_GENES, metavar="FRACTION",
+                   help="refuse new data holding fewer than this fraction of the model's genes, in (0, 1] "
+                   f"(default {MIN_SHARED_GENES:g})")
     return p
 
 
@@ -142,12 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
+        check_min_shared(args.min_shared_genes)  # before loading anything
         b = bundle_mod.load(args.model)
         target = Path(args.output) if args.output else anndata_out.default_path(args.data)
         anndata_out.check_target(target, args.data, args.overwrite)  # fail before the work, not after
         adata = read_input(args.data)
         truth = get_labels(adata, args.label_key)
-        pred = predict(b, adata)
+        pred = predict(b, adata, min_shared_genes=args.min_shared_genes)
         out = anndata_out.annotate(adata, pred.cell_mask, pred.labels, pred.z, args.obs_key,
                                    {"params": {"model": str(Path(args.model).resolve()),
                                                "label_method": b.label_method, "n_clusters": b.n_clusters,

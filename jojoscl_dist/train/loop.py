@@ -5,20 +5,26 @@ gradient) -> heads on both -> gather across workers with gradient -> per-batch k
 0, broadcast) -> L = w_sure*L_SURE + alpha*L_INS + beta*L_CLU -> backward, Adam step -> momentum update.
 Per epoch: mean losses reported; every ``eval_every`` epochs and at the end, rank 0 embeds all cells and scores
 them label-free (the selection rule keeps the best weights); a checkpoint with the full state every epoch.
+A NaN/Inf loss stops every worker within a few steps (``NonFiniteWatch``); the loop then reports a 'diverged'
+message and returns normally, so that Ray Train does not retry a run that cannot succeed.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import math
 import random
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from jojoscl_dist.cluster.input_pca import InputPCA, cluster_space
 from jojoscl_dist.cluster.kmeans import BatchKMeans, fit_kmeans
@@ -37,6 +43,10 @@ from jojoscl_dist.train.session import Session
 log = logging.getLogger(__name__)
 
 EVAL_KMEANS_RESTARTS = 3  # in-loop evaluations; the final labels use cfg.eval.kmeans_restarts
+# Steps between reads of the non-finite-loss flag: each read is a host sync (and an all-reduce when distributed),
+# which on a GPU stalls the queue; a diverged run then stops at most this many steps late.
+NONFINITE_CHECK_EVERY = 4
+DIVERGED_FILE = "diverged.json"  # under the run's checkpoint folder: a relaunch of the same settings stops at once
 
 
 @dataclass
@@ -75,6 +85,102 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+class NonFiniteWatch:
+    """The first optimiser step whose loss is NaN/Inf, recorded on the device every step (no host sync) and read
+    every ``every`` steps: one MIN all-reduce then, so that every worker stops at the same step (DDP hangs when one
+    worker leaves its collectives)."""
+
+    def __init__(self, device: torch.device, every: int):
+        self.every = every
+        self.step = torch.full((), math.inf, dtype=torch.float64, device=device)  # inf: none yet
+        self.value = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach().double()
+        new = ~torch.isfinite(loss) & torch.isinf(self.step)
+        self.step = torch.where(new, float(step), self.step)
+        self.value = torch.where(new, loss, self.value)
+
+    def poll(self) -> tuple[int, float] | None:
+        """(first bad step, its loss) once any worker saw one, else None. Every worker must call it together."""
+        first = self.step.clone()
+        if D.is_distributed():
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        step, own, value = torch.stack([first, self.step, self.value]).tolist()
+        return None if math.isinf(step) else (int(step), value if own == step else math.nan)
+
+
+def divergence_message(value: float, epoch: int, epochs: int, step: int, lr: float) -> str:
+    return (f"training diverged: the loss became {value} at epoch {epoch + 1}/{epochs}, step {step}, with --lr "
+            f"{lr:g}: lower --lr (a relaunch with these settings stops here; --overwrite tries them again)")
+
+
+def read_divergence(root: str | Path) -> dict | None:
+    """The divergence recorded under a run's checkpoint folder ({'message', 'config'}), or None."""
+    path = Path(root) / DIVERGED_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def record_divergence(root: str | Path, message: str, config: dict) -> None:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{DIVERGED_FILE}.tmp"
+    tmp.write_text(json.dumps({"message": message, "config": config}, indent=1))
+    tmp.replace(root / DIVERGED_FILE)
+
+
+def clear_divergence(root: str | Path) -> None:
+    (Path(root) / DIVERGED_FILE).unlink(missing_ok=True)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def resume_scheduler(sched, saved: dict, step: int) -> bool:
+    """Load a saved scheduler state. A cosine schedule saved for another length (--epochs changed on resume) is
+    set to this run's length instead, at the saved step (lr = its closed form there); True when that happened."""
+    t_max = getattr(sched, "T_max", None)
+    sched.load_state_dict(saved)
+    if t_max is None or sched.T_max == t_max:
+        return False
+    sched.T_max, sched.last_epoch = t_max, step
+    for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
+        # CosineAnnealingLR.step() continues recursively from the current lr: it must sit on the new curve.
+        group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * step / t_max)) / 2
+    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+    return True
+
+
+def augment_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of a worker's augmentation stream when a checkpoint's stream cannot be restored (another device)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def restore_generator(gen: torch.Generator, state: torch.Tensor, saved_device: str | None, seed: int, epoch: int,
+                      rank: int) -> bool:
+    """Restore a worker's augmentation stream; False when it was reseeded instead.
+
+    A CUDA generator state cannot be set on a CPU generator nor the reverse: a checkpoint written on another device
+    type reseeds the stream from (seed, epoch, rank), so the resumed run is reproducible but not identical to an
+    uninterrupted one. Checkpoints without a recorded device are tried as they are.
+    """
+    if saved_device in (None, gen.device.type):
+        try:
+            gen.set_state(state)
+            return True
+        except RuntimeError:  # a state of the other device type
+            pass
+    new_seed = augment_seed(seed, epoch, rank)
+    gen.manual_seed(new_seed)
+    log.warning("the checkpoint was written on %s and this worker runs on %s: augmentation stream of rank %d "
+                "reseeded from seed %d, epoch %d (seed %d)", saved_device or "another device", gen.device.type,
+                rank, seed, epoch, new_seed)
+    return False
+
+
 def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     rank, world = session.rank, session.world_size
     seed = cfg.run.seed
@@ -94,8 +200,7 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     model = model.to(session.device)
     opt = make_adam(model, oc.lr, oc.weight_decay, session.device)
     steps_per_epoch = epoch_batch_count(data.source, oc.batch_size, world, rank, seed)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
-             if oc.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    sched = make_scheduler(opt, oc.schedule, epochs * steps_per_epoch)
     gen = torch.Generator(device=session.device).manual_seed(seed * 1000 + rank + 1)  # augmentation, per worker
     local_batch = -(-oc.batch_size // world)
     pool = NoisePool(local_batch * n_genes, mc.noise_std, gen, session.device) if mc.noise_std > 0 else None
@@ -116,23 +221,31 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
 
     with session.resume_dir() as ckpt:
         if ckpt:
-            st = load_state(ckpt)
+            st = load_state(ckpt)  # tensors on the CPU, whatever device wrote them
             model.load_state_dict(st["model"])
             key_encoder.load_state_dict(st["key_encoder"])
-            opt.load_state_dict(st["optimizer"])
-            sched.load_state_dict(st["scheduler"])
+            opt.load_state_dict(st["optimizer"])  # torch moves each state tensor to its parameter's device
+            start_epoch, step = st["epoch"] + 1, st["step"]
+            if resume_scheduler(sched, st["scheduler"], step):
+                log.info("cosine schedule rebuilt for %d epochs at step %d", epochs, step)
             kmeans.load_state_dict(st["kmeans"])
             selector.load_state_dict(st["selector"])
             best_model, history = st["best_model"], st["history"]
-            start_epoch, step = st["epoch"] + 1, st["step"]
+            if 0 <= selector.best_epoch < selector.min_epoch:
+                # --epochs grew on resume: the pick so far lies before the new selection window (eval.select_from
+                # of the new length); the window's first evaluation replaces it.
+                selector.best_epoch, selector.best_value, best_model = -1, -np.inf, None
             gen_states = st["rng"]["generators"]
             if rank < len(gen_states):  # a rank beyond the saved world size keeps its fresh seeded stream
-                gen.set_state(gen_states[rank])
+                restore_generator(gen, gen_states[rank], st.get("device"), seed, start_epoch, rank)
             global_states = st["rng"].get("global", [])
             if rank < len(global_states):
                 set_global_rng_state(global_states[rank])
             log.info("resumed from epoch %d", st["epoch"])
 
+    # The faiss per-batch k-means reads every batch on the host (and refuses NaN): check at each of its syncs.
+    watch = NonFiniteWatch(session.device, 1 if lc.kmeans_backend == "faiss" else NONFINITE_CHECK_EVERY)
+    diverged: tuple[int, float] | None = None
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         net.train()
@@ -141,9 +254,11 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
         n_seen, n_steps = 0, 0
         if pool is not None:
             pool.refill()  # from the generator's state at the epoch start: a resumed epoch reads the same noise
-        # Streamed sources (prepared Zarr stores) read whole chunks ahead in a background thread.
-        for rows in iter_epoch(data.source, oc.batch_size, world, rank, seed, epoch, cfg.data.shuffle_buffer_chunks,
-                               cfg.data.prefetch_batches):
+        # Streamed sources (prepared Zarr stores) read whole chunks ahead in a background thread (closed on a stop).
+        batches = iter_epoch(data.source, oc.batch_size, world, rank, seed, epoch, cfg.data.shuffle_buffer_chunks,
+                             cfg.data.prefetch_batches)
+        polled = 0
+        for rows in batches:
             x = torch.as_tensor(rows, device=session.device)
             xa = augment(x, mc.mask_keep, mc.noise_std, gen, pool)
             xb = augment(x, mc.mask_keep, mc.noise_std, gen, pool)
@@ -180,13 +295,21 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
             n_steps += 1
             # Accumulated on the device: one host sync per epoch instead of four per step.
             sums += torch.stack([loss.detach(), l_ins.detach(), l_clu.detach(), l_sure.detach()]).double()
+            watch.update(loss, step)
+            if n_steps % watch.every == 0:
+                polled = n_steps
+                if (diverged := watch.poll()) is not None:
+                    break
+        batches.close()
+        if diverged is None and polled != n_steps:  # the epoch's last steps
+            diverged = watch.poll()
+        if diverged is not None:
+            break
         metrics: dict[str, Any] = dict(zip(("loss", "l_ins", "l_clu", "l_sure"), (sums / n_steps).tolist()))
         metrics = D.all_mean(metrics)
         train_time = time.perf_counter() - t0
         metrics.update(epoch=epoch, step=step, epoch_time_s=train_time, torch_threads=torch.get_num_threads(),
                        cells_per_s=n_seen * world / max(train_time, 1e-9), lr=opt.param_groups[0]["lr"])
-        if not np.isfinite(metrics["loss"]):
-            raise FloatingPointError(f"loss became {metrics['loss']} at epoch {epoch}: lower --lr")
 
         last = epoch == epochs - 1
         if rank == 0 and ((epoch + 1) % cfg.eval.eval_every == 0 or last):
@@ -226,7 +349,7 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
                     "epoch": epoch, "step": step, "epochs": epochs,
                     "model": model.state_dict(), "key_encoder": key_encoder.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "rng": {"generators": gen_states, "global": global_states},
+                    "rng": {"generators": gen_states, "global": global_states}, "device": session.device.type,
                     "kmeans": kmeans.state_dict(), "selector": selector.state_dict(),
                     "best_model": best_model, "history": history,
                     "n_genes": n_genes, "n_clusters": k, "config": cfg.to_dict(),
@@ -235,3 +358,10 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
                 session.report(metrics, checkpoint_dir=tmp)
         else:
             session.report(metrics)
+
+    if diverged is not None:
+        # Returned, not raised: Ray Train would retry an exception (FailureConfig) into the same divergence. The
+        # driver raises TrainingDiverged from this report and records it for relaunches.
+        bad_step, value = diverged
+        session.report({"epoch": epoch, "step": bad_step, "loss": value,
+                        "diverged": divergence_message(value, epoch, epochs, bad_step, oc.lr)})

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,7 +20,9 @@ import torch
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.zarr_store import ZarrSource
-from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
+from jojoscl_dist.errors import TrainingDiverged
+from jojoscl_dist.train.checkpoint import STATE_FILE
+from jojoscl_dist.train.loop import DIVERGED_FILE, WorkerData, resolve_epochs, train_worker
 from jojoscl_dist.train.progress import EpochProgress
 from jojoscl_dist.train.session import Session
 
@@ -45,6 +49,13 @@ class RaySession(Session):
     on_report = None  # rank 0: one progress line per epoch in the worker log
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        if "diverged" in metrics and checkpoint_dir is None and self.rank == 0:
+            # Ray Train hands the driver (Result.metrics) only metrics that came with a checkpoint: rank 0 attaches
+            # one that holds the message and no state.pt (resume_dir and latest_loadable skip it).
+            with tempfile.TemporaryDirectory(prefix="jojoscl-diverged-") as tmp:
+                (Path(tmp) / DIVERGED_FILE).write_text(json.dumps({"message": metrics["diverged"]}))
+                self.report(metrics, checkpoint_dir=tmp)
+            return
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
         if self.on_report is not None:
@@ -57,14 +68,16 @@ class RaySession(Session):
         Ray Train restores the last checkpoint its controller *registered* (its snapshot in storage); a driver
         killed between a worker's upload and that registration leaves a newer complete checkpoint on disk, which
         the driver found and announced. Within one fit (a worker restarted) Ray's is the newer one. Both layouts
-        name folders checkpoint_<timestamp>, so name order is time order.
+        name folders checkpoint_<timestamp>, so name order is time order. A diverged run's last one holds no
+        state.pt (see report): the driver's, from before the divergence, is used then.
         """
         ckpt = ray.train.get_checkpoint()
         own = self.resume_from
         if ckpt is not None and (own is None or Path(ckpt.path).name >= Path(own).name):
             with ckpt.as_directory() as d:
-                yield d
-            return
+                if (Path(d) / STATE_FILE).is_file():
+                    yield d
+                    return
         yield own
 
 
@@ -100,7 +113,25 @@ def ray_train_loop(config: dict[str, Any]) -> None:
 
 
 def _install_fault_hook(session: RaySession, hook: dict) -> None:
-    """Test hook: kill this worker process once, after epoch ``hook['epoch']`` is reported (marker file guards)."""
+    """Test hooks. 'epoch': kill this worker process once, after that epoch is reported (the 'marker' file guards).
+    'starts': append this worker's rank to that file (counts worker starts). 'nan_step': the loss becomes NaN from
+    that optimiser step on (counted from this worker's start)."""
+    if hook.get("starts"):
+        with open(hook["starts"], "a") as f:
+            f.write(f"{session.rank}\n")
+    if hook.get("nan_step"):
+        from jojoscl_dist.train import loop
+
+        real, calls = loop.instance_contrastive_loss, [0]
+
+        def nan_loss(*args, **kwargs):
+            calls[0] += 1
+            out = real(*args, **kwargs)
+            return out * float("nan") if calls[0] >= hook["nan_step"] else out
+
+        loop.instance_contrastive_loss = nan_loss
+    if "epoch" not in hook:
+        return
     marker = Path(hook["marker"])
     original = session.report
 
@@ -136,7 +167,8 @@ def ensure_ray(num_workers: int, use_gpu: bool) -> None:
 def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name: str,
             fault_hook: dict | None = None, resume_from: str | None = None,
             fingerprint: dict | None = None) -> tuple[str | None, Exception | None]:
-    """Run TorchTrainer; return (path of the latest checkpoint, error or None).
+    """Run TorchTrainer; return (path of the latest checkpoint, error or None). Raises TrainingDiverged when the
+    workers stopped on a NaN/Inf loss (they return normally then, so FailureConfig does not retry them).
 
     ``resume_from``: the newest complete checkpoint the driver found under storage_path/name (or None).
     """
@@ -163,5 +195,7 @@ def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name
         ),
     )
     result = trainer.fit()
+    if result.error is None and (result.metrics or {}).get("diverged"):
+        raise TrainingDiverged(result.metrics["diverged"])
     path = result.checkpoint.path if result.checkpoint is not None else None
     return path, result.error

@@ -25,7 +25,7 @@ from jojoscl_dist.data.zarr_store import ZarrSource, is_prepared_store
 from jojoscl_dist.data.preprocess import PreprocessStats, compute_stats, materialize
 from jojoscl_dist.data.readers import get_labels, read_input
 from jojoscl_dist.data.synthetic import demo_atlas
-from jojoscl_dist.errors import JojoInputError, TrackingError
+from jojoscl_dist.errors import JojoInputError, TrackingError, TrainingDiverged
 from jojoscl_dist.model import build_model
 from jojoscl_dist.model.augment import effective_keep
 from jojoscl_dist.outputs import run_dir
@@ -33,7 +33,8 @@ from jojoscl_dist.outputs.lock import RunLock
 from jojoscl_dist.outputs.write_run import history_clean, write_run  # noqa: F401 - history_clean re-exported
 from jojoscl_dist.train.checkpoint import config_differences, latest_loadable, load_state
 from jojoscl_dist.train.embed import embed, embed_to_zarr, final_clustering
-from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
+from jojoscl_dist.train.loop import (WorkerData, clear_divergence, read_divergence, record_divergence,
+                                     resolve_epochs, train_worker)
 from jojoscl_dist.train.progress import EpochProgress
 from jojoscl_dist.train.session import LocalSession
 
@@ -252,6 +253,10 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
             train_worker(cfg, WorkerData(as_source(data.x), data.n_clusters, data.labels, data.fingerprint), session)
         finally:
             progress.close()
+        diverged = session.metrics[-1].get("diverged") if session.metrics else None
+        if diverged:
+            record_divergence(storage / name, diverged, cfg.to_dict())  # a relaunch stops in check_resume
+            raise TrainingDiverged(diverged)
         return load_state(session.checkpoint)
     from jojoscl_dist.train.ray_session import fit_ray
 
@@ -260,6 +265,9 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
     try:
         path, error = fit_ray(cfg, data.x, data.n_clusters, data.labels, str(storage), name, fault_hook,
                               resume_from=str(resume[0]) if resume else None, fingerprint=data.fingerprint)
+    except TrainingDiverged as e:
+        record_divergence(storage / name, str(e), cfg.to_dict())
+        raise
     except Exception as e:  # TrainingFailedError wraps the worker's exception
         raise RuntimeError(f"training failed: {e}") from e
     if error is not None or path is None:
@@ -291,8 +299,13 @@ def fit_input_pca(cfg: JojoConfig, x) -> InputPCA | None:
 
 
 def check_resume(cfg: JojoConfig, root: Path, data_fp: dict | None = None) -> tuple[Path, dict] | None:
-    """Before training: say when a run resumes from a checkpoint (returned with its state), refuse one of a
-    different config or of other data."""
+    """Before training: stop a relaunch of settings that diverged (until --overwrite or a changed config), say when
+    a run resumes from a checkpoint (returned with its state), refuse one of a different config or of other data."""
+    diverged = read_divergence(root)
+    if diverged is not None:
+        if not cfg.run.overwrite and not config_differences(diverged.get("config", {}), cfg.to_dict()):
+            raise TrainingDiverged(diverged["message"])
+        clear_divergence(root)
     found = latest_loadable(root)
     if found is None:
         return None
@@ -307,6 +320,10 @@ def check_resume(cfg: JojoConfig, root: Path, data_fp: dict | None = None) -> tu
         raise JojoInputError(f"{root} holds checkpoints of a different run ({'; '.join(diffs[:3])}): delete that "
                              f"folder to start over, or give this run another --run-name")
     print(f"jojoscl: resuming {root.name} from its checkpoint at epoch {st['epoch']} ({ckpt})", flush=True)
+    old_epochs = st.get("config", {}).get("optim", {}).get("epochs")
+    if old_epochs is not None and old_epochs != cfg.optim.epochs:
+        print(f"jojoscl: --epochs {old_epochs} -> {cfg.optim.epochs}: the learning-rate schedule "
+              f"({cfg.optim.schedule}) and the selection window (eval.select_from) follow the new length", flush=True)
     return ckpt, st
 
 
