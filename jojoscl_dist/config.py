@@ -258,7 +258,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "loss.kmeans_iters": (1, None, True, True),
     "optim.epochs": (1, None, True, True),
     "optim.batch_size": (2, None, True, True),
-    "optim.lr": (0, 10, False, True),
+    "optim.lr": (0, None, False, True),
     "optim.weight_decay": (0, None, True, True),
     "optim.min_steps": (0, None, True, True),
     "eval.eval_every": (1, None, True, True),

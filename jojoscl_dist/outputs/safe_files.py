@@ -113,9 +113,8 @@ def verify(path: Path, what: str) -> None:
     expected = (cs.read_text().split() or [""])[0]
     actual = sha256_of(path)
     if expected != actual:
-        raise JojoInputError(f"{what} {path} does not match its checksum in {cs.name} (sha256 {actual[:12]}... "
-                             f"expected {expected[:12]}...): the file is damaged or was altered; restore it, or "
-                             f"retrain")
+        raise JojoInputError(f"{what} {path} does not match its checksum in {cs.name}: the file is damaged or was "
+                             f"altered; restore it, or retrain")
 
 
 def load(path: str | Path, what: str) -> Any:
@@ -128,7 +127,7 @@ def load(path: str | Path, what: str) -> Any:
     except Exception as e:
         foreign = _pickled_globals(path) if isinstance(e, pickle.UnpicklingError) else []
         if foreign:
-            raise JojoInputError(f"{what} {path} needs Python pickle to load (it refers to {foreign[0]}): refused, "
+            raise JojoInputError(f"{what} {path} needs Python pickle to load (it refers to {', '.join(foreign[:3])}): refused, "
                                  f"because loading it could run code; use a file written by jojoscl-dist") from None
         raise JojoInputError(f"could not read {what} {path}: {e.__class__.__name__}: "
                              f"{(str(e).splitlines() or [''])[0]} (is the file complete?)") from None
@@ -139,7 +138,7 @@ def _pickled_globals(path: Path) -> list[str]:
     """The Python objects a torch file would import when unpickled, found by reading its opcodes (nothing runs);
     [] when the file cannot be parsed at all."""
     try:
-        return [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
-                if g not in {f"{o.__module__}.{o.__qualname__}" for o in _LEGACY_GLOBALS}]
+        return sorted(g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                      if g not in {f"{o.__module__}.{o.__qualname__}" for o in _LEGACY_GLOBALS})
     except Exception:  # not a torch file: reported as unreadable
         return []

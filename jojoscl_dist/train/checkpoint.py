@@ -3,7 +3,7 @@
 Keys: schema, epoch (last completed), step, model (query encoder + heads), key_encoder, optimizer, scheduler,
 rng (per-rank augmentation generators and per-rank torch/numpy/python global states), kmeans (warm-start
 centroids), selector (history, best epoch), best_model (weights of the label-free pick), history (per-epoch
-metrics), n_genes, n_clusters, config, data_fingerprint (data/fingerprint.py: the input it was trained on).
+metrics), n_genes, n_clusters, config, device (the type the run trained on), data_fingerprint (data/fingerprint.py: the input it was trained on).
 Written and read by ``outputs/safe_files.py``: no pickle, a ``state.pt.sha256`` beside it, fsynced before the rename.
 """
 

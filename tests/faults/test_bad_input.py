@@ -453,6 +453,35 @@ def test_predict_overwrite_replaces_only_its_own_copy(tmp_path, capsys):
     assert predict_main(["--model", str(out), "--data", str(p), "--output", str(mine), "--overwrite"]) == 0
 
 
+def test_predict_with_few_shared_genes(tmp_path, capsys):
+    from jojoscl_dist.predict import main as predict_main
+
+    p, out = _trained_run(tmp_path)
+    a = counts()
+    a.var_names = [f"gene{j}" if j < 6 else f"other{j}" for j in range(a.n_vars)]  # 6 of the model's 60 genes
+    q = write(a, tmp_path / "new.h5ad")
+    rc = predict_main(["--model", str(out), "--data", str(q), "--output", str(tmp_path / "pred.h5ad")])
+    msg = record("predict: new cells share few of the model's genes", "6 of the model's 60 genes present",
+                 capsys.readouterr().err, tmp_path)
+    assert rc == 2 and "6 of the model's 60 genes" in msg and not (tmp_path / "pred.h5ad").exists()
+    rc = predict_main(["--model", str(out), "--data", str(q), "--min-shared-genes", "1.5"])
+    msg = record("predict: --min-shared-genes out of range", "`--min-shared-genes 1.5`", capsys.readouterr().err,
+                 tmp_path)
+    assert rc == 2 and "(0, 1]" in msg
+
+
+def test_diverged_run_stops_once(tmp_path, capsys):
+    p = write(counts(), tmp_path / "ok.h5ad")
+    argv = ["--data", str(p), "--output", str(tmp_path / "out"), "--n-clusters", "3", *FAST, "--epochs", "2",
+            "--lr", "1e12"]
+    rc = main(argv)
+    msg = record("loss becomes NaN or Inf", "`--lr 1e12`", capsys.readouterr().err, tmp_path)
+    assert rc == 2 and "training diverged" in msg and "lower --lr" in msg and "step" in msg
+    assert main(argv) == 2  # a relaunch (e.g. a RayJob retry) stops at once with the same line
+    assert record("loss becomes NaN or Inf", "`--lr 1e12`", capsys.readouterr().err, tmp_path) == msg
+    assert not (tmp_path / "out").exists()
+
+
 def test_model_bundle_checksum_mismatch(tmp_path, capsys):
     from jojoscl_dist.predict import main as predict_main
 
@@ -500,6 +529,11 @@ def test_second_run_on_the_same_output_is_refused(tmp_path, capsys):
         msg = record("two runs into one --output", "a second run while another holds the output",
                      capsys.readouterr().err, tmp_path)
         assert rc == 2 and f"pid {holder.pid}" in msg and "in use by another run" in msg
+        import socket
+
+        MESSAGES["two runs into one --output"] = (MESSAGES["two runs into one --output"][0], re.sub(
+            r"pid \d+ on \S+ since \S+;", "pid <pid> on <host> since <time>;", msg))
+        assert socket.gethostname() in msg
         assert not out.exists()
     finally:
         holder.kill()
@@ -556,7 +590,7 @@ def test_stale_on_the_fly_store_is_rebuilt(tmp_path, capsys):
      "--batch-size (optim.batch_size) must be at least 2 per worker (8 for 4 worker(s)), got 6"),
     ("--n-top-genes 0", ["--n-top-genes", "0"], "--n-top-genes (data.n_top_genes) must be an integer >= 1, got 0"),
     ("--n-top-genes negative", ["--n-top-genes", "-5"], "must be an integer >= 1, got -5"),
-    ("--lr 0", ["--lr", "0"], "--lr (optim.lr) must be a number > 0 and <= 10, got 0.0"),
+    ("--lr 0", ["--lr", "0"], "--lr (optim.lr) must be a number > 0, got 0.0"),
     ("--tau-instance 0", ["--tau-instance", "0"], "--tau-instance (loss.tau_instance) must be a number > 0"),
     ("--max-failures negative", ["--max-failures", "-1"], "must be an integer >= 0, got -1"),
     ("--input-pca-components 0", ["--input-pca-components", "0"], "must be an integer >= 1, got 0"),
