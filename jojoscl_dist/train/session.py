@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from jojoscl_dist.outputs.safe_files import fsync_dir
 from jojoscl_dist.train.checkpoint import checkpoints, latest_checkpoint
 
 
@@ -62,7 +64,11 @@ class LocalSession(Session):
             part = self.root / f".{dest.name}.partial"  # copied then renamed: a crash never leaves half a checkpoint
             shutil.rmtree(part, ignore_errors=True)
             shutil.copytree(checkpoint_dir, part)
+            for f in part.iterdir():  # on disk before the rename makes the checkpoint visible
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
             part.rename(dest)
+            fsync_dir(self.root)
             if self.checkpoint is not None:
                 shutil.rmtree(self.checkpoint, ignore_errors=True)
             self.checkpoint = dest
