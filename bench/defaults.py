@@ -43,7 +43,8 @@ def _value(v: str):
 
 def run(names: list[str], seeds: int, overrides: dict, out: Path, eval_every: int = 5) -> None:
     from jojoscl_dist.config import JojoConfig
-    from jojoscl_dist.train.run import default_storage, prepare_data, train
+    from jojoscl_dist.data.dataset import prepare_data
+    from jojoscl_dist.train.run import default_storage, run_folder, train
 
     work = Path(tempfile.mkdtemp(prefix="jojoscl-defaults-"))
     with open(out, "a") as f:
@@ -55,7 +56,7 @@ def run(names: list[str], seeds: int, overrides: dict, out: Path, eval_every: in
                 cfg.run.output = str(work / f"{name}-{seed}")
                 cfg.eval.eval_every = eval_every
                 cfg = cfg.override(overrides)
-                state = train(cfg, prepare_data(cfg))
+                state = train(cfg, prepare_data(cfg, run_folder(cfg)))
                 shutil.rmtree(default_storage(cfg), ignore_errors=True)
                 hist = [{k: e[k] for k in KEYS if k in e} for e in state["history"] if "eval_ari" in e]
                 f.write(json.dumps({"dataset": name, "seed": seed, "extra": overrides, "hist": hist}) + "\n")

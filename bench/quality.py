@@ -33,10 +33,11 @@ from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.cluster.selection import input_reference
 from jojoscl_dist.cluster.kmeans import fit_kmeans
 from jojoscl_dist.config import EvalConfig, JojoConfig
+from jojoscl_dist.data.dataset import prepare_data
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.model import build_model
 from jojoscl_dist.train.embed import embed, final_labels
-from jojoscl_dist.train.run import default_storage, fit_input_pca, oracle, prepare_data, train
+from jojoscl_dist.train.run import default_storage, fit_input_pca, oracle, run_folder, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # Table II of the paper (ARI, NMI): JojoSCL and ScCCL, for the sets that are theirs.
@@ -124,7 +125,8 @@ def _set_config(name: str, seed: int) -> JojoConfig:
 
 def baseline_row(name: str, seed: int) -> dict:
     """The baselines alone on one set and seed (same preprocessing as run_one), without training a model."""
-    data = prepare_data(_set_config(name, seed))
+    cfg = _set_config(name, seed)
+    data = prepare_data(cfg, run_folder(cfg))
     r: dict = {"dataset": name, "seed": seed, "n_cells": data.x.shape[0], "k": data.n_clusters, "variant": "baselines"}
     _add_baselines(r, data, seed)
     return r
@@ -146,7 +148,7 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
         cfg.optim.epochs = epochs
     cfg = cfg.override(overrides)
     t0 = time.perf_counter()
-    data = prepare_data(cfg)
+    data = prepare_data(cfg, run_folder(cfg))
     state = train(cfg, data)
     shutil.rmtree(default_storage(cfg), ignore_errors=True)
     model = build_model(cfg.model, state["n_genes"], state["n_clusters"])

@@ -59,7 +59,7 @@ def test_unique_names_follow_anndata():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         a.var_names = names
-        a.var_names_make_unique()  # what training applies (make_names_unique in train/run.py)
+        a.var_names_make_unique()  # what training applies (make_names_unique in data/dataset.py)
     assert unique_gene_names(names) == list(a.var_names)  # ['A', 'GENE', 'B', 'GENE-2', 'GENE-1', 'GENE-3']
 
 

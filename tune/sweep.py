@@ -157,8 +157,9 @@ def run_sweep(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     import ray
 
+    from jojoscl_dist.data.dataset import prepare_data
     from jojoscl_dist.train.loop import resolve_epochs
-    from jojoscl_dist.train.run import prepare_data
+    from jojoscl_dist.train.run import run_folder
     from tune.trainable import TrialResources
 
     if args.num_samples < 1:
@@ -178,7 +179,7 @@ def run_sweep(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True)
     out = out.resolve()
     run_dir.write_marker(out, SWEEP_ENTRIES)  # from the start: an interrupted sweep is ours to replace too
-    data = prepare_data(base)
+    data = prepare_data(base, run_folder(base))
     max_t = resolve_epochs(base, data.x.shape[0])
     if max_t < 1:
         raise JojoInputError(f"--epochs must be at least 1, got {max_t}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -13,10 +13,8 @@ import pandas as pd
 
 from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.data.dataset import PreparedData
 from jojoscl_dist.outputs import anndata_out, bundle, report, run_dir
-
-if TYPE_CHECKING:
-    from jojoscl_dist.train.run import PreparedData
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +24,7 @@ def annotated_name(cfg: JojoConfig) -> str:
     return anndata_out.default_path(cfg.data.path or "demo.h5ad").name
 
 
-def write_run(cfg: JojoConfig, data: "PreparedData", state: dict, chosen: dict, emb: dict[str, np.ndarray],
+def write_run(cfg: JojoConfig, data: PreparedData, state: dict, chosen: dict, emb: dict[str, np.ndarray],
               labels: np.ndarray, centroids: np.ndarray, metrics: dict[str, Any], out: Path,
               input_pca: InputPCA | None = None) -> None:
     stage = run_dir.staging_dir(out)

@@ -12,25 +12,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anndata as ad
 import numpy as np
 import torch
 
 from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.config import JojoConfig
-from jojoscl_dist.data.fingerprint import describe_change, fingerprint, same_data
-from jojoscl_dist.data.loader import ArraySource
-from jojoscl_dist.data.zarr_store import ZarrSource, is_prepared_store
-from jojoscl_dist.data.preprocess import PreprocessStats, compute_stats, materialize
-from jojoscl_dist.data.readers import get_labels, read_input
-from jojoscl_dist.data.synthetic import demo_atlas
+from jojoscl_dist.data.dataset import PreparedData, as_source, prepare_data, resolve_for_data
+from jojoscl_dist.data.fingerprint import describe_change, same_data
+from jojoscl_dist.data.zarr_store import ZarrSource
 from jojoscl_dist.errors import JojoInputError, TrackingError, TrainingDiverged
 from jojoscl_dist.model import build_model
-from jojoscl_dist.model.augment import effective_keep
 from jojoscl_dist.outputs import run_dir
 from jojoscl_dist.outputs.lock import RunLock
-from jojoscl_dist.outputs.write_run import history_clean, write_run  # noqa: F401 - history_clean re-exported
+from jojoscl_dist.outputs.write_run import write_run
 from jojoscl_dist.train.checkpoint import config_differences, latest_loadable, load_state
 from jojoscl_dist.train.embed import embed, embed_to_zarr, final_clustering
 from jojoscl_dist.train.loop import (WorkerData, clear_divergence, read_divergence, record_divergence,
@@ -40,26 +35,6 @@ from jojoscl_dist.train.session import LocalSession
 
 log = logging.getLogger(__name__)
 
-AUTO_K_MAX_CELLS = 50_000  # --n-clusters auto on a prepared store looks at this many cells (seeded sample)
-
-
-@dataclass
-class PreparedData:
-    adata: ad.AnnData  # the input as read (never modified)
-    x: np.ndarray | ZarrSource  # preprocessed (kept cells x HVG), float32: in memory, or a prepared store
-    stats: PreprocessStats
-    n_clusters: int
-    labels: np.ndarray | None  # truth for kept cells (evaluation only)
-    obs_names: np.ndarray  # kept cells
-    source: str
-    k_info: dict | None = None  # how K was chosen when --n-clusters auto
-    fingerprint: dict | None = None  # the input file's identity (data/fingerprint.py); None for the demo atlas
-
-    @property
-    def kept_mask(self) -> np.ndarray:
-        """Rows of ``adata`` that were trained on; a prepared store's adata holds only kept cells (no X)."""
-        return np.ones(self.adata.n_obs, dtype=bool) if isinstance(self.x, ZarrSource) else self.stats.cell_mask
-
 
 @dataclass
 class RunResult:
@@ -68,145 +43,6 @@ class RunResult:
     embedding: np.ndarray | None  # z of every cell; None for a prepared store (read results.h5ad obsm instead)
     metrics: dict[str, Any]
     history: list[dict] = field(default_factory=list)
-
-
-def as_source(x):
-    return x if isinstance(x, ZarrSource) else ArraySource(x)
-
-
-def prepare_data(cfg: JojoConfig) -> PreparedData:
-    dc = cfg.data
-    if dc.path is not None:
-        from jojoscl_dist.prepare import needs_prepare, prepare
-
-        if is_prepared_store(dc.path):  # stream it; never materialised
-            return _from_store(cfg, Path(dc.path), str(dc.path), fingerprint(dc.path))
-        if needs_prepare(dc.path, dc):  # an atlas: prepare out of core into the run's storage, then stream
-            raw_fp = fingerprint(dc.path)
-            store = prepared_store_path(cfg)
-            if not _store_matches(store, raw_fp):  # a resumed run reuses its store, never another input's
-                print(f"jojoscl: {dc.path} is large: preparing it out of core into {store}", flush=True)
-                prepare(dc.path, store, n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
-                        hvg_flavor=dc.hvg_flavor, chunk_size=dc.chunk_size, chunk_rows=dc.store_chunk_rows,
-                        clip=dc.scale_clip, target_sum=dc.target_sum, overwrite=True, progress=not cfg.run.quiet)
-            return _from_store(cfg, store, str(dc.path), raw_fp)
-    if dc.path is None:
-        adata = demo_atlas(dc.demo_cells, dc.demo_genes, dc.demo_types, seed=cfg.run.seed)
-        source = f"synthetic demo atlas ({dc.demo_cells} cells, {dc.demo_genes} genes, {dc.demo_types} types)"
-        label_key = dc.label_key or "cell_type"
-    else:
-        adata = read_input(dc.path)
-        source = str(dc.path)
-        label_key = dc.label_key
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise JojoInputError(f"{source} has {adata.n_obs} cells x {adata.n_vars} genes: nothing to cluster")
-    make_names_unique(adata)
-    labels_all = get_labels(adata, label_key)
-    k = _n_clusters(dc.n_clusters, labels_all)
-    auto = k == "auto"
-    stats = compute_stats(adata.X, list(adata.var_names), n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
-                          chunk_size=dc.chunk_size, clip=dc.scale_clip, hvg_flavor=dc.hvg_flavor,
-                          target_sum=dc.target_sum)
-    n_kept = int(stats.cell_mask.sum())
-    if not auto and k > n_kept:
-        raise JojoInputError(f"--n-clusters {k} is larger than the number of usable cells ({n_kept}); "
-                             f"choose K <= {n_kept}")
-    x = materialize(adata.X, stats, chunk_size=dc.chunk_size)
-    k_info = None
-    if auto:
-        if n_kept < 3:
-            raise JojoInputError(f"{n_kept} usable cells are too few to choose K: give --n-clusters K")
-        k, k_info = _auto_k(cfg, x)
-    labels = labels_all[stats.cell_mask] if labels_all is not None else None
-    fp = fingerprint(dc.path) if dc.path is not None else None
-    return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names)[stats.cell_mask], source, k_info,
-                        fp)
-
-
-def prepared_store_path(cfg: JojoConfig) -> Path:
-    """Where a large raw input is prepared on the fly: inside this run's own storage folder, never shared."""
-    return default_storage(cfg) / default_run_name(cfg) / "prepared.zarr"
-
-
-def _store_matches(store: Path, raw_fp: dict) -> bool:
-    """The store exists, is complete and was prepared from exactly this input (else it is rebuilt)."""
-    from jojoscl_dist.data.zarr_store import read_prepared_meta
-
-    if not is_prepared_store(store):
-        return False
-    recorded = read_prepared_meta(store).get("source_fingerprint")
-    if same_data(recorded, raw_fp):
-        return True
-    print(f"jojoscl: {store} was prepared from other data ({describe_change(recorded or {}, raw_fp)}): "
-          f"preparing it again", flush=True)
-    return False
-
-
-def make_names_unique(adata: ad.AnnData) -> None:
-    """Duplicate cell or gene names are suffixed (-1, -2, ...) with a warning, in memory only (never the file).
-
-    Repeated gene symbols are common in 10x exports, so refusing them would block ordinary data; cell names must
-    be unique for labels.csv and results.h5ad to be joined back to the input.
-    """
-    for axis, names in (("cell", adata.obs_names), ("gene", adata.var_names)):
-        if not names.is_unique:
-            n_dup = int(names.duplicated().sum())
-            example = names[names.duplicated()][0]
-            log.warning("%d duplicate %s names (e.g. %r): made unique by suffixing -1, -2, ... (outputs use the "
-                        "new names)", n_dup, axis, example)
-            (adata.obs_names_make_unique if axis == "cell" else adata.var_names_make_unique)()
-
-
-def _n_clusters(k: int | str | None, labels: np.ndarray | None) -> int | str:
-    """K as given, 'auto' (chosen later from the data), or the number of distinct labels."""
-    if isinstance(k, str) and k != "auto":
-        raise JojoInputError(f"--n-clusters must be an integer or 'auto', got {k!r}")
-    if k == "auto":
-        return k
-    if k is None:
-        if labels is None:
-            raise JojoInputError("the number of clusters is unknown: pass --n-clusters K, or --label-key KEY to take "
-                                 "K from the labels")
-        k = len(np.unique(labels))
-    if k < 2:
-        raise JojoInputError(f"--n-clusters must be at least 2, got {k}")
-    return k
-
-
-def _auto_k(cfg: JojoConfig, x: np.ndarray) -> tuple[int, dict]:
-    from jojoscl_dist.cluster.k_select import choose_k
-
-    dc = cfg.data
-    k, k_info = choose_k(x, dc.k_rule, seed=cfg.run.seed, resolution=dc.k_resolution)
-    k_info = {key: v for key, v in k_info.items() if key != "scores"} | (
-        {"scores": {str(a): b for a, b in k_info["scores"].items()}} if "scores" in k_info else {})
-    if not cfg.run.quiet:
-        print(f"jojoscl: --n-clusters auto: K = {k} (rule '{dc.k_rule}', label-free)", flush=True)
-    return k, k_info
-
-
-def _from_store(cfg: JojoConfig, path: Path, source: str, fp: dict | None) -> PreparedData:
-    """A prepared store: obs/var/statistics from its metadata; X stays on disk (ZarrSource)."""
-    import zarr
-
-    from jojoscl_dist.data.zarr_store import read_prepared_meta
-
-    x = ZarrSource(path)  # checks every chunk is present
-    stats = PreprocessStats.from_dict(read_prepared_meta(path)["stats"])
-    g = zarr.open_group(str(path), mode="r")
-    adata = ad.AnnData(obs=ad.io.read_elem(g["obs"]), var=ad.io.read_elem(g["var"]))
-    labels = get_labels(adata, cfg.data.label_key)
-    k = _n_clusters(cfg.data.n_clusters, labels)
-    k_info = None
-    if k == "auto":  # chosen on a seeded sample of the store: the Leiden rule needs cells in memory
-        n = x.shape[0]
-        take = np.sort(np.random.default_rng(cfg.run.seed).choice(n, min(n, AUTO_K_MAX_CELLS), replace=False))
-        k, k_info = _auto_k(cfg, x.rows(take))
-        k_info["n_cells_used"] = int(len(take))
-    if k > x.shape[0]:
-        raise JojoInputError(f"--n-clusters {k} is larger than the number of cells ({x.shape[0]}); choose K <= "
-                             f"{x.shape[0]}")
-    return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names), source, k_info, fp)
 
 
 def default_run_name(cfg: JojoConfig) -> str:
@@ -222,17 +58,9 @@ def default_storage(cfg: JojoConfig) -> Path:
     return out.parent / f".{out.name}.ray"
 
 
-def resolve_for_data(cfg: JojoConfig, data: PreparedData) -> JojoConfig:
-    """Settings that depend on the data, fixed before training (so checkpoints and config.yaml hold them): the
-    mask keep rate on sparse data (``effective_keep``)."""
-    keep = effective_keep(cfg.model.mask_keep, cfg.model.mask_min_nonzero, data.stats.mean_nonzero)
-    if keep == cfg.model.mask_keep:
-        return cfg
-    if not cfg.run.quiet:
-        print(f"jojoscl: sparse data ({data.stats.mean_nonzero:.0f} non-zero genes per cell on average): mask keep "
-              f"rate {cfg.model.mask_keep:g} -> {keep:.3g} (model.mask_min_nonzero = {cfg.model.mask_min_nonzero:g})",
-              flush=True)
-    return cfg.override({"model.mask_keep": keep})
+def run_folder(cfg: JojoConfig) -> Path:
+    """This run's own folder on the storage: its checkpoints and, for a large raw input, its prepared store."""
+    return default_storage(cfg) / default_run_name(cfg)
 
 
 def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -> dict:
@@ -353,7 +181,7 @@ def _run_locked(cfg: JojoConfig, fault_hook: dict | None, t_start: float) -> Run
         from jojoscl_dist.tracking.mlflow_log import check_tracking
 
         check_tracking(cfg, out)
-    data = prepare_data(cfg)
+    data = prepare_data(cfg, run_folder(cfg))
     cfg = resolve_for_data(cfg, data)
     t_prep = time.perf_counter() - t_start
     if cfg.data.path is None:

@@ -560,7 +560,8 @@ def test_stale_on_the_fly_store_is_rebuilt(tmp_path, capsys):
     trained on."""
     from jojoscl_dist.config import JojoConfig
     from jojoscl_dist.prepare import prepare
-    from jojoscl_dist.train.run import prepared_store_path
+    from jojoscl_dist.data.dataset import prepared_store_path
+    from jojoscl_dist.train.run import run_folder
 
     p = write(counts(150, seed=0), tmp_path / "atlas.h5ad")
     y = tmp_path / "cfg.yaml"
@@ -569,7 +570,7 @@ def test_stale_on_the_fly_store_is_rebuilt(tmp_path, capsys):
             "--storage-path", str(tmp_path / "storage"), "--n-clusters", "3", *FAST]
     from jojoscl_dist.train.__main__ import config_from_args
 
-    store = prepared_store_path(config_from_args(argv))
+    store = prepared_store_path(run_folder(config_from_args(argv)))
     assert store.parent.parent == tmp_path / "storage"  # the run's own folder, not a shared fixed path
     other = write(counts(120, seed=3), tmp_path / "other.h5ad")
     prepare(other, store, progress=False)
@@ -642,7 +643,7 @@ def test_a_bug_is_not_reported_as_bad_input(tmp_path, monkeypatch):
     import jojoscl_dist.train.run as run_mod
 
     p = write(counts(), tmp_path / "ok.h5ad")
-    monkeypatch.setattr(run_mod, "prepare_data", lambda cfg: (_ for _ in ()).throw(ValueError("a bug")))
+    monkeypatch.setattr(run_mod, "prepare_data", lambda cfg, store_dir: (_ for _ in ()).throw(ValueError("a bug")))
     with pytest.raises(ValueError, match="a bug"):
         main(["--data", str(p), "--output", str(tmp_path / "out"), "--n-clusters", "3", *FAST])
 

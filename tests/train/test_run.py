@@ -132,23 +132,24 @@ def test_hvg_flavor_from_the_cli(tmp_path):
     """--hvg-flavor reaches the gene ranking: auto switches to the Seurat v3 variance on sparse counts, seurat keeps
     dispersion, pearson_residuals ranks by residuals, and residuals on non-count input stop the run before any
     output."""
-    from jojoscl_dist.train.run import prepare_data
+    from jojoscl_dist.data.dataset import prepare_data
 
+    store_dir = tmp_path / "run"  # where the atlas case below prepares its store
     cfg = _small_cli_config(tmp_path, "--n-top-genes", "100")  # ~1.5 non-zero values per cell: sparse
     assert cfg.data.hvg_flavor == "auto"
-    auto = prepare_data(cfg).stats
+    auto = prepare_data(cfg, store_dir).stats
     assert auto.hvg_flavor == "seurat_v3" and auto.n_genes == 100
     cfg.data.hvg_flavor = "seurat"
-    seurat = prepare_data(cfg).stats
+    seurat = prepare_data(cfg, store_dir).stats
     assert seurat.hvg_flavor == "seurat" and set(seurat.gene_index) != set(auto.gene_index)
     cfg.data.hvg_flavor = "pearson_residuals"
-    assert prepare_data(cfg).stats.hvg_flavor == "pearson_residuals"
+    assert prepare_data(cfg, store_dir).stats.hvg_flavor == "pearson_residuals"
     cfg.data.hvg_flavor = "cell_ranger"
-    ranger = prepare_data(cfg).stats
+    ranger = prepare_data(cfg, store_dir).stats
     assert ranger.hvg_flavor == "cell_ranger" and set(ranger.gene_index) != set(seurat.gene_index)
     # An input above the atlas threshold is prepared out of core into a store: the flavour reaches that path too.
     cfg.data.prepare_above_cells = 100
-    atlas = prepare_data(cfg).stats
+    atlas = prepare_data(cfg, store_dir).stats
     assert atlas.hvg_flavor == "cell_ranger" and list(atlas.gene_index) == list(ranger.gene_index)
     cfg.data.prepare_above_cells = JojoConfig().data.prepare_above_cells
     a = ad.read_h5ad(tmp_path / "d.h5ad")
@@ -164,16 +165,18 @@ def test_target_sum_from_the_cli(tmp_path):
     """--target-sum reaches the normalisation, in memory and on the out-of-core store path; a bad value stops the
     parser."""
     from jojoscl_dist.train.__main__ import config_from_args
-    from jojoscl_dist.train.run import prepare_data
+    from jojoscl_dist.data.dataset import prepare_data
 
+    store_dir = tmp_path / "run"  # where the out-of-core case below prepares its store
     cfg = _small_cli_config(tmp_path)
     median = float(np.median(np.asarray(ad.read_h5ad(tmp_path / "d.h5ad").X.sum(1)).ravel()))
     assert cfg.data.target_sum == "auto" and median < 1e5
-    assert prepare_data(cfg).stats.target_sum == pytest.approx(median)  # shallow counts: the cap does not bite
+    # shallow counts: the cap does not bite
+    assert prepare_data(cfg, store_dir).stats.target_sum == pytest.approx(median)
     cfg = _small_cli_config(tmp_path, "--target-sum", "50")
-    assert cfg.data.target_sum == 50.0 and prepare_data(cfg).stats.target_sum == 50.0
+    assert cfg.data.target_sum == 50.0 and prepare_data(cfg, store_dir).stats.target_sum == 50.0
     cfg.data.prepare_above_cells = 100  # prepared into a store first: the same target
-    assert prepare_data(cfg).stats.target_sum == 50.0
+    assert prepare_data(cfg, store_dir).stats.target_sum == 50.0
     with pytest.raises(SystemExit) as e:
         config_from_args(["--target-sum", "-3"])
     assert e.value.code == 2
