@@ -8,7 +8,7 @@ from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import compute_stats, materialize
-from jojoscl_dist.train.checkpoint import load_state
+from jojoscl_dist.train.checkpoint import SCHEMA_VERSION, load_state
 from jojoscl_dist.train.embed import embed, final_labels
 from jojoscl_dist.model import build_model
 from jojoscl_dist.train.loop import WorkerData, train_worker
@@ -77,7 +77,7 @@ def test_checkpoint_schema_and_resume(cellbench):
     st = load_state(full.checkpoint)
     for key in ("model", "key_encoder", "optimizer", "scheduler", "rng", "kmeans", "selector", "history", "epoch", "step"):
         assert key in st
-    assert st["epoch"] == 3 and st["schema"] == 1
+    assert st["epoch"] == 3 and st["schema"] == SCHEMA_VERSION
     # Stop after 2 epochs, then resume the same session to 4: the resumed run starts at epoch 2, not 0,
     # and ends with the same weights as the uninterrupted run.
     part = run_local(small_cfg(2), x, y)
