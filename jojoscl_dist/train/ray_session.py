@@ -8,8 +8,9 @@ import logging
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import ray
@@ -164,6 +165,66 @@ def ensure_ray(num_workers: int, use_gpu: bool) -> None:
              logging_level=logging.WARNING)
 
 
+@dataclass(frozen=True)
+class TrainInputs:
+    """What the driver hands the workers: the cells, K, the truth (logged metrics only) and the input's identity."""
+
+    x: Any  # np.ndarray (put in the object store), a ray.ObjectRef to one (a sweep's trials share it) or a ZarrSource
+    n_clusters: int
+    labels: np.ndarray | None = None  # int32 codes: 4 bytes a cell in every worker
+    fingerprint: dict | None = None  # saved in every checkpoint (data/fingerprint.py)
+
+    @classmethod
+    def of(cls, data) -> "TrainInputs":
+        """From a PreparedData (data/dataset.py)."""
+        labels = None if data.labels is None else np.unique(data.labels, return_inverse=True)[1].astype(np.int32)
+        return cls(data.x, data.n_clusters, labels, data.fingerprint)
+
+
+def build_trainer(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name: str, *,
+                  resume_from: str | None = None, resources_per_worker: dict[str, float] | None = None,
+                  keep_checkpoints: int = 2, callbacks: Sequence[Any] = ()) -> ray.train.torch.TorchTrainer:
+    """The TorchTrainer of one Ray Train run, for the CLI and for every sweep trial.
+
+    Workers: ``cfg.run.num_workers``; each gets ``resources_per_worker`` when given (a sweep's per-trial share,
+    GPU fractions included: a GPU is used when it names one), else ``cfg.run.cpus_per_worker`` CPUs (default: the
+    cluster's CPUs less the controller's, shared out) and a GPU per ``cfg.run.use_gpu`` (None: when CUDA is here).
+    Retries: ``cfg.run.max_failures``. ``resume_from``: the newest complete checkpoint the driver found under
+    storage_path/name (see RaySession.resume_dir). ``callbacks``: Train UserCallbacks (a trial's
+    TuneReportCallback).
+    """
+    n = cfg.run.num_workers
+    if resources_per_worker:
+        use_gpu = resources_per_worker.get("GPU", 0) > 0
+    else:
+        use_gpu = torch.cuda.is_available() if cfg.run.use_gpu is None else cfg.run.use_gpu
+    ensure_ray(n, use_gpu)
+    if not resources_per_worker:
+        total_cpu = int(ray.cluster_resources().get("CPU", 1))
+        # torch threads follow the CPUs Ray grants a worker
+        resources_per_worker = {"CPU": cfg.run.cpus_per_worker or max(1, (total_cpu - 1) // n)}
+    x = inputs.x
+    if isinstance(x, ZarrSource):  # opened by path (shared storage on a cluster)
+        data = {"data_path": x.path}
+    else:  # small data through the object store
+        data = {"data_ref": x if isinstance(x, ray.ObjectRef) else ray.put(x)}
+    return ray.train.torch.TorchTrainer(
+        ray_train_loop,
+        train_loop_config={"cfg": cfg.to_dict(), "n_clusters": inputs.n_clusters, "labels": inputs.labels,
+                           "resume_from": resume_from, "fingerprint": inputs.fingerprint, **data},
+        torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=n, use_gpu=use_gpu,
+                                               resources_per_worker=resources_per_worker),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
+            callbacks=list(callbacks),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
 def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name: str,
             fault_hook: dict | None = None, resume_from: str | None = None,
             fingerprint: dict | None = None) -> tuple[str | None, Exception | None]:
@@ -172,28 +233,11 @@ def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name
 
     ``resume_from``: the newest complete checkpoint the driver found under storage_path/name (or None).
     """
-    use_gpu = torch.cuda.is_available() if cfg.run.use_gpu is None else cfg.run.use_gpu
-    n = cfg.run.num_workers
-    ensure_ray(n, use_gpu)
-    total_cpu = int(ray.cluster_resources().get("CPU", 1))
-    # torch threads follow the CPUs Ray grants a worker
-    per_worker = {"CPU": cfg.run.cpus_per_worker or max(1, (total_cpu - 1) // n)}
-    if labels is not None:  # workers only score against the truth: int32 codes, 4 bytes a cell in every actor
+    if labels is not None:
         labels = np.unique(labels, return_inverse=True)[1].astype(np.int32)
-    trainer = ray.train.torch.TorchTrainer(
-        ray_train_loop,
-        train_loop_config={"cfg": cfg.to_dict(), "n_clusters": n_clusters, "labels": labels, "fault_hook": fault_hook,
-                           "resume_from": resume_from, "fingerprint": fingerprint,
-                           **({"data_path": x.path} if isinstance(x, ZarrSource) else {"data_ref": ray.put(x)})},
-        torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=n, use_gpu=use_gpu, resources_per_worker=per_worker),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        ),
-    )
+    trainer = build_trainer(cfg, TrainInputs(x, n_clusters, labels, fingerprint), storage_path, name,
+                            resume_from=resume_from)
+    trainer.train_loop_config["fault_hook"] = fault_hook
     result = trainer.fit()
     if result.error is None and (result.metrics or {}).get("diverged"):
         raise TrainingDiverged(result.metrics["diverged"])
