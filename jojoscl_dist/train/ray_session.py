@@ -102,25 +102,30 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     cfg = JojoConfig.from_dict(config["cfg"])
     # A prepared store is opened by path (shared storage on a cluster); small data comes through the object store.
     source = ZarrSource(config["data_path"]) if config.get("data_path") else ArraySource(ray.get(config["data_ref"]))
-    hook = config.get("fault_hook")
     session = RaySession(config.get("resume_from"))
     if session.rank == 0 and not cfg.run.quiet:
         session.on_report = EpochProgress(resolve_epochs(cfg, source.shape[0]), mode="lines", stream=sys.stdout,
                                           prefix="")
     data = WorkerData(source, config["n_clusters"], config.get("labels"), config.get("fingerprint"))
-    if hook:
-        _install_fault_hook(session, hook)
+    if config.get("faults"):
+        inject_faults(session, json.loads(config["faults"]))
     train_worker(cfg, data, session)
 
 
-def _install_fault_hook(session: RaySession, hook: dict) -> None:
-    """Test hooks. 'epoch': kill this worker process once, after that epoch is reported (the 'marker' file guards).
-    'starts': append this worker's rank to that file (counts worker starts). 'nan_step': the loss becomes NaN from
-    that optimiser step on (counted from this worker's start)."""
-    if hook.get("starts"):
-        with open(hook["starts"], "a") as f:
+# Faults for the fault tests (tests/faults): a JSON object in this variable of the driver's environment when
+# build_trainer runs reaches that run's workers (through its train_loop_config, so a Ray cluster started under
+# other values does not leak them).
+FAULT_ENV = "JOJOSCL_FAULT_INJECT"
+
+
+def inject_faults(session: RaySession, spec: dict) -> None:
+    """'starts': append this worker's rank to that file (counts worker starts). 'nan_step': the loss becomes NaN
+    from that optimiser step on (counted from this worker's start). 'epoch' (with 'rank', default 1, and 'marker'):
+    that rank's process exits after reporting that epoch, once (the marker file guards)."""
+    if spec.get("starts"):
+        with open(spec["starts"], "a") as f:
             f.write(f"{session.rank}\n")
-    if hook.get("nan_step"):
+    if spec.get("nan_step"):
         from jojoscl_dist.train import loop
 
         real, calls = loop.instance_contrastive_loss, [0]
@@ -128,17 +133,17 @@ def _install_fault_hook(session: RaySession, hook: dict) -> None:
         def nan_loss(*args, **kwargs):
             calls[0] += 1
             out = real(*args, **kwargs)
-            return out * float("nan") if calls[0] >= hook["nan_step"] else out
+            return out * float("nan") if calls[0] >= spec["nan_step"] else out
 
         loop.instance_contrastive_loss = nan_loss
-    if "epoch" not in hook:
+    if "epoch" not in spec:
         return
-    marker = Path(hook["marker"])
+    marker = Path(spec["marker"])
     original = session.report
 
     def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
         original(metrics, checkpoint_dir)
-        if session.rank == hook.get("rank", 1) and metrics["epoch"] == hook["epoch"] and not marker.exists():
+        if session.rank == spec.get("rank", 1) and metrics["epoch"] == spec["epoch"] and not marker.exists():
             marker.write_text("killed")
             os._exit(1)
 
@@ -211,7 +216,8 @@ def build_trainer(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name:
     return ray.train.torch.TorchTrainer(
         ray_train_loop,
         train_loop_config={"cfg": cfg.to_dict(), "n_clusters": inputs.n_clusters, "labels": inputs.labels,
-                           "resume_from": resume_from, "fingerprint": inputs.fingerprint, **data},
+                           "resume_from": resume_from, "fingerprint": inputs.fingerprint,
+                           "faults": os.environ.get(FAULT_ENV), **data},
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=n, use_gpu=use_gpu,
                                                resources_per_worker=resources_per_worker),
@@ -226,7 +232,7 @@ def build_trainer(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name:
 
 
 def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name: str,
-            fault_hook: dict | None = None, resume_from: str | None = None,
+            resume_from: str | None = None,
             fingerprint: dict | None = None) -> tuple[str | None, Exception | None]:
     """Run TorchTrainer; return (path of the latest checkpoint, error or None). Raises TrainingDiverged when the
     workers stopped on a NaN/Inf loss (they return normally then, so FailureConfig does not retry them).
@@ -237,7 +243,6 @@ def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name
         labels = np.unique(labels, return_inverse=True)[1].astype(np.int32)
     trainer = build_trainer(cfg, TrainInputs(x, n_clusters, labels, fingerprint), storage_path, name,
                             resume_from=resume_from)
-    trainer.train_loop_config["fault_hook"] = fault_hook
     result = trainer.fit()
     if result.error is None and (result.metrics or {}).get("diverged"):
         raise TrainingDiverged(result.metrics["diverged"])

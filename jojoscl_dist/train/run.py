@@ -63,7 +63,7 @@ def run_folder(cfg: JojoConfig) -> Path:
     return default_storage(cfg) / default_run_name(cfg)
 
 
-def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -> dict:
+def train(cfg: JojoConfig, data: PreparedData) -> dict:
     """Train and return the final checkpoint state (a dict, see checkpoint.py)."""
     cfg = resolve_for_data(cfg, data)
     storage = default_storage(cfg)
@@ -91,7 +91,7 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
     if data.x.shape[0] < cfg.run.num_workers:
         raise JojoInputError(f"{data.x.shape[0]} cells cannot be shared among {cfg.run.num_workers} workers")
     try:
-        path, error = fit_ray(cfg, data.x, data.n_clusters, data.labels, str(storage), name, fault_hook,
+        path, error = fit_ray(cfg, data.x, data.n_clusters, data.labels, str(storage), name,
                               resume_from=str(resume[0]) if resume else None, fingerprint=data.fingerprint)
     except TrainingDiverged as e:
         record_divergence(storage / name, str(e), cfg.to_dict())
@@ -155,13 +155,13 @@ def check_resume(cfg: JojoConfig, root: Path, data_fp: dict | None = None) -> tu
     return ckpt, st
 
 
-def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
+def run(cfg: JojoConfig) -> RunResult:
     t_start = time.perf_counter()
     cfg.validate()  # refused before any output or hours of training
     with contextlib.ExitStack() as locks:
         for lock in run_locks(cfg):
             locks.enter_context(lock)
-        return _run_locked(cfg, fault_hook, t_start)
+        return _run_locked(cfg, t_start)
 
 
 def run_locks(cfg: JojoConfig) -> list[RunLock]:
@@ -175,7 +175,7 @@ def run_locks(cfg: JojoConfig) -> list[RunLock]:
     return locks
 
 
-def _run_locked(cfg: JojoConfig, fault_hook: dict | None, t_start: float) -> RunResult:
+def _run_locked(cfg: JojoConfig, t_start: float) -> RunResult:
     out = run_dir.check_output(cfg.run.output, cfg.run.overwrite, [cfg.data.path] if cfg.data.path else [])
     if cfg.run.tracking:  # an unreachable MLflow store fails here, not after hours of training
         from jojoscl_dist.tracking.mlflow_log import check_tracking
@@ -186,7 +186,7 @@ def _run_locked(cfg: JojoConfig, fault_hook: dict | None, t_start: float) -> Run
     t_prep = time.perf_counter() - t_start
     if cfg.data.path is None:
         print(f"jojoscl: no --data given: training on the {data.source}", flush=True)
-    state = train(cfg, data, fault_hook)
+    state = train(cfg, data)
     t_train = time.perf_counter() - t_start - t_prep
 
     # Label-free pick: the weights the selection rule kept (the last epoch for rule 'last').
