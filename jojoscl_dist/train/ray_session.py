@@ -21,7 +21,7 @@ import torch
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.zarr_store import ZarrSource
-from jojoscl_dist.errors import TrainingDiverged
+from jojoscl_dist.errors import TrainingDiverged, TrainingFailed
 from jojoscl_dist.train.checkpoint import STATE_FILE
 from jojoscl_dist.train.loop import DIVERGED_FILE, WorkerData, resolve_epochs, train_worker
 from jojoscl_dist.train.progress import EpochProgress
@@ -231,20 +231,20 @@ def build_trainer(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name:
     )
 
 
-def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name: str,
-            resume_from: str | None = None,
-            fingerprint: dict | None = None) -> tuple[str | None, Exception | None]:
-    """Run TorchTrainer; return (path of the latest checkpoint, error or None). Raises TrainingDiverged when the
-    workers stopped on a NaN/Inf loss (they return normally then, so FailureConfig does not retry them).
+def fit_ray(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name: str,
+            resume_from: str | None = None) -> Path:
+    """Train on Ray; return the path of the final checkpoint.
 
-    ``resume_from``: the newest complete checkpoint the driver found under storage_path/name (or None).
+    Raises TrainingDiverged when the workers stopped on a NaN/Inf loss (they return normally then, so
+    FailureConfig does not retry them), TrainingFailed when Ray Train gave up (its error as the cause).
     """
-    if labels is not None:
-        labels = np.unique(labels, return_inverse=True)[1].astype(np.int32)
-    trainer = build_trainer(cfg, TrainInputs(x, n_clusters, labels, fingerprint), storage_path, name,
-                            resume_from=resume_from)
-    result = trainer.fit()
-    if result.error is None and (result.metrics or {}).get("diverged"):
+    trainer = build_trainer(cfg, inputs, storage_path, name, resume_from=resume_from)
+    try:
+        result = trainer.fit()
+    except (ray.train.TrainingFailedError, ray.exceptions.RayError) as e:
+        raise TrainingFailed(f"training failed: {e}") from e
+    if (result.metrics or {}).get("diverged"):
         raise TrainingDiverged(result.metrics["diverged"])
-    path = result.checkpoint.path if result.checkpoint is not None else None
-    return path, result.error
+    if result.checkpoint is None:
+        raise TrainingFailed(f"training failed: the workers of {name} reported no checkpoint")
+    return Path(result.checkpoint.path)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray.train
 
 from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.errors import TrainingFailed
 from jojoscl_dist.train.checkpoint import latest_checkpoint, latest_loadable, load_state
 from jojoscl_dist.train.run import default_run_name, default_storage, run
 
@@ -87,8 +89,9 @@ def test_worker_killed_without_max_failures_fails_cleanly(data_dir, tmp_path, ra
     marker = tmp_path / "killed.marker"
     cfg = cfg_for(data_dir, tmp_path / "out", 2, 4)
     inject_faults(epoch=1, marker=str(marker), rank=1)
-    with pytest.raises(RuntimeError, match="training failed"):
+    with pytest.raises(TrainingFailed, match="training failed") as e:
         run(cfg)
+    assert isinstance(e.value.__cause__, ray.train.TrainingFailedError)  # Ray's own error, kept as the cause
     assert not (tmp_path / "out").exists()
     ckpt = latest_checkpoint(default_storage(cfg) / default_run_name(cfg))
     assert ckpt is not None and load_state(ckpt)["epoch"] >= 1
