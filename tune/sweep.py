@@ -201,6 +201,7 @@ def _sweep(args, base: JojoConfig, data, space, res, out: Path, max_t: int, metr
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from jojoscl_dist.data.zarr_store import ZarrSource
     from jojoscl_dist.train.ray_session import TrainInputs
     from tune.trainable import TRIAL_HEAD_CPU, train_trial
     from tune.tracking import MlflowTrialCallback, ensure_experiment
@@ -244,8 +245,9 @@ def _sweep(args, base: JojoConfig, data, space, res, out: Path, max_t: int, metr
         scheduler = FIFOScheduler()
 
     storage = Path(args.storage_path).resolve() if args.storage_path else out / "ray"
-    # One copy of the cells in the object store, shared by every trial.
-    inputs = dataclasses.replace(TrainInputs.of(data), x=ray.put(data.x))
+    inputs = TrainInputs.of(data)
+    if not isinstance(data.x, ZarrSource):  # one copy in the object store for every trial (a store goes by path)
+        inputs = dataclasses.replace(inputs, x=ray.put(data.x))
     shared = {"base": base.to_dict(), "inputs": inputs, "resources": res, "storage": str(storage / "train")}
     trainable = tune.with_resources(tune.with_parameters(train_trial, shared=shared), {"CPU": TRIAL_HEAD_CPU})
     callback = MlflowTrialCallback(client, exp_id, pid, base, out / "trials", max_t)
