@@ -56,7 +56,7 @@ def run(names: list[str], seeds: int, overrides: dict, out: Path, eval_every: in
                 cfg.run.output = str(work / f"{name}-{seed}")
                 cfg.eval.eval_every = eval_every
                 cfg = cfg.override(overrides)
-                state = train(cfg, prepare_data(cfg, run_folder(cfg)))
+                state = train(cfg, prepare_data(cfg, run_folder(cfg))).state
                 shutil.rmtree(default_storage(cfg), ignore_errors=True)
                 hist = [{k: e[k] for k in KEYS if k in e} for e in state["history"] if "eval_ari" in e]
                 f.write(json.dumps({"dataset": name, "seed": seed, "extra": overrides, "hist": hist}) + "\n")

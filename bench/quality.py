@@ -149,7 +149,7 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
     cfg = cfg.override(overrides)
     t0 = time.perf_counter()
     data = prepare_data(cfg, run_folder(cfg))
-    state = train(cfg, data)
+    state = train(cfg, data).state
     shutil.rmtree(default_storage(cfg), ignore_errors=True)
     model = build_model(cfg.model, state["n_genes"], state["n_clusters"])
     res: dict = {"dataset": name, "seed": seed, "n_cells": data.x.shape[0], "k": data.n_clusters,

@@ -1,4 +1,4 @@
-"""One exception type for bad input: the CLI prints its message as one line and exits non-zero."""
+"""The run's exceptions. Bad input (JojoInputError) is printed by the CLI as one line, exit code 2."""
 
 
 class JojoInputError(ValueError):
@@ -15,3 +15,8 @@ class TrainingDiverged(JojoInputError):
     A JojoInputError, so the CLI prints one line and exits 2: rerunning the same settings cannot succeed, and the
     run records the divergence so that a relaunch of them stops at once instead of training into it again.
     """
+
+
+class TrainingFailed(RuntimeError):
+    """Ray Train gave up on the run (a worker failed more than --max-failures times, or its controller failed);
+    Ray's error is the cause. The checkpoints stay: the same command resumes from the last one."""

@@ -18,6 +18,7 @@ Outputs in --output:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -200,6 +201,8 @@ def _sweep(args, base: JojoConfig, data, space, res, out: Path, max_t: int, metr
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from jojoscl_dist.data.zarr_store import ZarrSource
+    from jojoscl_dist.train.ray_session import TrainInputs
     from tune.trainable import TRIAL_HEAD_CPU, train_trial
     from tune.tracking import MlflowTrialCallback, ensure_experiment
 
@@ -242,8 +245,10 @@ def _sweep(args, base: JojoConfig, data, space, res, out: Path, max_t: int, metr
         scheduler = FIFOScheduler()
 
     storage = Path(args.storage_path).resolve() if args.storage_path else out / "ray"
-    shared = {"base": base.to_dict(), "data_ref": ray.put(data.x), "n_clusters": data.n_clusters,
-              "labels": data.labels, "resources": res, "storage": str(storage / "train")}
+    inputs = TrainInputs.of(data)
+    if not isinstance(data.x, ZarrSource):  # one copy in the object store for every trial (a store goes by path)
+        inputs = dataclasses.replace(inputs, x=ray.put(data.x))
+    shared = {"base": base.to_dict(), "inputs": inputs, "resources": res, "storage": str(storage / "train")}
     trainable = tune.with_resources(tune.with_parameters(train_trial, shared=shared), {"CPU": TRIAL_HEAD_CPU})
     callback = MlflowTrialCallback(client, exp_id, pid, base, out / "trials", max_t)
     tuner = tune.Tuner(

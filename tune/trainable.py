@@ -1,7 +1,8 @@
 """One Tune trial = one Ray Train run (the Train V2 pattern: a Tune function trainable launches a TorchTrainer).
 
 The trial function holds almost no resources itself; its TorchTrainer asks Ray for the worker bundles, and the
-workers run the same per-worker loop as a normal run (jojoscl_dist.train.ray_session.ray_train_loop). Metrics flow
+workers run the same per-worker loop as a normal run: jojoscl_dist.train.ray_session.build_trainer assembles both
+(scaling, torch and run config), the trial passing its resource share and Tune's report callback. Metrics flow
 worker -> ray.train.report -> Train controller -> TuneReportCallback -> the trial's Tune session, so Tune's
 scheduler (ASHA) sees every epoch and can stop the trial (which tears its Train run down).
 """
@@ -12,14 +13,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import ray
-import ray.train
-import ray.train.torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from jojoscl_dist.config import JojoConfig
-from jojoscl_dist.train.ray_session import ray_train_loop
+from jojoscl_dist.train.ray_session import build_trainer
 from tune.space import apply_trial_config
 
 
@@ -69,23 +67,12 @@ TRIAL_HEAD_CPU = 0.01
 
 
 def train_trial(config: dict[str, Any], shared: dict[str, Any]) -> None:
-    """Tune function trainable. ``shared`` (from tune.with_parameters): base config, data ref, labels, resources."""
+    """Tune function trainable. ``shared`` (from tune.with_parameters): base config, TrainInputs (the cells as one
+    object-store ref for every trial), resources, storage."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = apply_trial_config(JojoConfig.from_dict(shared["base"]), config)
     res: TrialResources = shared["resources"]
-    ctx = tune.get_context()
-    trainer = ray.train.torch.TorchTrainer(
-        ray_train_loop,
-        train_loop_config={"cfg": cfg.to_dict(), "data_ref": shared["data_ref"], "n_clusters": shared["n_clusters"],
-                           "labels": shared["labels"]},
-        torch_config=ray.train.torch.TorchConfig(backend="nccl" if res.gpu > 0 else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=res.workers, use_gpu=res.gpu > 0,
-                                               resources_per_worker=res.worker_bundle()),
-        run_config=ray.train.RunConfig(
-            name=f"train-{ctx.get_trial_id()}", storage_path=shared["storage"],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        ),
-    )
+    trainer = build_trainer(cfg, shared["inputs"], shared["storage"], f"train-{tune.get_context().get_trial_id()}",
+                            resources_per_worker=res.worker_bundle(), keep_checkpoints=1,
+                            callbacks=[TuneReportCallback()])
     trainer.fit()  # raises on a worker failure, which Tune records as a trial error

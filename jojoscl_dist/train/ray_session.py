@@ -8,8 +8,9 @@ import logging
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import ray
@@ -20,7 +21,7 @@ import torch
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.zarr_store import ZarrSource
-from jojoscl_dist.errors import TrainingDiverged
+from jojoscl_dist.errors import TrainingDiverged, TrainingFailed
 from jojoscl_dist.train.checkpoint import STATE_FILE
 from jojoscl_dist.train.loop import DIVERGED_FILE, WorkerData, resolve_epochs, train_worker
 from jojoscl_dist.train.progress import EpochProgress
@@ -101,25 +102,30 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     cfg = JojoConfig.from_dict(config["cfg"])
     # A prepared store is opened by path (shared storage on a cluster); small data comes through the object store.
     source = ZarrSource(config["data_path"]) if config.get("data_path") else ArraySource(ray.get(config["data_ref"]))
-    hook = config.get("fault_hook")
     session = RaySession(config.get("resume_from"))
     if session.rank == 0 and not cfg.run.quiet:
         session.on_report = EpochProgress(resolve_epochs(cfg, source.shape[0]), mode="lines", stream=sys.stdout,
                                           prefix="")
     data = WorkerData(source, config["n_clusters"], config.get("labels"), config.get("fingerprint"))
-    if hook:
-        _install_fault_hook(session, hook)
+    if config.get("faults"):
+        inject_faults(session, json.loads(config["faults"]))
     train_worker(cfg, data, session)
 
 
-def _install_fault_hook(session: RaySession, hook: dict) -> None:
-    """Test hooks. 'epoch': kill this worker process once, after that epoch is reported (the 'marker' file guards).
-    'starts': append this worker's rank to that file (counts worker starts). 'nan_step': the loss becomes NaN from
-    that optimiser step on (counted from this worker's start)."""
-    if hook.get("starts"):
-        with open(hook["starts"], "a") as f:
+# Faults for the fault tests (tests/faults): a JSON object in this variable of the driver's environment when
+# build_trainer runs reaches that run's workers (through its train_loop_config, so a Ray cluster started under
+# other values does not leak them).
+FAULT_ENV = "JOJOSCL_FAULT_INJECT"
+
+
+def inject_faults(session: RaySession, spec: dict) -> None:
+    """'starts': append this worker's rank to that file (counts worker starts). 'nan_step': the loss becomes NaN
+    from that optimiser step on (counted from this worker's start). 'epoch' (with 'rank', default 1, and 'marker'):
+    that rank's process exits after reporting that epoch, once (the marker file guards)."""
+    if spec.get("starts"):
+        with open(spec["starts"], "a") as f:
             f.write(f"{session.rank}\n")
-    if hook.get("nan_step"):
+    if spec.get("nan_step"):
         from jojoscl_dist.train import loop
 
         real, calls = loop.instance_contrastive_loss, [0]
@@ -127,17 +133,17 @@ def _install_fault_hook(session: RaySession, hook: dict) -> None:
         def nan_loss(*args, **kwargs):
             calls[0] += 1
             out = real(*args, **kwargs)
-            return out * float("nan") if calls[0] >= hook["nan_step"] else out
+            return out * float("nan") if calls[0] >= spec["nan_step"] else out
 
         loop.instance_contrastive_loss = nan_loss
-    if "epoch" not in hook:
+    if "epoch" not in spec:
         return
-    marker = Path(hook["marker"])
+    marker = Path(spec["marker"])
     original = session.report
 
     def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
         original(metrics, checkpoint_dir)
-        if session.rank == hook.get("rank", 1) and metrics["epoch"] == hook["epoch"] and not marker.exists():
+        if session.rank == spec.get("rank", 1) and metrics["epoch"] == spec["epoch"] and not marker.exists():
             marker.write_text("killed")
             os._exit(1)
 
@@ -164,38 +170,81 @@ def ensure_ray(num_workers: int, use_gpu: bool) -> None:
              logging_level=logging.WARNING)
 
 
-def fit_ray(cfg: JojoConfig, x, n_clusters: int, labels, storage_path: str, name: str,
-            fault_hook: dict | None = None, resume_from: str | None = None,
-            fingerprint: dict | None = None) -> tuple[str | None, Exception | None]:
-    """Run TorchTrainer; return (path of the latest checkpoint, error or None). Raises TrainingDiverged when the
-    workers stopped on a NaN/Inf loss (they return normally then, so FailureConfig does not retry them).
+@dataclass(frozen=True)
+class TrainInputs:
+    """What the driver hands the workers: the cells, K, the truth (logged metrics only) and the input's identity."""
 
-    ``resume_from``: the newest complete checkpoint the driver found under storage_path/name (or None).
+    x: Any  # np.ndarray (put in the object store), a ray.ObjectRef to one (a sweep's trials share it) or a ZarrSource
+    n_clusters: int
+    labels: np.ndarray | None = None  # int32 codes: 4 bytes a cell in every worker
+    fingerprint: dict | None = None  # saved in every checkpoint (data/fingerprint.py)
+
+    @classmethod
+    def of(cls, data) -> "TrainInputs":
+        """From a PreparedData (data/dataset.py)."""
+        labels = None if data.labels is None else np.unique(data.labels, return_inverse=True)[1].astype(np.int32)
+        return cls(data.x, data.n_clusters, labels, data.fingerprint)
+
+
+def build_trainer(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name: str, *,
+                  resume_from: str | None = None, resources_per_worker: dict[str, float] | None = None,
+                  keep_checkpoints: int = 2, callbacks: Sequence[Any] = ()) -> ray.train.torch.TorchTrainer:
+    """The TorchTrainer of one Ray Train run, for the CLI and for every sweep trial.
+
+    Workers: ``cfg.run.num_workers``; each gets ``resources_per_worker`` when given (a sweep's per-trial share,
+    GPU fractions included: a GPU is used when it names one), else ``cfg.run.cpus_per_worker`` CPUs (default: the
+    cluster's CPUs less the controller's, shared out) and a GPU per ``cfg.run.use_gpu`` (None: when CUDA is here).
+    Retries: ``cfg.run.max_failures``. ``resume_from``: the newest complete checkpoint the driver found under
+    storage_path/name (see RaySession.resume_dir). ``callbacks``: Train UserCallbacks (a trial's
+    TuneReportCallback).
     """
-    use_gpu = torch.cuda.is_available() if cfg.run.use_gpu is None else cfg.run.use_gpu
     n = cfg.run.num_workers
+    if resources_per_worker:
+        use_gpu = resources_per_worker.get("GPU", 0) > 0
+    else:
+        use_gpu = torch.cuda.is_available() if cfg.run.use_gpu is None else cfg.run.use_gpu
     ensure_ray(n, use_gpu)
-    total_cpu = int(ray.cluster_resources().get("CPU", 1))
-    # torch threads follow the CPUs Ray grants a worker
-    per_worker = {"CPU": cfg.run.cpus_per_worker or max(1, (total_cpu - 1) // n)}
-    if labels is not None:  # workers only score against the truth: int32 codes, 4 bytes a cell in every actor
-        labels = np.unique(labels, return_inverse=True)[1].astype(np.int32)
-    trainer = ray.train.torch.TorchTrainer(
+    if not resources_per_worker:
+        total_cpu = int(ray.cluster_resources().get("CPU", 1))
+        # torch threads follow the CPUs Ray grants a worker
+        resources_per_worker = {"CPU": cfg.run.cpus_per_worker or max(1, (total_cpu - 1) // n)}
+    x = inputs.x
+    if isinstance(x, ZarrSource):  # opened by path (shared storage on a cluster)
+        data = {"data_path": x.path}
+    else:  # small data through the object store
+        data = {"data_ref": x if isinstance(x, ray.ObjectRef) else ray.put(x)}
+    return ray.train.torch.TorchTrainer(
         ray_train_loop,
-        train_loop_config={"cfg": cfg.to_dict(), "n_clusters": n_clusters, "labels": labels, "fault_hook": fault_hook,
-                           "resume_from": resume_from, "fingerprint": fingerprint,
-                           **({"data_path": x.path} if isinstance(x, ZarrSource) else {"data_ref": ray.put(x)})},
+        train_loop_config={"cfg": cfg.to_dict(), "n_clusters": inputs.n_clusters, "labels": inputs.labels,
+                           "resume_from": resume_from, "fingerprint": inputs.fingerprint,
+                           "faults": os.environ.get(FAULT_ENV), **data},
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=n, use_gpu=use_gpu, resources_per_worker=per_worker),
+        scaling_config=ray.train.ScalingConfig(num_workers=n, use_gpu=use_gpu,
+                                               resources_per_worker=resources_per_worker),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
+            callbacks=list(callbacks),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    result = trainer.fit()
-    if result.error is None and (result.metrics or {}).get("diverged"):
+
+
+def fit_ray(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name: str,
+            resume_from: str | None = None) -> Path:
+    """Train on Ray; return the path of the final checkpoint.
+
+    Raises TrainingDiverged when the workers stopped on a NaN/Inf loss (they return normally then, so
+    FailureConfig does not retry them), TrainingFailed when Ray Train gave up (its error as the cause).
+    """
+    trainer = build_trainer(cfg, inputs, storage_path, name, resume_from=resume_from)
+    try:
+        result = trainer.fit()
+    except (ray.train.TrainingFailedError, ray.exceptions.RayError) as e:
+        raise TrainingFailed(f"training failed: {e}") from e
+    if (result.metrics or {}).get("diverged"):
         raise TrainingDiverged(result.metrics["diverged"])
-    path = result.checkpoint.path if result.checkpoint is not None else None
-    return path, result.error
+    if result.checkpoint is None:
+        raise TrainingFailed(f"training failed: the workers of {name} reported no checkpoint")
+    return Path(result.checkpoint.path)

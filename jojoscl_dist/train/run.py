@@ -63,15 +63,34 @@ def run_folder(cfg: JojoConfig) -> Path:
     return default_storage(cfg) / default_run_name(cfg)
 
 
-def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -> dict:
-    """Train and return the final checkpoint state (a dict, see checkpoint.py)."""
+@dataclass
+class TrainResult:
+    """What train() hands back."""
+
+    state: dict  # the final checkpoint's state (see checkpoint.py)
+    checkpoint: Path  # where that state was loaded from
+    epochs_run: int  # epochs trained by this call: 0 when an earlier launch had finished them all
+    resumed: bool  # started from an earlier launch's checkpoint
+
+
+def train(cfg: JojoConfig, data: PreparedData) -> TrainResult:
+    """Train in-process (num_workers 0) or on Ray, resuming from this run's newest complete checkpoint.
+
+    Raises TrainingDiverged on a NaN/Inf loss (recorded, so that a relaunch stops at once), TrainingFailed when
+    Ray Train gave up, JojoInputError when the checkpoints found belong to another config or other data.
+    """
     cfg = resolve_for_data(cfg, data)
     storage = default_storage(cfg)
     name = default_run_name(cfg)
     resume = check_resume(cfg, storage / name, data.fingerprint)
-    done = resume[1] if resume else None
-    if done is not None and done["epoch"] >= resolve_epochs(cfg, data.x.shape[0]) - 1:
-        return done  # finished earlier (e.g. its tracking step failed): nothing to train, no workers to start
+    start = resume[1]["epoch"] + 1 if resume else 0
+
+    def result(ckpt: Path, state: dict | None = None) -> TrainResult:
+        state = state if state is not None else load_state(ckpt)
+        return TrainResult(state, Path(ckpt), state["epoch"] + 1 - start, resume is not None)
+
+    if resume and resume[1]["epoch"] >= resolve_epochs(cfg, data.x.shape[0]) - 1:
+        return result(*resume)  # finished earlier (e.g. its tracking step failed): no workers to start
     if cfg.run.num_workers <= 0:  # in-process, no Ray (tests, benchmarks, debugging); same checkpoint layout
         progress = EpochProgress(resolve_epochs(cfg, data.x.shape[0]), mode="off" if cfg.run.quiet else "auto")
         session = LocalSession(storage / name, on_report=progress, resume_from=resume[0] if resume else None,
@@ -85,22 +104,18 @@ def train(cfg: JojoConfig, data: PreparedData, fault_hook: dict | None = None) -
         if diverged:
             record_divergence(storage / name, diverged, cfg.to_dict())  # a relaunch stops in check_resume
             raise TrainingDiverged(diverged)
-        return load_state(session.checkpoint)
-    from jojoscl_dist.train.ray_session import fit_ray
+        return result(session.checkpoint)
+    from jojoscl_dist.train.ray_session import TrainInputs, fit_ray
 
     if data.x.shape[0] < cfg.run.num_workers:
         raise JojoInputError(f"{data.x.shape[0]} cells cannot be shared among {cfg.run.num_workers} workers")
     try:
-        path, error = fit_ray(cfg, data.x, data.n_clusters, data.labels, str(storage), name, fault_hook,
-                              resume_from=str(resume[0]) if resume else None, fingerprint=data.fingerprint)
+        path = fit_ray(cfg, TrainInputs.of(data), str(storage), name,
+                       resume_from=str(resume[0]) if resume else None)
     except TrainingDiverged as e:
         record_divergence(storage / name, str(e), cfg.to_dict())
         raise
-    except Exception as e:  # TrainingFailedError wraps the worker's exception
-        raise RuntimeError(f"training failed: {e}") from e
-    if error is not None or path is None:
-        raise RuntimeError(f"training failed: {error}")
-    return load_state(path)
+    return result(path)
 
 
 def oracle(history: list[dict]) -> dict[str, float]:
@@ -155,13 +170,13 @@ def check_resume(cfg: JojoConfig, root: Path, data_fp: dict | None = None) -> tu
     return ckpt, st
 
 
-def run(cfg: JojoConfig, fault_hook: dict | None = None) -> RunResult:
+def run(cfg: JojoConfig) -> RunResult:
     t_start = time.perf_counter()
     cfg.validate()  # refused before any output or hours of training
     with contextlib.ExitStack() as locks:
         for lock in run_locks(cfg):
             locks.enter_context(lock)
-        return _run_locked(cfg, fault_hook, t_start)
+        return _run_locked(cfg, t_start)
 
 
 def run_locks(cfg: JojoConfig) -> list[RunLock]:
@@ -175,7 +190,7 @@ def run_locks(cfg: JojoConfig) -> list[RunLock]:
     return locks
 
 
-def _run_locked(cfg: JojoConfig, fault_hook: dict | None, t_start: float) -> RunResult:
+def _run_locked(cfg: JojoConfig, t_start: float) -> RunResult:
     out = run_dir.check_output(cfg.run.output, cfg.run.overwrite, [cfg.data.path] if cfg.data.path else [])
     if cfg.run.tracking:  # an unreachable MLflow store fails here, not after hours of training
         from jojoscl_dist.tracking.mlflow_log import check_tracking
@@ -186,7 +201,7 @@ def _run_locked(cfg: JojoConfig, fault_hook: dict | None, t_start: float) -> Run
     t_prep = time.perf_counter() - t_start
     if cfg.data.path is None:
         print(f"jojoscl: no --data given: training on the {data.source}", flush=True)
-    state = train(cfg, data, fault_hook)
+    state = train(cfg, data).state
     t_train = time.perf_counter() - t_start - t_prep
 
     # Label-free pick: the weights the selection rule kept (the last epoch for rule 'last').

@@ -1,6 +1,6 @@
 """A NaN/Inf loss stops the run once: within a few steps, with the epoch and step in one line (exit 2 from the
 CLI), without Ray Train retrying it, and a relaunch of the same settings stops at once until --overwrite or a
-changed config. NaN is injected by patching the instance loss (in-process) or through the Ray fault hook."""
+changed config. NaN is injected by patching the instance loss (in-process) or in the Ray workers (inject_faults)."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def ray_cluster():
 
 @pytest.mark.ray
 @pytest.mark.timeout(600)
-def test_ray_stops_once_without_retrying(data_dir, tmp_path, ray_cluster):
+def test_ray_stops_once_without_retrying(data_dir, tmp_path, ray_cluster, inject_faults):
     """Two workers, max_failures 2: a NaN loss at step 5 starts each worker once (a retry would start them again
     and diverge again), and the driver raises TrainingDiverged."""
     cfg = JojoConfig()
@@ -121,9 +121,9 @@ def test_ray_stops_once_without_retrying(data_dir, tmp_path, ray_cluster):
     cfg.run.use_gpu, cfg.run.tracking, cfg.run.quiet = False, False, True
     cfg.run.output = str(tmp_path / "out")
     starts = tmp_path / "starts.txt"
-    hook = {"nan_step": 9, "starts": str(starts)}  # the 3rd step of the second epoch
+    inject_faults(nan_step=9, starts=str(starts))  # the 3rd step of the second epoch
     with pytest.raises(TrainingDiverged, match=r"the loss became nan at epoch 2/3, step 9, with --lr 0.0003") as e:
-        run(cfg, fault_hook=hook)
+        run(cfg)
     assert sorted(starts.read_text().split()) == ["0", "1"]  # one attempt: each worker started once
     root = default_storage(cfg) / default_run_name(cfg)
     assert (root / loop.DIVERGED_FILE).is_file()
@@ -131,13 +131,14 @@ def test_ray_stops_once_without_retrying(data_dir, tmp_path, ray_cluster):
     assert not (tmp_path / "out").exists()
     # A relaunch stops before starting any worker.
     with pytest.raises(TrainingDiverged) as again:
-        run(cfg, fault_hook=hook)
+        run(cfg)
     assert str(again.value) == str(e.value)
     assert sorted(starts.read_text().split()) == ["0", "1"]
     # --overwrite: the workers skip Ray's marker-only checkpoint and resume from the last good one (no NaN now).
     good = load_state(latest_checkpoint(root))
     cfg.run.overwrite = True
-    res = run(cfg, fault_hook={"starts": str(starts)})
+    inject_faults(starts=str(starts))
+    res = run(cfg)
     assert sorted(starts.read_text().split()) == ["0", "0", "1", "1"]
     assert [h["epoch"] for h in res.history] == [0, 1, 2]
     assert res.history[0]["epoch_time_s"] == good["history"][0]["epoch_time_s"]  # epoch 0 not retrained

@@ -15,7 +15,8 @@ from jojoscl_dist.errors import JojoInputError, TrackingError
 from jojoscl_dist.outputs import run_dir
 from jojoscl_dist.train import loop
 from jojoscl_dist.train.checkpoint import latest_checkpoint, load_state
-from jojoscl_dist.train.run import default_run_name, default_storage, run
+from jojoscl_dist.data.dataset import prepare_data
+from jojoscl_dist.train.run import default_run_name, default_storage, run, run_folder, train
 
 
 def cfg_for(data_dir, out, epochs=3) -> JojoConfig:
@@ -71,6 +72,24 @@ def test_interrupted_run_resumes_to_the_same_result(data_dir, tmp_path, monkeypa
     np.testing.assert_array_equal(res.embedding, ref.embedding)  # same result as the uninterrupted run
     assert np.array_equal(res.labels, ref.labels)
     assert not root.parent.exists()
+
+
+def test_train_result_says_whether_it_resumed_and_what_it_trained(data_dir, tmp_path, monkeypatch):
+    cfg = cfg_for(data_dir, tmp_path / "out", epochs=4)
+    data = prepare_data(cfg, run_folder(cfg))
+    monkeypatch.setattr("jojoscl_dist.train.run.train_worker", _crash_after_first_report)
+    with pytest.raises(Crash):
+        train(cfg, data)  # epoch 0 checkpointed, then the crash
+    monkeypatch.undo()
+    res = train(cfg, data)
+    assert res.resumed and res.epochs_run == 3  # epochs 1-3
+    assert res.state["epoch"] == 3 and [h["epoch"] for h in res.state["history"]] == [0, 1, 2, 3]
+    assert res.checkpoint == latest_checkpoint(default_storage(cfg) / default_run_name(cfg))
+    again = train(cfg, data)  # everything trained already: nothing to run
+    assert again.resumed and again.epochs_run == 0 and again.checkpoint == res.checkpoint
+    assert again.state["history"] == res.state["history"]
+    fresh = train(cfg.override({"run.output": str(tmp_path / "fresh")}), data)
+    assert not fresh.resumed and fresh.epochs_run == 4
 
 
 def test_resume_refuses_a_changed_config(data_dir, tmp_path, monkeypatch):

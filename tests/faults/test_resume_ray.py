@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray.train
 
 from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.errors import TrainingFailed
 from jojoscl_dist.train.checkpoint import latest_checkpoint, latest_loadable, load_state
 from jojoscl_dist.train.run import default_run_name, default_storage, run
 
@@ -61,12 +63,12 @@ def test_same_seed_same_labels_and_embeddings_one_ray_worker(data_dir, tmp_path,
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_worker_killed_mid_training_recovers(data_dir, tmp_path, ray_cluster):
+def test_worker_killed_mid_training_recovers(data_dir, tmp_path, ray_cluster, inject_faults):
     epochs = 10
     clean = run(cfg_for(data_dir, tmp_path / "clean", 2, epochs))
     marker = tmp_path / "killed.marker"
-    hook = {"epoch": 4, "marker": str(marker), "rank": 1}
-    hurt = run(cfg_for(data_dir, tmp_path / "hurt", 2, epochs, max_failures=1), fault_hook=hook)
+    inject_faults(epoch=4, marker=str(marker), rank=1)
+    hurt = run(cfg_for(data_dir, tmp_path / "hurt", 2, epochs, max_failures=1))
     assert marker.read_text() == "killed"  # worker 1 really died after epoch 4
     assert [h["epoch"] for h in hurt.history] == list(range(epochs))  # every epoch once: resumed, not redone
     assert hurt.metrics["epochs"] == epochs
@@ -82,17 +84,19 @@ def test_worker_killed_mid_training_recovers(data_dir, tmp_path, ray_cluster):
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_worker_killed_without_max_failures_fails_cleanly(data_dir, tmp_path, ray_cluster):
+def test_worker_killed_without_max_failures_fails_cleanly(data_dir, tmp_path, ray_cluster, inject_faults):
     """max_failures=0: the run stops with an error, leaves no output folder, and keeps its checkpoints."""
     marker = tmp_path / "killed.marker"
     cfg = cfg_for(data_dir, tmp_path / "out", 2, 4)
-    with pytest.raises(RuntimeError, match="training failed"):
-        run(cfg, fault_hook={"epoch": 1, "marker": str(marker), "rank": 1})
+    inject_faults(epoch=1, marker=str(marker), rank=1)
+    with pytest.raises(TrainingFailed, match="training failed") as e:
+        run(cfg)
+    assert isinstance(e.value.__cause__, ray.train.TrainingFailedError)  # Ray's own error, kept as the cause
     assert not (tmp_path / "out").exists()
     ckpt = latest_checkpoint(default_storage(cfg) / default_run_name(cfg))
     assert ckpt is not None and load_state(ckpt)["epoch"] >= 1
     # The same call again resumes from that checkpoint (the marker stops a second kill) and finishes.
-    res = run(cfg, fault_hook={"epoch": 1, "marker": str(marker), "rank": 1})
+    res = run(cfg)
     assert [h["epoch"] for h in res.history] == [0, 1, 2, 3]
 
 
