@@ -13,7 +13,7 @@ import warnings
 
 from jojoscl_dist.config import ConfigValueError, JojoConfig
 from jojoscl_dist.data.preprocess import TARGET_SUM_HELP, target_sum_arg
-from jojoscl_dist.errors import JojoInputError, TrackingError
+from jojoscl_dist.errors import JojoInputError, TrackingError, TrainingFailed
 
 def n_clusters_arg(v: str) -> int | str:
     if v == "auto":
@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     except JojoInputError as e:  # only our input errors; anything else is a bug and keeps its traceback
         print(f"jojoscl: error: {input_error_line(e)}", file=sys.stderr)
         return 2
+    except TrainingFailed as e:  # Ray's own error (with the worker's traceback) is in the message; the run resumes
+        print(f"jojoscl: error: {e}", file=sys.stderr)
+        return 1
     except TrackingError as e:  # outputs are complete; the same command retries the logging
         print(f"jojoscl: error: {e}", file=sys.stderr)
         return 1
