@@ -7,8 +7,8 @@
 2. New cells are preprocessed with the saved statistics. For counts input the per-cell total is taken over all
    of the new cells' genes (as in training, before the HVG subset), then scaled to the training target sum,
    log1p, and z-scored with the training mean/std. Cells with zero total get no cluster (missing label).
-3. The saved model embeds them; each cell goes to the nearest training-cluster centroid in z (label_method
-   'kmeans'), or to the cluster head's argmax ('head').
+3. The saved model embeds them; each cell goes to the nearest training-cluster centroid in the run's final space
+   (label_method 'kmeans': z and the saved input PCA, ``cluster.final``), or to the cluster head's argmax ('head').
 
 The result is a copy of the new AnnData with obs[--obs-key] and obsm['X_jojoscl'] (see outputs/anndata_out.py),
 written to --output or beside the input as <stem>.jojoscl.h5ad (.zarr for Zarr input).
@@ -29,14 +29,14 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata.utils import make_index_unique
 
-from jojoscl_dist.cluster.kmeans import assign
+from jojoscl_dist.cluster.final import final_labels
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import PreprocessStats, _as_float, _log_values, iter_row_chunks
 from jojoscl_dist.data.readers import get_labels, read_input
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.outputs import anndata_out, bundle as bundle_mod
 from jojoscl_dist.outputs.bundle import ModelBundle
-from jojoscl_dist.train.embed import cluster_features, embed
+from jojoscl_dist.train.embed import embed
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +148,9 @@ def predict(b: ModelBundle, adata: ad.AnnData, chunk_size: int = 4096, *,
     x, mask = preprocess_new(adata.X, b.stats, cols, chunk_size)
     if not mask.any():
         raise JojoInputError("every new cell has zero total counts: nothing to assign")
-    project = b.input_pca.project if (b.input_pca is not None and b.label_method != "head") else None
-    emb = embed(b.model(), ArraySource(x), project=project)
-    if b.label_method == "head":
-        labels = emb["y"].argmax(axis=1).astype(np.int64)
-    else:
-        ok = np.flatnonzero(np.isfinite(b.centroids).all(axis=1))  # clusters that held training cells
-        labels = ok[assign(cluster_features(emb), b.centroids[ok])]
+    input_pca = b.input_pca if b.label_method != "head" else None
+    emb = embed(b.model(), ArraySource(x), project=input_pca.coords if input_pca is not None else None)
+    labels = final_labels(emb, b.n_clusters, b.label_method, input_pca=input_pca, centroids=b.centroids).labels
     return Prediction(labels, emb["z"], mask, n_missing)
 
 
