@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.defaults import _value, pick_index
+from bench.defaults import parse_value, pick_index
 from jojoscl_dist.cluster.final import PCA_KEY, fit_input_pca, final_labels
 from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.cluster.metrics import score_labels
@@ -221,7 +221,7 @@ def main(argv=None) -> None:
     if args.set:
         ov = dict(kv.split("=", 1) for kv in args.set)
         name = "full" if args.set_as_full else f"set:{','.join(args.set)}"
-        extra = {name: {k: _value(v) for k, v in ov.items()}}
+        extra = {name: {k: parse_value(v) for k, v in ov.items()}}
         variants = {**variants, **extra} if (args.variants or args.ablations) else extra
     rows = []
     workdir = Path(tempfile.mkdtemp(prefix="jojoscl-quality-"))

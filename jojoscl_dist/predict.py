@@ -31,7 +31,7 @@ from anndata.utils import make_index_unique
 
 from jojoscl_dist.cluster.final import final_labels
 from jojoscl_dist.data.loader import ArraySource
-from jojoscl_dist.data.preprocess import PreprocessStats, _as_float, _log_values, iter_row_chunks
+from jojoscl_dist.data.preprocess import PreprocessStats, as_float, iter_row_chunks, log_values
 from jojoscl_dist.data.readers import get_labels, read_input
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.outputs import anndata_out, bundle as bundle_mod
@@ -78,7 +78,7 @@ def align_genes(stats: PreprocessStats, var_names) -> tuple[np.ndarray, int]:
 
 def transform_aligned(rows, stats: PreprocessStats, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Raw rows (all of the new data's genes) -> (model input for cells with a non-zero total, that mask)."""
-    x = _as_float(rows)
+    x = as_float(rows)
     v = x.data if sp.issparse(x) else x
     if not np.isfinite(v).all():
         raise JojoInputError("new data holds NaN or Inf values: fix or drop them before predicting")
@@ -93,7 +93,7 @@ def transform_aligned(rows, stats: PreprocessStats, cols: np.ndarray) -> tuple[n
     full = np.zeros((x.shape[0], len(cols)), dtype=np.float64)
     full[:, present] = sub
     full = full[keep]
-    logged = _log_values(full, totals[keep], stats.input_scale, stats.target_sum)
+    logged = log_values(full, totals[keep], stats.input_scale, stats.target_sum)
     out = (logged - stats.mean) / stats.std
     out[:, ~present] = 0.0  # the training mean after scaling
     if stats.clip is not None:
@@ -112,7 +112,7 @@ def preprocess_new(x, stats: PreprocessStats, cols: np.ndarray, chunk_size: int 
 
 def check_scale(x, stats: PreprocessStats) -> None:
     """Warn when the new values do not look like the training input's kind (counts vs non-integer)."""
-    v = _as_float(x[: min(x.shape[0], 500)])
+    v = as_float(x[: min(x.shape[0], 500)])
     v = v.data if sp.issparse(v) else np.asarray(v).ravel()
     integer = bool(np.all(v == np.round(v))) if v.size else True
     if stats.input_scale == "counts" and not integer:
