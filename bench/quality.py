@@ -164,7 +164,7 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
             # The final k-means of the same picked model at other input-PCA weights (evidence for the default);
             # a run with weight 0 fits the PCA it would have used.
             base = pca or InputPCA.fit(ArraySource(data.x), 1.0, seed, ev.max_eval_cells, ev.input_pca_components)
-            e = {"z": emb["z"], PCA_KEY: base.coords(data.x)}
+            e = {"z": emb["z"], PCA_KEY: base.coords(data.x)}  # projected here whether or not the run used them
             for w in PCA_WEIGHTS:
                 lab_w = final_labels(e, data.n_clusters, "kmeans", seed, ev.kmeans_restarts, ev.kmeans_select,
                                      input_pca=InputPCA(base.mean, base.components, base.scale, w))
