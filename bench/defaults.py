@@ -29,10 +29,10 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KEYS = ("epoch", "eval_ari", "eval_nmi", "eval_head_ari", "select_silhouette", "select_stability")
 
 
-def _value(v: str):
+def parse_value(v: str):
     """A --set value: int, float, bool, a comma list of those (tuple fields such as model.hidden_dims), or str."""
     if "," in v:
-        return [_value(part) for part in v.split(",")]
+        return [parse_value(part) for part in v.split(",")]
     for cast in (int, float):
         try:
             return cast(v)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.ERROR)
     warnings.filterwarnings("ignore")
     if a.cmd == "run":
-        run(a.datasets.split(","), a.seeds, {k: _value(v) for k, v in (s.split("=", 1) for s in a.set)}, a.out)
+        run(a.datasets.split(","), a.seeds, {k: parse_value(v) for k, v in (s.split("=", 1) for s in a.set)}, a.out)
     elif a.cmd == "rules":
         print(rules(a.jsonl, [int(m) for m in a.min_epochs.split(",")]))
     else:

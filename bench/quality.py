@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import logging
 import shutil
 import tempfile
@@ -27,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.defaults import _value, pick_index
+from bench.defaults import parse_value, pick_index
+from jojoscl_dist.cluster.final import PCA_KEY, fit_input_pca, final_labels
 from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.cluster.selection import input_reference
@@ -35,9 +35,7 @@ from jojoscl_dist.cluster.kmeans import fit_kmeans
 from jojoscl_dist.config import EvalConfig, JojoConfig
 from jojoscl_dist.data.dataset import prepare_data
 from jojoscl_dist.data.loader import ArraySource
-from jojoscl_dist.model import build_model
-from jojoscl_dist.train.embed import embed, final_labels
-from jojoscl_dist.train.run import default_storage, fit_input_pca, oracle, run_folder, train
+from jojoscl_dist.train.run import chosen_weights, default_storage, label_cells, oracle, run_folder, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # Table II of the paper (ARI, NMI): JojoSCL and ScCCL, for the sets that are theirs.
@@ -151,28 +149,26 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
     data = prepare_data(cfg, run_folder(cfg))
     state = train(cfg, data).state
     shutil.rmtree(default_storage(cfg), ignore_errors=True)
-    model = build_model(cfg.model, state["n_genes"], state["n_clusters"])
     res: dict = {"dataset": name, "seed": seed, "n_cells": data.x.shape[0], "k": data.n_clusters,
                  "mask_keep": state["config"]["model"]["mask_keep"]}  # after the sparsity rule
     picks = {"last": state["model"]}
     if state.get("best_model") is not None:
-        picks["pick"] = state["best_model"] if cfg.eval.selection != "last" else state["model"]
-    pca = fit_input_pca(cfg, data.x)
+        picks["pick"] = chosen_weights(cfg, state)
+    ev = cfg.eval
+    pca = fit_input_pca(ev, ArraySource(data.x), seed)  # the run's one fit, as the CLI driver's
     for tag, weights in picks.items():
-        model.load_state_dict(weights)
-        emb = embed(model, ArraySource(data.x), project=pca.project if pca is not None else None)
-        lab = final_labels(emb, data.n_clusters, cfg.eval.label_method, seed, cfg.eval.kmeans_restarts,
-                           cfg.eval.kmeans_select)
+        emb, lab, _ = label_cells(cfg, data, state, weights, pca)
         m = score_labels(data.labels, lab)
         res[f"{tag}_ari"], res[f"{tag}_nmi"] = m["ari"], m["nmi"]
-        if tag == "pick" and cfg.eval.label_method == "kmeans":
-            # The final k-means of the same picked model at other input-PCA weights (evidence for the default).
-            base = pca or InputPCA.fit(ArraySource(data.x), 1.0, seed, cfg.eval.max_eval_cells,
-                                       cfg.eval.input_pca_components)
+        if tag == "pick" and ev.label_method == "kmeans":
+            # The final k-means of the same picked model at other input-PCA weights (evidence for the default);
+            # a run with weight 0 fits the PCA it would have used.
+            base = pca or InputPCA.fit(ArraySource(data.x), 1.0, seed, ev.max_eval_cells, ev.input_pca_components)
+            e = {"z": emb["z"], PCA_KEY: base.coords(data.x)}  # projected here whether or not the run used them
             for w in PCA_WEIGHTS:
-                e = {"z": emb["z"], "p": dataclasses.replace(base, weight=w).project(data.x)} if w > 0 else {"z": emb["z"]}
-                m = score_labels(data.labels, final_labels(e, data.n_clusters, "kmeans", seed,
-                                                           cfg.eval.kmeans_restarts, cfg.eval.kmeans_select))
+                lab_w = final_labels(e, data.n_clusters, "kmeans", seed, ev.kmeans_restarts, ev.kmeans_select,
+                                     input_pca=InputPCA(base.mean, base.components, base.scale, w))
+                m = score_labels(data.labels, lab_w.labels)
                 res[f"pick_w{w:g}_ari"], res[f"pick_w{w:g}_nmi"] = m["ari"], m["nmi"]
     evals = [h for h in state["history"] if "eval_ari" in h]
     res.update(oracle(state["history"]))
@@ -225,7 +221,7 @@ def main(argv=None) -> None:
     if args.set:
         ov = dict(kv.split("=", 1) for kv in args.set)
         name = "full" if args.set_as_full else f"set:{','.join(args.set)}"
-        extra = {name: {k: _value(v) for k, v in ov.items()}}
+        extra = {name: {k: parse_value(v) for k, v in ov.items()}}
         variants = {**variants, **extra} if (args.variants or args.ablations) else extra
     rows = []
     workdir = Path(tempfile.mkdtemp(prefix="jojoscl-quality-"))

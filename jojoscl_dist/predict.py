@@ -7,8 +7,8 @@
 2. New cells are preprocessed with the saved statistics. For counts input the per-cell total is taken over all
    of the new cells' genes (as in training, before the HVG subset), then scaled to the training target sum,
    log1p, and z-scored with the training mean/std. Cells with zero total get no cluster (missing label).
-3. The saved model embeds them; each cell goes to the nearest training-cluster centroid in z (label_method
-   'kmeans'), or to the cluster head's argmax ('head').
+3. The saved model embeds them; each cell goes to the nearest training-cluster centroid in the run's final space
+   (label_method 'kmeans': z and the saved input PCA, ``cluster.final``), or to the cluster head's argmax ('head').
 
 The result is a copy of the new AnnData with obs[--obs-key] and obsm['X_jojoscl'] (see outputs/anndata_out.py),
 written to --output or beside the input as <stem>.jojoscl.h5ad (.zarr for Zarr input).
@@ -29,14 +29,14 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata.utils import make_index_unique
 
-from jojoscl_dist.cluster.kmeans import assign
+from jojoscl_dist.cluster.final import final_labels
 from jojoscl_dist.data.loader import ArraySource
-from jojoscl_dist.data.preprocess import PreprocessStats, _as_float, _log_values, iter_row_chunks
+from jojoscl_dist.data.preprocess import PreprocessStats, as_float, iter_row_chunks, log_values
 from jojoscl_dist.data.readers import get_labels, read_input
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.outputs import anndata_out, bundle as bundle_mod
 from jojoscl_dist.outputs.bundle import ModelBundle
-from jojoscl_dist.train.embed import cluster_features, embed
+from jojoscl_dist.train.embed import embed
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def align_genes(stats: PreprocessStats, var_names) -> tuple[np.ndarray, int]:
 
 def transform_aligned(rows, stats: PreprocessStats, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Raw rows (all of the new data's genes) -> (model input for cells with a non-zero total, that mask)."""
-    x = _as_float(rows)
+    x = as_float(rows)
     v = x.data if sp.issparse(x) else x
     if not np.isfinite(v).all():
         raise JojoInputError("new data holds NaN or Inf values: fix or drop them before predicting")
@@ -93,7 +93,7 @@ def transform_aligned(rows, stats: PreprocessStats, cols: np.ndarray) -> tuple[n
     full = np.zeros((x.shape[0], len(cols)), dtype=np.float64)
     full[:, present] = sub
     full = full[keep]
-    logged = _log_values(full, totals[keep], stats.input_scale, stats.target_sum)
+    logged = log_values(full, totals[keep], stats.input_scale, stats.target_sum)
     out = (logged - stats.mean) / stats.std
     out[:, ~present] = 0.0  # the training mean after scaling
     if stats.clip is not None:
@@ -112,7 +112,7 @@ def preprocess_new(x, stats: PreprocessStats, cols: np.ndarray, chunk_size: int 
 
 def check_scale(x, stats: PreprocessStats) -> None:
     """Warn when the new values do not look like the training input's kind (counts vs non-integer)."""
-    v = _as_float(x[: min(x.shape[0], 500)])
+    v = as_float(x[: min(x.shape[0], 500)])
     v = v.data if sp.issparse(v) else np.asarray(v).ravel()
     integer = bool(np.all(v == np.round(v))) if v.size else True
     if stats.input_scale == "counts" and not integer:
@@ -148,13 +148,9 @@ def predict(b: ModelBundle, adata: ad.AnnData, chunk_size: int = 4096, *,
     x, mask = preprocess_new(adata.X, b.stats, cols, chunk_size)
     if not mask.any():
         raise JojoInputError("every new cell has zero total counts: nothing to assign")
-    project = b.input_pca.project if (b.input_pca is not None and b.label_method != "head") else None
-    emb = embed(b.model(), ArraySource(x), project=project)
-    if b.label_method == "head":
-        labels = emb["y"].argmax(axis=1).astype(np.int64)
-    else:
-        ok = np.flatnonzero(np.isfinite(b.centroids).all(axis=1))  # clusters that held training cells
-        labels = ok[assign(cluster_features(emb), b.centroids[ok])]
+    input_pca = b.input_pca if b.label_method != "head" else None
+    emb = embed(b.model(), ArraySource(x), project=input_pca.coords if input_pca is not None else None)
+    labels = final_labels(emb, b.n_clusters, b.label_method, input_pca=input_pca, centroids=b.centroids).labels
     return Prediction(labels, emb["z"], mask, n_missing)
 
 

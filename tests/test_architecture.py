@@ -176,6 +176,31 @@ def test_data_imports_nothing_from_train(graph):
     assert not bad, "data/ imports from train/:\n" + "\n".join(bad)
 
 
+def private_imports(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> list[str]:
+    """'module imports name (line n)' for each leading-underscore name one project module takes from another."""
+    modules = find_modules(root, packages)
+    bad = []
+    for module, path in modules.items():
+        for name, line in imported_names(module, path):
+            source, _, leaf = name.rpartition(".")
+            if (source.split(".")[0] in packages and leaf.startswith("_") and not leaf.startswith("__")
+                    and source != module):
+                bad.append(f"{module} imports {name} (line {line})")
+    return bad
+
+
+def test_no_module_takes_another_modules_private_names():
+    """A leading underscore keeps a helper inside its module; what another module needs has a public name."""
+    bad = private_imports()
+    assert not bad, "private names imported across modules:\n" + "\n".join(bad)
+
+
+def test_predict_reaches_nothing_of_training_but_the_embedding(graph):
+    """New cells need the model, the preprocessing and the final clustering, not the trainer."""
+    assert sorted(m for m in graph["jojoscl_dist.predict"] if m.startswith("jojoscl_dist.train")) == [
+        "jojoscl_dist.train", "jojoscl_dist.train.embed"]
+
+
 @pytest.mark.parametrize("package", ["jojoscl_dist.losses", "jojoscl_dist.model"])
 def test_losses_and_model_import_no_ray(graph, package):
     """Pure torch: no ray, directly or through a project module they import."""
@@ -208,6 +233,7 @@ def test_a_deliberate_circle_is_found(tmp_path):
         "pkg/sub/leaf.py": "x = 1\n",
         "pkg/other.py": "from pkg.sub.leaf import x\n",
         "pkg/clean.py": "import os\nfrom pkg import other\n",
+        "pkg/peek.py": "from pkg.sub.leaf import _hidden, __version__\nfrom . import _c\n",
     })
     g = import_graph(tmp_path, ("pkg",))
     assert g["pkg.a"] == {"pkg.b": 1} and g["pkg.b"] == {"pkg.c": 2} and g["pkg.c"] == {"pkg.a": 1}
@@ -218,3 +244,5 @@ def test_a_deliberate_circle_is_found(tmp_path):
     assert describe(cycles[0], g) == "pkg.a (line 1) -> pkg.b (line 2) -> pkg.c (line 1) -> pkg.a"
     # the same rules flag a layer crossed inside a function
     assert edges_from(g, "pkg.b", ("pkg.c",)) == ["pkg.b -> pkg.c (line 2)"]
+    assert private_imports(tmp_path, ("pkg",)) == ["pkg.peek imports pkg.sub.leaf._hidden (line 1)",
+                                                   "pkg.peek imports pkg._c (line 2)"]

@@ -1,18 +1,19 @@
 """The input's principal components, appended to the embedding for the final k-means (``eval.input_pca_weight``).
 
-The final labels come from k-means on ``[z, p]`` per cell, where z (192,) is the L2-normalised instance
-embedding and
+The final labels come from k-means on ``[z, p]`` per cell (``cluster/final.py``), where z (192,) is the
+L2-normalised instance embedding and
 
     p = w * (x - mean) @ V^T / s        (n_components,)
 
 is the cell's preprocessed expression x (G,) projected on the top principal components V (n_components, G) of a
-seeded sample of the training cells, divided by s = sqrt(mean over the sample of ||(x - mean) @ V^T||^2) so that
-its mean squared norm is w^2, the same scale as ||z||^2 = 1 when w = 1. With w = 0 the labels come from z alone.
+seeded sample of the training cells (``InputPCA.coords``), divided by s = sqrt(mean over the sample of
+||(x - mean) @ V^T||^2) so that its mean squared norm is w^2, the same scale as ||z||^2 = 1 when w = 1. With w = 0
+the labels come from z alone.
 
 Why: the contrastive embedding and the input's PCA fail on different data sets (the embedding splits large
 cell types that PCA keeps whole; PCA merges types the embedding separates). k-means on both at once beat each
-alone on the 21 benchmark sets (docs/benchmarks.md, "Quality"). The projection is fitted once per run and kept in
-the model bundle, so new cells are assigned in the same space (``jojoscl_dist.predict``).
+alone on the 21 benchmark sets (docs/benchmarks.md, "Quality"). The PCA is fitted once per run and kept in the
+model bundle, so new cells are assigned in the same space (``jojoscl_dist.predict``).
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ class InputPCA:
         scale = rms_norm((x - pca.mean_) @ pca.components_.T)
         return cls(pca.mean_.astype(np.float32), pca.components_.astype(np.float32), scale, float(weight))
 
-    def project(self, x: np.ndarray) -> np.ndarray:
-        """(n, G) preprocessed expression -> (n, n_components) weighted, scaled coordinates p."""
+    def coords(self, x: np.ndarray) -> np.ndarray:
+        """(n, G) preprocessed expression -> (n, n_components) coordinates (x - mean) @ V^T, float32 (unweighted:
+        ``cluster.final.final_space`` weighs them)."""
         x = np.asarray(x, dtype=np.float32)
-        return ((x - self.mean) @ self.components.T * (self.weight / self.scale)).astype(np.float32)
+        return (x - self.mean) @ self.components.T
 
     def to_dict(self) -> dict[str, Any]:
         return {"mean": self.mean, "components": self.components, "scale": self.scale, "weight": self.weight}
@@ -64,7 +66,3 @@ def rms_norm(coords: np.ndarray) -> float:
     """s = sqrt(mean_i ||coords_i||^2); 1.0 for all-zero coordinates."""
     return float(np.sqrt((np.asarray(coords, np.float64) ** 2).sum(axis=1).mean())) or 1.0
 
-
-def cluster_space(z: np.ndarray, coords: np.ndarray, weight: float) -> np.ndarray:
-    """[z, w * coords / s] for PCA coordinates already computed (the in-training evaluations' reference)."""
-    return np.concatenate([z, (coords * (weight / rms_norm(coords))).astype(np.float32)], axis=1)

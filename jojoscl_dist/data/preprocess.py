@@ -68,11 +68,11 @@ class PreprocessStats:
 
     def transform(self, chunk: Any) -> np.ndarray:
         """Raw rows (any cells, all input genes) -> float32 model input (rows, n_hvg)."""
-        x = _as_float(chunk)
+        x = as_float(chunk)
         totals = np.asarray(x.sum(axis=1)).ravel()
         x = x[:, self.gene_index]
         x = x.toarray() if sp.issparse(x) else np.array(x, dtype=np.float64)
-        x = _log_values(x, totals, self.input_scale, self.target_sum)
+        x = log_values(x, totals, self.input_scale, self.target_sum)
         out = (x - self.mean) / self.std
         if self.clip is not None:
             np.clip(out, -self.clip, self.clip, out=out)
@@ -139,7 +139,8 @@ def iter_row_chunks(x: Any, chunk_size: int) -> Iterator[tuple[int, int, Any]]:
         yield start, stop, x[start:stop]
 
 
-def _as_float(chunk: Any):
+def as_float(chunk: Any):
+    """Raw rows as float64 (CSR when sparse); non-numeric values are refused (JojoInputError)."""
     if sp.issparse(chunk):
         return chunk.tocsr().astype(np.float64) if chunk.dtype != np.float64 else chunk.tocsr()
     arr = np.asarray(chunk)
@@ -160,7 +161,9 @@ def _first_row(chunk, flags: np.ndarray) -> int:
     return pos // chunk.shape[1]
 
 
-def _log_values(x: np.ndarray, totals: np.ndarray, scale: str, target_sum: float) -> np.ndarray:
+def log_values(x: np.ndarray, totals: np.ndarray, scale: str, target_sum: float) -> np.ndarray:
+    """Dense rows on the model's log scale: counts scaled to ``target_sum`` by their cell ``totals`` then log1p,
+    normalised values log1p, log values as they are."""
     if scale == "counts":
         with np.errstate(divide="ignore", invalid="ignore"):
             factor = np.where(totals > 0, target_sum / np.where(totals > 0, totals, 1.0), 0.0)
@@ -188,7 +191,7 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
     gene_sq = np.zeros(n_genes)  # raw sums of squares (the seurat_v3 mean-variance trend)
     integer, vmax = True, 0.0
     for start, stop, rows in iter_row_chunks(x, chunk_size):
-        rows = _as_float(rows)
+        rows = as_float(rows)
         v = _values(rows)
         if v.size:
             bad = ~np.isfinite(v)
@@ -236,7 +239,7 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
     nonzero = np.zeros(n_genes)  # cells with a non-zero value, per gene
     n_kept = int(cell_mask.sum())
     for start, stop, rows in iter_row_chunks(x, chunk_size):
-        rows = _as_float(rows)
+        rows = as_float(rows)
         keep = cell_mask[start:stop]
         if not keep.all():
             rows = rows[np.flatnonzero(keep)]
@@ -308,7 +311,7 @@ def pearson_residual_variance(x: Any, cell_mask: np.ndarray, cell_totals: np.nda
     block = max(1, 2**22 // max(1, len(genes)))  # rows densified at once: ~32 MB of float64
     for start, stop, rows in iter_row_chunks(x, chunk_size):
         kept = np.flatnonzero(cell_mask[start:stop])
-        rows = _as_float(rows)
+        rows = as_float(rows)
         for b in range(0, len(kept), block):
             idx = kept[b:b + block]
             raw = rows[idx][:, genes]
@@ -349,7 +352,7 @@ def seurat_v3_variance(x: Any, cell_mask: np.ndarray, genes: np.ndarray, mean: n
     ss = np.zeros(len(genes))
     for start, stop, rows in iter_row_chunks(x, chunk_size):
         kept = np.flatnonzero(cell_mask[start:stop])
-        sub = _as_float(rows)[kept][:, genes]
+        sub = as_float(rows)[kept][:, genes]
         if sp.issparse(sub):
             sub = sub.tocsr()
             v = np.minimum(sub.data, clip_at[sub.indices])
@@ -371,7 +374,7 @@ def _log_sparse_or_dense(rows, totals: np.ndarray, scale: str, target_sum: float
         if scale in ("counts", "normalized"):
             rows.data = np.log1p(rows.data)
         return rows
-    return _log_values(np.asarray(rows, dtype=np.float64), totals, scale, target_sum)
+    return log_values(np.asarray(rows, dtype=np.float64), totals, scale, target_sum)
 
 
 def _mean_var(s: np.ndarray, ss: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

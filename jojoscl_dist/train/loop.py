@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from jojoscl_dist.cluster.input_pca import InputPCA, cluster_space
+from jojoscl_dist.cluster.final import final_space
+from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.cluster.kmeans import BatchKMeans, fit_kmeans
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.cluster.selection import Selector, input_reference
@@ -329,8 +330,8 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
                 if cfg.eval.input_pca_weight > 0 and cfg.eval.label_method == "kmeans":
                     # What the final labels would be at this epoch (k-means on [z, PCA of the input]); logged
                     # for the oracle column only: selection scores the z clustering above.
-                    space = cluster_space(emb["z"], reference[:, :cfg.eval.input_pca_components],
-                                          cfg.eval.input_pca_weight)
+                    space = final_space(emb["z"], reference[:, :cfg.eval.input_pca_components],
+                                        cfg.eval.input_pca_weight)
                     final = fit_kmeans(space, k, seed=seed, restarts=EVAL_KMEANS_RESTARTS)
                     metrics.update({f"eval_final_{n}": v for n, v in score_labels(eval_truth, final).items()})
             metrics["eval_time_s"] = time.perf_counter() - t1

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jojoscl_dist.cluster.final import fit_input_pca, final_labels
 from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.config import JojoConfig
@@ -27,7 +28,7 @@ from jojoscl_dist.outputs import run_dir
 from jojoscl_dist.outputs.lock import RunLock
 from jojoscl_dist.outputs.write_run import write_run
 from jojoscl_dist.train.checkpoint import config_differences, latest_loadable, load_state
-from jojoscl_dist.train.embed import embed, embed_to_zarr, final_clustering
+from jojoscl_dist.train.embed import embed, embed_to_zarr
 from jojoscl_dist.train.loop import (WorkerData, clear_divergence, read_divergence, record_divergence,
                                      resolve_epochs, train_worker)
 from jojoscl_dist.train.progress import EpochProgress
@@ -131,14 +132,31 @@ def oracle(history: list[dict]) -> dict[str, float]:
             "oracle_nmi": float(best[f"{key}_nmi"])}
 
 
-def fit_input_pca(cfg: JojoConfig, x) -> InputPCA | None:
-    """The input PCA whose coordinates the final k-means sees beside z (cluster/input_pca.py), fitted once per
-    run on at most ``eval.max_eval_cells`` seeded cells and kept in the model bundle for predict; None when the
-    weight is 0 or the labels come from the cluster head."""
-    if cfg.eval.input_pca_weight <= 0 or cfg.eval.label_method != "kmeans":
-        return None
-    return InputPCA.fit(as_source(x), cfg.eval.input_pca_weight, cfg.run.seed, cfg.eval.max_eval_cells,
-                        cfg.eval.input_pca_components)
+def chosen_weights(cfg: JojoConfig, state: dict) -> dict:
+    """The label-free pick: the weights the selection rule kept (the last epoch's for rule 'last', or when no
+    evaluation was kept)."""
+    if state.get("best_model") is not None and cfg.eval.selection != "last":
+        return state["best_model"]
+    return state["model"]
+
+
+def label_cells(cfg: JojoConfig, data: PreparedData, state: dict, weights: dict, input_pca: InputPCA | None,
+                scratch: Path | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The post-training path: every cell of ``data`` embedded with ``weights`` and given its final label ->
+    (embedding, labels, centroids). ``input_pca``: the run's one fit (``cluster.final.fit_input_pca``), its
+    coordinates computed alongside the embedding. With ``scratch`` a prepared store (an atlas) is embedded into a
+    Zarr group there, so memory stays flat in cells."""
+    model = build_model(cfg.model, state["n_genes"], state["n_clusters"])
+    model.load_state_dict(weights)
+    project = input_pca.coords if input_pca is not None else None
+    if scratch is not None and isinstance(data.x, ZarrSource):
+        emb = embed_to_zarr(model, data.x, scratch / "embedding.zarr", project=project)
+    else:
+        emb = embed(model, as_source(data.x), project=project)
+    ev = cfg.eval
+    labels, centroids = final_labels(emb, data.n_clusters, ev.label_method, cfg.run.seed, ev.kmeans_restarts,
+                                     ev.kmeans_select, input_pca=input_pca, fit_cells=ev.final_fit_cells)
+    return emb, labels, centroids
 
 
 def check_resume(cfg: JojoConfig, root: Path, data_fp: dict | None = None) -> tuple[Path, dict] | None:
@@ -204,32 +222,25 @@ def _run_locked(cfg: JojoConfig, t_start: float) -> RunResult:
     state = train(cfg, data).state
     t_train = time.perf_counter() - t_start - t_prep
 
-    # Label-free pick: the weights the selection rule kept (the last epoch for rule 'last').
-    chosen = state["best_model"] if (state.get("best_model") is not None and cfg.eval.selection != "last") else state["model"]
-    model = build_model(cfg.model, state["n_genes"], state["n_clusters"])
-    model.load_state_dict(chosen)
-    input_pca = fit_input_pca(cfg, data.x)
-    project = input_pca.project if input_pca is not None else None
+    chosen = chosen_weights(cfg, state)
+    input_pca = fit_input_pca(cfg.eval, as_source(data.x), cfg.run.seed)  # the run's one fit: labels and bundle
     scratch = None
     try:
         if isinstance(data.x, ZarrSource):  # an atlas: embeddings go to disk, so memory stays flat in cells
             scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.embedding-", dir=out.parent))
-            emb = embed_to_zarr(model, data.x, scratch / "embedding.zarr", project=project)
-        else:
-            emb = embed(model, as_source(data.x), project=project)
-        return _finish(cfg, data, state, chosen, emb, metrics_base={"time_prepare_s": t_prep, "time_train_s": t_train},
-                       out=out, t_start=t_start, input_pca=input_pca)
+        emb, labels, centroids = label_cells(cfg, data, state, chosen, input_pca, scratch)
+        return _finish(cfg, data, state, chosen, emb, labels, centroids,
+                       metrics_base={"time_prepare_s": t_prep, "time_train_s": t_train}, out=out, t_start=t_start,
+                       input_pca=input_pca)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _finish(cfg: JojoConfig, data: PreparedData, state: dict, chosen: dict, emb: dict, metrics_base: dict,
-            out: Path, t_start: float, input_pca: InputPCA | None = None) -> RunResult:
-    """Final labels, metrics, outputs and tracking of a trained run."""
-    labels, centroids = final_clustering(emb, data.n_clusters, cfg.eval.label_method, cfg.run.seed,
-                                         cfg.eval.kmeans_restarts, cfg.eval.final_fit_cells,
-                                         cfg.eval.kmeans_select)
+def _finish(cfg: JojoConfig, data: PreparedData, state: dict, chosen: dict, emb: dict, labels: np.ndarray,
+            centroids: np.ndarray, metrics_base: dict, out: Path, t_start: float,
+            input_pca: InputPCA | None = None) -> RunResult:
+    """Metrics, outputs and tracking of a trained and labelled run."""
     history = state["history"]
     metrics: dict[str, Any] = {
         "n_cells": int(data.x.shape[0]), "n_genes": int(data.x.shape[1]), "n_clusters": data.n_clusters,

@@ -3,6 +3,7 @@
 import numpy as np
 from sklearn.decomposition import PCA
 
+from jojoscl_dist.cluster.final import final_space
 from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.data.loader import ArraySource
 
@@ -16,7 +17,7 @@ def test_projection_is_weighted_pca_with_unit_mean_square_norm():
     x = _x()
     p = InputPCA.fit(ArraySource(x), weight=2.0, seed=0, n_components=10)
     assert p.components.shape == (10, 40) and p.mean.shape == (40,)
-    coords = p.project(x)
+    coords = final_space(np.zeros((300, 0), np.float32), p.coords(x), p.weight, p.scale)  # the PCA part alone
     assert coords.shape == (300, 10) and coords.dtype == np.float32
     # mean squared row norm w^2 = 4: the same scale as ||z||^2 = 1 times w^2
     np.testing.assert_allclose((coords.astype(np.float64) ** 2).sum(1).mean(), 4.0, rtol=1e-5)
@@ -41,5 +42,6 @@ def test_components_are_capped_by_tiny_inputs_and_dict_round_trip():
     p = InputPCA.fit(ArraySource(x), 0.5, seed=0)
     assert p.components.shape == (5, 6)  # min(50, n - 1, G - 1)
     q = InputPCA.from_dict(p.to_dict())
-    np.testing.assert_array_equal(q.project(x), p.project(x))
+    np.testing.assert_array_equal(q.coords(x), p.coords(x))
+    assert (q.scale, q.weight) == (p.scale, p.weight)
     assert InputPCA.from_dict(None) is None

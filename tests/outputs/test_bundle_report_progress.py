@@ -46,7 +46,8 @@ def test_bundle_keeps_the_input_pca_and_reads_older_bundles_without_it(tmp_path)
     x = np.random.default_rng(1).normal(size=(30, b.n_genes)).astype(np.float32)
     b.input_pca = InputPCA.fit(ArraySource(x), 1.0, seed=0, n_components=4)
     got = bundle.load(bundle.save(b, tmp_path / "new"))
-    np.testing.assert_array_equal(got.input_pca.project(x), b.input_pca.project(x))
+    np.testing.assert_array_equal(got.input_pca.coords(x), b.input_pca.coords(x))
+    assert (got.input_pca.scale, got.input_pca.weight) == (b.input_pca.scale, b.input_pca.weight)
     d = b.to_dict() | {"schema": 2, "versions": {"torch": torch.__version__}}
     del d["input_pca"]  # a bundle written before the input PCA existed: z alone, as it was trained
     torch.save(d, tmp_path / "model.pt")  # as schema 2 was written: plain numpy arrays, torch's version object

@@ -4,12 +4,13 @@ import anndata as ad
 import numpy as np
 import pytest
 
+from jojoscl_dist.cluster.final import final_labels
 from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import compute_stats, materialize
 from jojoscl_dist.train.checkpoint import SCHEMA_VERSION, load_state
-from jojoscl_dist.train.embed import embed, final_labels
+from jojoscl_dist.train.embed import embed
 from jojoscl_dist.model import build_model
 from jojoscl_dist.train.loop import WorkerData, train_worker
 from jojoscl_dist.train.session import LocalSession
@@ -43,7 +44,7 @@ def labels_of(session, cfg, x):
     m = build_model(cfg.model, st["n_genes"], st["n_clusters"])
     m.load_state_dict(st["model"])
     emb = embed(m, ArraySource(x))
-    return final_labels(emb, 5, "kmeans", cfg.run.seed, 3), emb
+    return final_labels(emb, 5, "kmeans", cfg.run.seed, 3).labels, emb
 
 
 def test_learns_and_reports(cellbench):
