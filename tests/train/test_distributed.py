@@ -41,7 +41,9 @@ def _worker(rank, port, q):
     for p in lin.parameters():  # what DDP does: average gradients over workers
         dist.all_reduce(p.grad)
         p.grad /= 2
-    q.put((rank, loss.item(), [p.grad.clone() for p in lin.parameters()]))
+    # numpy, not tensors: a tensor on the queue is shared by file descriptor, which a worker that has already
+    # exited can no longer hand over
+    q.put((rank, loss.item(), [p.grad.numpy().copy() for p in lin.parameters()]))
     dist.destroy_process_group()
 
 
@@ -62,4 +64,4 @@ def test_two_workers_equal_one_worker_at_double_batch():
     for rank, l, grads in results:
         assert abs(l - loss.item()) < 1e-5
         for g, r in zip(grads, ref):
-            assert torch.allclose(g, r, atol=1e-5), (rank, g, r)
+            assert torch.allclose(torch.as_tensor(g), r, atol=1e-5), (rank, g, r)
