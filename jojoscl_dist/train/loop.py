@@ -5,26 +5,23 @@ gradient) -> heads on both -> gather across workers with gradient -> per-batch k
 0, broadcast) -> L = w_sure*L_SURE + alpha*L_INS + beta*L_CLU -> backward, Adam step -> momentum update.
 Per epoch: mean losses reported; every ``eval_every`` epochs and at the end, rank 0 embeds all cells and scores
 them label-free (the selection rule keeps the best weights); a checkpoint with the full state every epoch.
-A NaN/Inf loss stops every worker within a few steps (``NonFiniteWatch``); the loop then reports a 'diverged'
+A NaN/Inf loss stops every worker within a few steps (``divergence.py``); the loop then reports a 'diverged'
 message and returns normally, so that Ray Train does not retry a run that cannot succeed.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import random
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from jojoscl_dist.cluster.final import final_space
 from jojoscl_dist.cluster.input_pca import InputPCA
@@ -38,16 +35,13 @@ from jojoscl_dist.model import NoisePool, augment, build_model, momentum_update
 from jojoscl_dist.model.jojoscl import make_key_encoder
 from jojoscl_dist.train import distributed as D
 from jojoscl_dist.train.checkpoint import global_rng_state, load_state, save_state, set_global_rng_state
+from jojoscl_dist.train.divergence import NONFINITE_CHECK_EVERY, Divergence, NonFiniteWatch, divergence_message
 from jojoscl_dist.train.embed import embed
 from jojoscl_dist.train.session import Session
 
 log = logging.getLogger(__name__)
 
 EVAL_KMEANS_RESTARTS = 3  # in-loop evaluations; the final labels use cfg.eval.kmeans_restarts
-# Steps between reads of the non-finite-loss flag: each read is a host sync (and an all-reduce when distributed),
-# which on a GPU stalls the queue; a diverged run then stops at most this many steps late.
-NONFINITE_CHECK_EVERY = 4
-DIVERGED_FILE = "diverged.json"  # under the run's checkpoint folder: a relaunch of the same settings stops at once
 
 
 @dataclass
@@ -84,54 +78,6 @@ def make_adam(model: torch.nn.Module, lr: float, weight_decay: float, device: to
 def autocast(device: torch.device, precision: str):
     """bf16 autocast of the forward passes when asked (GPU speed option); a no-op context for fp32."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-class NonFiniteWatch:
-    """The first optimiser step whose loss is NaN/Inf, recorded on the device every step (no host sync) and read
-    every ``every`` steps: one MIN all-reduce then, so that every worker stops at the same step (DDP hangs when one
-    worker leaves its collectives)."""
-
-    def __init__(self, device: torch.device, every: int):
-        self.every = every
-        self.step = torch.full((), math.inf, dtype=torch.float64, device=device)  # inf: none yet
-        self.value = torch.zeros((), dtype=torch.float64, device=device)
-
-    def update(self, loss: torch.Tensor, step: int) -> None:
-        loss = loss.detach().double()
-        new = ~torch.isfinite(loss) & torch.isinf(self.step)
-        self.step = torch.where(new, float(step), self.step)
-        self.value = torch.where(new, loss, self.value)
-
-    def poll(self) -> tuple[int, float] | None:
-        """(first bad step, its loss) once any worker saw one, else None. Every worker must call it together."""
-        first = self.step.clone()
-        if D.is_distributed():
-            dist.all_reduce(first, op=dist.ReduceOp.MIN)
-        step, own, value = torch.stack([first, self.step, self.value]).tolist()
-        return None if math.isinf(step) else (int(step), value if own == step else math.nan)
-
-
-def divergence_message(value: float, epoch: int, epochs: int, step: int, lr: float) -> str:
-    return (f"training diverged: the loss became {value} at epoch {epoch + 1}/{epochs}, step {step}, with --lr "
-            f"{lr:g}: lower --lr (a relaunch with these settings stops here; --overwrite tries them again)")
-
-
-def read_divergence(root: str | Path) -> dict | None:
-    """The divergence recorded under a run's checkpoint folder ({'message', 'config'}), or None."""
-    path = Path(root) / DIVERGED_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def record_divergence(root: str | Path, message: str, config: dict) -> None:
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{DIVERGED_FILE}.tmp"
-    tmp.write_text(json.dumps({"message": message, "config": config}, indent=1))
-    tmp.replace(root / DIVERGED_FILE)
-
-
-def clear_divergence(root: str | Path) -> None:
-    (Path(root) / DIVERGED_FILE).unlink(missing_ok=True)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
@@ -246,7 +192,7 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
 
     # The faiss per-batch k-means reads every batch on the host (and refuses NaN): check at each of its syncs.
     watch = NonFiniteWatch(session.device, 1 if lc.kmeans_backend == "faiss" else NONFINITE_CHECK_EVERY)
-    diverged: tuple[int, float] | None = None
+    diverged: Divergence | None = None
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         net.train()
@@ -363,6 +309,5 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     if diverged is not None:
         # Returned, not raised: Ray Train would retry an exception (FailureConfig) into the same divergence. The
         # driver raises TrainingDiverged from this report and records it for relaunches.
-        bad_step, value = diverged
-        session.report({"epoch": epoch, "step": bad_step, "loss": value,
-                        "diverged": divergence_message(value, epoch, epochs, bad_step, oc.lr)})
+        session.report({"epoch": epoch, "step": diverged.step, "loss": diverged.value,
+                        "diverged": divergence_message(diverged.value, epoch, epochs, diverged.step, oc.lr)})

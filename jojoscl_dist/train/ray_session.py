@@ -23,7 +23,8 @@ from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.zarr_store import ZarrSource
 from jojoscl_dist.errors import TrainingDiverged, TrainingFailed
 from jojoscl_dist.train.checkpoint import STATE_FILE
-from jojoscl_dist.train.loop import DIVERGED_FILE, WorkerData, resolve_epochs, train_worker
+from jojoscl_dist.train.divergence import DIVERGED_FILE
+from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
 from jojoscl_dist.train.progress import EpochProgress
 from jojoscl_dist.train.session import Session
 
