@@ -2,7 +2,7 @@
 
 One step: two augmented views -> query encoder (view a, with gradient) and momentum key encoder (view b, no
 gradient) -> heads on both -> gather across workers with gradient -> per-batch k-means on the gathered h_a (rank
-0, broadcast) -> L = w_sure*L_SURE + alpha*L_INS + beta*L_CLU -> backward, Adam step -> momentum update.
+0, broadcast) -> the objective (``losses/objective.py``) -> backward, Adam step -> momentum update.
 Per epoch: mean losses reported; every ``eval_every`` epochs and at the end, rank 0 embeds all cells and scores
 them label-free (the selection rule keeps the best weights); a checkpoint with the full state every epoch.
 A NaN/Inf loss stops every worker within a few steps (``divergence.py``); the loop then reports a 'diverged'
@@ -30,7 +30,7 @@ from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.cluster.selection import Selector, input_reference
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import SubsetSource, epoch_batch_count, eval_subset, iter_epoch
-from jojoscl_dist.losses import cluster_contrastive_loss, instance_contrastive_loss, sure_loss
+from jojoscl_dist.losses.objective import jojoscl_objective, needs_assignment, needs_key_prior
 from jojoscl_dist.model import NoisePool, augment, build_model, momentum_update
 from jojoscl_dist.model.jojoscl import make_key_encoder
 from jojoscl_dist.train import distributed as D
@@ -136,7 +136,6 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     k = data.n_clusters
     epochs = resolve_epochs(cfg, n_cells)
     lc, mc, oc = cfg.loss, cfg.model, cfg.optim
-    tau_c = lc.tau_instance if lc.reference_compatible else lc.tau_cluster
 
     model = build_model(mc, n_genes, k)
     if mc.input_pcs > 0:  # fitted on the same seeded sample on every worker, before the key encoder copies it
@@ -217,21 +216,14 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
             h_a, z_a, y_a, z_b, y_b, h_b = (t.float() for t in (h_a, z_a, y_a, z_b, y_b, h_b))
             H_a, Z_a, Y_a = (D.gather_with_grad(t) for t in (h_a, z_a, y_a))
             Z_b, Y_b = D.gather_with_grad(z_b), D.gather_with_grad(y_b)
-            l_ins = instance_contrastive_loss(Z_a, Z_b, lc.tau_instance)
-            l_clu = cluster_contrastive_loss(Y_a, Y_b, tau_c, reference_compatible=lc.reference_compatible)
-            loss = lc.alpha * l_ins + lc.beta * l_clu
-            l_sure = torch.zeros((), device=session.device)
-            if lc.w_sure > 0:
+            assign = None
+            if needs_assignment(lc):  # per-batch k-means on rank 0, broadcast: every worker uses the same clusters
                 assign = torch.empty(H_a.shape[0], dtype=torch.long, device=session.device)
                 if rank == 0:
                     assign = kmeans(H_a.detach())
                 D.broadcast(assign)
-                if lc.reference_compatible:  # the authors' SURE: same-view, detached, never trains
-                    l_sure = sure_loss(H_a.detach(), assign)
-                else:
-                    prior = D.gather(h_b) if lc.sure_variant == "cross" else None
-                    l_sure = sure_loss(H_a, assign, prior)
-                loss = loss + lc.w_sure * l_sure
+            H_b = D.gather(h_b) if needs_key_prior(lc) else None
+            loss, l_ins, l_clu, l_sure = jojoscl_objective(Z_a, Z_b, Y_a, Y_b, H_a, H_b, assign, lc)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -11,7 +11,7 @@ import pytest
 
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.errors import TrainingDiverged
-from jojoscl_dist.train import loop
+from jojoscl_dist.losses import objective
 from jojoscl_dist.train.__main__ import main as train_main
 from jojoscl_dist.train.checkpoint import latest_checkpoint, load_state
 from jojoscl_dist.train.divergence import DIVERGED_FILE, NONFINITE_CHECK_EVERY
@@ -28,14 +28,14 @@ def argv(data_dir, out: Path, *extra: str) -> list[str]:
 
 def inject_nan(monkeypatch, from_call: int) -> list[int]:
     """The instance loss is NaN from its ``from_call``-th call (one call per step) on; returns the call counter."""
-    real, calls = loop.instance_contrastive_loss, [0]
+    real, calls = objective.instance_contrastive_loss, [0]
 
     def nan_loss(*a, **k):
         calls[0] += 1
         out = real(*a, **k)
         return out * float("nan") if calls[0] >= from_call else out
 
-    monkeypatch.setattr(loop, "instance_contrastive_loss", nan_loss)
+    monkeypatch.setattr(objective, "instance_contrastive_loss", nan_loss)
     return calls
 
 
