@@ -1,30 +1,25 @@
-"""The per-worker training loop (runtime-agnostic: see ``session.py``).
+"""The per-worker training loop (runtime-agnostic: see ``session.py``; its state: ``state.py``).
 
-One step: two augmented views -> query encoder (view a, with gradient) and momentum key encoder (view b, no
-gradient) -> heads on both -> gather across workers with gradient -> per-batch k-means on the gathered h_a (rank
-0, broadcast) -> L = w_sure*L_SURE + alpha*L_INS + beta*L_CLU -> backward, Adam step -> momentum update.
-Per epoch: mean losses reported; every ``eval_every`` epochs and at the end, rank 0 embeds all cells and scores
-them label-free (the selection rule keeps the best weights); a checkpoint with the full state every epoch.
-A NaN/Inf loss stops every worker within a few steps (``NonFiniteWatch``); the loop then reports a 'diverged'
+One step (``train_step``): two augmented views -> query encoder (view a, with gradient) and momentum key encoder
+(view b, no gradient) -> heads on both -> gather across workers with gradient -> per-batch k-means on the gathered
+h_a (rank 0, broadcast) -> the objective (``losses/objective.py``) -> backward, Adam step -> momentum update.
+Per epoch (``train_epoch``): mean losses reported; every ``eval_every`` epochs and at the end, rank 0 embeds the
+cells and scores them label-free (``evaluate``: the selection rule keeps the best weights); a checkpoint with the
+full state every ``checkpoint_every`` epochs and at the end.
+A NaN/Inf loss stops every worker within a few steps (``divergence.py``); the loop then reports a 'diverged'
 message and returns normally, so that Ray Train does not retry a run that cannot succeed.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import logging
-import math
 import random
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from jojoscl_dist.cluster.final import final_space
 from jojoscl_dist.cluster.input_pca import InputPCA
@@ -33,21 +28,18 @@ from jojoscl_dist.cluster.metrics import score_labels
 from jojoscl_dist.cluster.selection import Selector, input_reference
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import SubsetSource, epoch_batch_count, eval_subset, iter_epoch
-from jojoscl_dist.losses import cluster_contrastive_loss, instance_contrastive_loss, sure_loss
+from jojoscl_dist.losses.objective import LossTerms, jojoscl_objective, needs_assignment, needs_key_prior
 from jojoscl_dist.model import NoisePool, augment, build_model, momentum_update
 from jojoscl_dist.model.jojoscl import make_key_encoder
 from jojoscl_dist.train import distributed as D
-from jojoscl_dist.train.checkpoint import global_rng_state, load_state, save_state, set_global_rng_state
+from jojoscl_dist.train.checkpoint import load_state, save_state
+from jojoscl_dist.train.divergence import NONFINITE_CHECK_EVERY, Divergence, NonFiniteWatch, divergence_message
 from jojoscl_dist.train.embed import embed
 from jojoscl_dist.train.session import Session
-
-log = logging.getLogger(__name__)
+from jojoscl_dist.train.state import TrainState
 
 EVAL_KMEANS_RESTARTS = 3  # in-loop evaluations; the final labels use cfg.eval.kmeans_restarts
-# Steps between reads of the non-finite-loss flag: each read is a host sync (and an all-reduce when distributed),
-# which on a GPU stalls the queue; a diverged run then stops at most this many steps late.
-NONFINITE_CHECK_EVERY = 4
-DIVERGED_FILE = "diverged.json"  # under the run's checkpoint folder: a relaunch of the same settings stops at once
+LOSS_NAMES = ("loss", "l_ins", "l_clu", "l_sure")  # the reported names of the LossTerms fields, in their order
 
 
 @dataclass
@@ -86,113 +78,20 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-class NonFiniteWatch:
-    """The first optimiser step whose loss is NaN/Inf, recorded on the device every step (no host sync) and read
-    every ``every`` steps: one MIN all-reduce then, so that every worker stops at the same step (DDP hangs when one
-    worker leaves its collectives)."""
-
-    def __init__(self, device: torch.device, every: int):
-        self.every = every
-        self.step = torch.full((), math.inf, dtype=torch.float64, device=device)  # inf: none yet
-        self.value = torch.zeros((), dtype=torch.float64, device=device)
-
-    def update(self, loss: torch.Tensor, step: int) -> None:
-        loss = loss.detach().double()
-        new = ~torch.isfinite(loss) & torch.isinf(self.step)
-        self.step = torch.where(new, float(step), self.step)
-        self.value = torch.where(new, loss, self.value)
-
-    def poll(self) -> tuple[int, float] | None:
-        """(first bad step, its loss) once any worker saw one, else None. Every worker must call it together."""
-        first = self.step.clone()
-        if D.is_distributed():
-            dist.all_reduce(first, op=dist.ReduceOp.MIN)
-        step, own, value = torch.stack([first, self.step, self.value]).tolist()
-        return None if math.isinf(step) else (int(step), value if own == step else math.nan)
-
-
-def divergence_message(value: float, epoch: int, epochs: int, step: int, lr: float) -> str:
-    return (f"training diverged: the loss became {value} at epoch {epoch + 1}/{epochs}, step {step}, with --lr "
-            f"{lr:g}: lower --lr (a relaunch with these settings stops here; --overwrite tries them again)")
-
-
-def read_divergence(root: str | Path) -> dict | None:
-    """The divergence recorded under a run's checkpoint folder ({'message', 'config'}), or None."""
-    path = Path(root) / DIVERGED_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def record_divergence(root: str | Path, message: str, config: dict) -> None:
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{DIVERGED_FILE}.tmp"
-    tmp.write_text(json.dumps({"message": message, "config": config}, indent=1))
-    tmp.replace(root / DIVERGED_FILE)
-
-
-def clear_divergence(root: str | Path) -> None:
-    (Path(root) / DIVERGED_FILE).unlink(missing_ok=True)
-
-
 def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
-def resume_scheduler(sched, saved: dict, step: int) -> bool:
-    """Load a saved scheduler state. A cosine schedule saved for another length (--epochs changed on resume) is
-    set to this run's length instead, at the saved step (lr = its closed form there); True when that happened."""
-    t_max = getattr(sched, "T_max", None)
-    sched.load_state_dict(saved)
-    if t_max is None or sched.T_max == t_max:
-        return False
-    sched.T_max, sched.last_epoch = t_max, step
-    for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
-        # CosineAnnealingLR.step() continues recursively from the current lr: it must sit on the new curve.
-        group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * step / t_max)) / 2
-    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
-    return True
-
-
-def augment_seed(seed: int, epoch: int, rank: int) -> int:
-    """Seed of a worker's augmentation stream when a checkpoint's stream cannot be restored (another device)."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def restore_generator(gen: torch.Generator, state: torch.Tensor, saved_device: str | None, seed: int, epoch: int,
-                      rank: int) -> bool:
-    """Restore a worker's augmentation stream; False when it was reseeded instead.
-
-    A CUDA generator state cannot be set on a CPU generator nor the reverse: a checkpoint written on another device
-    type reseeds the stream from (seed, epoch, rank), so the resumed run is reproducible but not identical to an
-    uninterrupted one. Checkpoints without a recorded device are tried as they are.
-    """
-    if saved_device in (None, gen.device.type):
-        try:
-            gen.set_state(state)
-            return True
-        except RuntimeError:  # a state of the other device type
-            pass
-    new_seed = augment_seed(seed, epoch, rank)
-    gen.manual_seed(new_seed)
-    log.warning("the checkpoint was written on %s and this worker runs on %s: augmentation stream of rank %d "
-                "reseeded from seed %d, epoch %d (seed %d)", saved_device or "another device", gen.device.type,
-                rank, seed, epoch, new_seed)
-    return False
-
-
-def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
-    rank, world = session.rank, session.world_size
-    seed = cfg.run.seed
-    seed_everything(seed)  # identical model initialisation on every worker
+def new_state(cfg: JojoConfig, data: WorkerData, session: Session) -> TrainState:
+    """A fresh state on the session's device. Call ``seed_everything`` first: the weights are then identical on
+    every worker."""
+    rank, world, seed = session.rank, session.world_size, cfg.run.seed
+    mc, oc, lc = cfg.model, cfg.optim, cfg.loss
     n_cells, n_genes = data.source.shape
-    k = data.n_clusters
     epochs = resolve_epochs(cfg, n_cells)
-    lc, mc, oc = cfg.loss, cfg.model, cfg.optim
-    tau_c = lc.tau_instance if lc.reference_compatible else lc.tau_cluster
-
-    model = build_model(mc, n_genes, k)
+    model = build_model(mc, n_genes, data.n_clusters)
     if mc.input_pcs > 0:  # fitted on the same seeded sample on every worker, before the key encoder copies it
         pca = InputPCA.fit(data.source, 1.0, seed, cfg.eval.max_eval_cells, n_components=mc.input_pcs)
         model.encoder.set_input_projection(pca.mean, pca.components, pca.scale)
@@ -201,168 +100,216 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     model = model.to(session.device)
     opt = make_adam(model, oc.lr, oc.weight_decay, session.device)
     steps_per_epoch = epoch_batch_count(data.source, oc.batch_size, world, rank, seed)
-    sched = make_scheduler(opt, oc.schedule, epochs * steps_per_epoch)
-    gen = torch.Generator(device=session.device).manual_seed(seed * 1000 + rank + 1)  # augmentation, per worker
-    local_batch = -(-oc.batch_size // world)
-    pool = NoisePool(local_batch * n_genes, mc.noise_std, gen, session.device) if mc.noise_std > 0 else None
-    kmeans = BatchKMeans(k, niter=lc.kmeans_iters, seed=seed, warm_start=lc.kmeans_warm_start,
-                         backend=lc.kmeans_backend)
-    amp = autocast(session.device, oc.precision)
-    ckpt_every = max(1, cfg.run.checkpoint_every)
-    selector = Selector(rule=cfg.eval.selection, seed=seed, max_cells=cfg.eval.max_eval_cells,
-                        min_epoch=min(epochs - 1, int(cfg.eval.select_from * epochs)))
-    # Large atlases: evaluations embed a fixed seeded sample (the final labels still cover every cell).
-    eval_idx = eval_subset(data.source, cfg.eval.max_eval_cells, seed)
-    eval_source = data.source if eval_idx is None else SubsetSource(data.source, eval_idx)
-    eval_truth = data.labels if (eval_idx is None or data.labels is None) else data.labels[eval_idx]
-    best_model: dict | None = None
-    reference: np.ndarray | None = None
-    history: list[dict] = []
-    start_epoch, step = 0, 0
+    return TrainState(
+        cfg=cfg, rank=rank, epochs=epochs, n_genes=n_genes, n_clusters=data.n_clusters,
+        fingerprint=data.fingerprint, device=session.device, model=model, net=net, key_encoder=key_encoder,
+        optimizer=opt, scheduler=make_scheduler(opt, oc.schedule, epochs * steps_per_epoch),
+        kmeans=BatchKMeans(data.n_clusters, niter=lc.kmeans_iters, seed=seed, warm_start=lc.kmeans_warm_start,
+                           backend=lc.kmeans_backend),
+        selector=Selector(rule=cfg.eval.selection, seed=seed, max_cells=cfg.eval.max_eval_cells,
+                          min_epoch=min(epochs - 1, int(cfg.eval.select_from * epochs))),
+        generator=torch.Generator(device=session.device).manual_seed(seed * 1000 + rank + 1),  # per worker
+    )
 
+
+class Views:
+    """Augmented views of a batch, drawn from this worker's augmentation stream. The noise is read from a pool
+    that is redrawn at every epoch start, so an epoch resumed from a checkpoint reads the same noise."""
+
+    def __init__(self, cfg: JojoConfig, generator: torch.Generator, n_genes: int, session: Session):
+        mc = cfg.model
+        self.keep, self.noise_std, self.generator = mc.mask_keep, mc.noise_std, generator
+        local_batch = -(-cfg.optim.batch_size // session.world_size)
+        self.pool = (NoisePool(local_batch * n_genes, mc.noise_std, generator, session.device)
+                     if mc.noise_std > 0 else None)
+
+    def start_epoch(self) -> None:
+        if self.pool is not None:
+            self.pool.refill()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return augment(x, self.keep, self.noise_std, self.generator, self.pool)
+
+
+def batch_assignment(state: TrainState, h: torch.Tensor) -> torch.Tensor:
+    """Per-batch k-means of the gathered h on rank 0, broadcast: every worker uses the same clusters."""
+    assign = torch.empty(h.shape[0], dtype=torch.long, device=h.device)
+    if state.rank == 0:
+        assign = state.kmeans(h.detach())
+    D.broadcast(assign)
+    return assign
+
+
+def global_batch_objective(state: TrainState, h_a, z_a, y_a, z_b, y_b, h_b) -> LossTerms:
+    """The objective on every worker's batch together (gathered with gradient: each worker's backward then
+    yields its share of the global-batch gradient)."""
+    lc = state.cfg.loss
+    H_a, Z_a, Y_a = (D.gather_with_grad(t) for t in (h_a, z_a, y_a))
+    Z_b, Y_b = D.gather_with_grad(z_b), D.gather_with_grad(y_b)
+    assign = batch_assignment(state, H_a) if needs_assignment(lc) else None
+    H_b = D.gather(h_b) if needs_key_prior(lc) else None
+    return jojoscl_objective(Z_a, Z_b, Y_a, Y_b, H_a, H_b, assign, lc)
+
+
+def train_step(state: TrainState, x: torch.Tensor, views: Views, amp) -> LossTerms:
+    """One optimiser step on this worker's batch x (n, G)."""
+    xa = views(x)
+    xb = views(x)
+    with amp:
+        with torch.no_grad():
+            h_b = state.key_encoder(xb)
+        h_a, z_a, y_a, z_b, y_b = state.net(xa, h_b)
+    # Losses and k-means in fp32 (no-op casts unless precision is bf16).
+    h_a, z_a, y_a, z_b, y_b, h_b = (t.float() for t in (h_a, z_a, y_a, z_b, y_b, h_b))
+    terms = global_batch_objective(state, h_a, z_a, y_a, z_b, y_b, h_b)
+    state.optimizer.zero_grad(set_to_none=True)
+    terms.total.backward()
+    state.optimizer.step()
+    state.scheduler.step()
+    momentum_update(state.key_encoder, state.model.encoder, state.cfg.model.momentum)
+    state.step += 1
+    return terms
+
+
+def train_epoch(state: TrainState, source, session: Session, views: Views, watch: NonFiniteWatch,
+                epoch: int) -> dict[str, Any] | Divergence:
+    """One pass over this worker's share of the data: the epoch's metrics (mean losses over every worker, speed,
+    lr), or the divergence when a loss became NaN/Inf (every worker stops at the same step)."""
+    cfg = state.cfg
+    t0 = time.perf_counter()
+    state.net.train()
+    state.key_encoder.train()
+    amp = autocast(session.device, cfg.optim.precision)
+    sums = torch.zeros(len(LOSS_NAMES), dtype=torch.float64, device=session.device)
+    n_seen, n_steps, polled = 0, 0, 0
+    diverged: Divergence | None = None
+    views.start_epoch()
+    # Streamed sources (prepared Zarr stores) read whole chunks ahead in a background thread (closed on a stop).
+    batches = iter_epoch(source, cfg.optim.batch_size, session.world_size, session.rank, cfg.run.seed, epoch,
+                         cfg.data.shuffle_buffer_chunks, cfg.data.prefetch_batches)
+    for rows in batches:
+        x = torch.as_tensor(rows, device=session.device)
+        terms = train_step(state, x, views, amp)
+        n_seen += len(x)
+        n_steps += 1
+        # Accumulated on the device: one host sync per epoch instead of four per step.
+        sums += torch.stack([t.detach() for t in terms]).double()
+        watch.update(terms.total, state.step)
+        if n_steps % watch.every == 0:
+            polled = n_steps
+            if (diverged := watch.poll()) is not None:
+                break
+    batches.close()
+    if diverged is None and polled != n_steps:  # the epoch's last steps
+        diverged = watch.poll()
+    if diverged is not None:
+        return diverged
+    metrics: dict[str, Any] = D.all_mean(dict(zip(LOSS_NAMES, (sums / n_steps).tolist())))
+    train_time = time.perf_counter() - t0
+    metrics.update(epoch=epoch, step=state.step, epoch_time_s=train_time, torch_threads=torch.get_num_threads(),
+                   cells_per_s=n_seen * session.world_size / max(train_time, 1e-9),
+                   lr=state.optimizer.param_groups[0]["lr"])
+    return metrics
+
+
+class EvalCells:
+    """The cells the in-training evaluations embed: every cell, or a fixed seeded sample of large atlases (the
+    final labels still cover every cell)."""
+
+    def __init__(self, cfg: JojoConfig, data: WorkerData):
+        idx = eval_subset(data.source, cfg.eval.max_eval_cells, cfg.run.seed)
+        self.source = data.source if idx is None else SubsetSource(data.source, idx)
+        self.truth = data.labels if (idx is None or data.labels is None) else data.labels[idx]
+        self.seed = cfg.run.seed
+        self._reference: np.ndarray | None = None
+
+    @property
+    def reference(self) -> np.ndarray:
+        """PCA of these cells' input: model-independent coordinates for the selection, computed once per run."""
+        if self._reference is None:
+            self._reference = input_reference(self.source.rows(slice(0, self.source.shape[0])), self.seed)
+        return self._reference
+
+
+def evaluation_due(cfg: JojoConfig, epoch: int, epochs: int) -> bool:
+    return (epoch + 1) % cfg.eval.eval_every == 0 or epoch == epochs - 1
+
+
+def scores_against_truth(cfg: JojoConfig, cells: EvalCells, emb: dict[str, np.ndarray], labels: np.ndarray,
+                         k: int) -> dict[str, float]:
+    """Logged only, never used for selection: the k-means labels, the cluster head's argmax, and what the final
+    labels would be at this epoch, each against the truth."""
+    metrics = {f"eval_{n}": v for n, v in score_labels(cells.truth, labels).items()}
+    metrics["eval_head_ari"] = score_labels(cells.truth, emb["y"].argmax(1))["ari"]
+    if cfg.eval.input_pca_weight > 0 and cfg.eval.label_method == "kmeans":
+        # The final labels cluster [z, PCA of the input]; the oracle column only: selection scores z's clustering.
+        space = final_space(emb["z"], cells.reference[:, :cfg.eval.input_pca_components], cfg.eval.input_pca_weight)
+        final = fit_kmeans(space, k, seed=cfg.run.seed, restarts=EVAL_KMEANS_RESTARTS)
+        metrics.update({f"eval_final_{n}": v for n, v in score_labels(cells.truth, final).items()})
+    return metrics
+
+
+def evaluate(state: TrainState, cells: EvalCells, session: Session, epoch: int) -> dict[str, float]:
+    """Rank 0: embed the evaluated cells, cluster z and score that label-free; the selection rule keeps the
+    weights of its best evaluation. The session's ``on_evaluation`` sees every evaluation."""
+    t1 = time.perf_counter()
+    emb = embed(state.model, cells.source, session.device)
+    labels = fit_kmeans(emb["z"], state.n_clusters, seed=state.cfg.run.seed, restarts=EVAL_KMEANS_RESTARTS)
+    scores, is_best = state.selector.update(epoch, emb["z"], labels, cells.reference)
+    metrics = {f"select_{n}": v for n, v in scores.items()}
+    if is_best:
+        state.keep_best()
+    if cells.truth is not None:
+        metrics.update(scores_against_truth(state.cfg, cells, emb, labels, state.n_clusters))
+    metrics["eval_time_s"] = time.perf_counter() - t1
+    session.on_evaluation(epoch, emb, labels, scores)
+    return metrics
+
+
+def checkpoint_due(cfg: JojoConfig, epoch: int, epochs: int) -> bool:
+    return (epoch + 1) % max(1, cfg.run.checkpoint_every) == 0 or epoch == epochs - 1
+
+
+def report_epoch(state: TrainState, session: Session, metrics: dict[str, Any]) -> None:
+    """Report the epoch's metrics, with a checkpoint of the full state when one is due (written by rank 0)."""
+    if not checkpoint_due(state.cfg, state.epoch, state.epochs):
+        session.report(metrics)
+        return
+    checkpoint = state.state_dict()  # every worker: it gathers the RNG streams
+    if state.rank != 0:
+        session.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="jojoscl-ckpt-") as tmp:
+        save_state(tmp, checkpoint)
+        session.report(metrics, checkpoint_dir=tmp)
+
+
+def report_divergence(state: TrainState, session: Session, epoch: int, diverged: Divergence) -> None:
+    # Returned, not raised: Ray Train would retry an exception (FailureConfig) into the same divergence. The driver
+    # raises TrainingDiverged from this report and records it for relaunches.
+    session.report({"epoch": epoch, "step": diverged.step, "loss": diverged.value,
+                    "diverged": divergence_message(diverged.value, epoch, state.epochs, diverged.step,
+                                                   state.cfg.optim.lr)})
+
+
+def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
+    seed_everything(cfg.run.seed)  # identical model initialisation on every worker
+    state = new_state(cfg, data, session)
+    views = Views(cfg, state.generator, state.n_genes, session)
+    cells = EvalCells(cfg, data)
     with session.resume_dir() as ckpt:
         if ckpt:
-            st = load_state(ckpt)  # tensors on the CPU, whatever device wrote them
-            model.load_state_dict(st["model"])
-            key_encoder.load_state_dict(st["key_encoder"])
-            opt.load_state_dict(st["optimizer"])  # torch moves each state tensor to its parameter's device
-            start_epoch, step = st["epoch"] + 1, st["step"]
-            if resume_scheduler(sched, st["scheduler"], step):
-                log.info("cosine schedule rebuilt for %d epochs at step %d", epochs, step)
-            kmeans.load_state_dict(st["kmeans"])
-            selector.load_state_dict(st["selector"])
-            best_model, history = st["best_model"], st["history"]
-            if 0 <= selector.best_epoch < selector.min_epoch:
-                # --epochs grew on resume: the pick so far lies before the new selection window (eval.select_from
-                # of the new length); the window's first evaluation replaces it.
-                selector.best_epoch, selector.best_value, best_model = -1, -np.inf, None
-            gen_states = st["rng"]["generators"]
-            if rank < len(gen_states):  # a rank beyond the saved world size keeps its fresh seeded stream
-                restore_generator(gen, gen_states[rank], st.get("device"), seed, start_epoch, rank)
-            global_states = st["rng"].get("global", [])
-            if rank < len(global_states):
-                set_global_rng_state(global_states[rank])
-            log.info("resumed from epoch %d", st["epoch"])
-
+            state.load_state_dict(load_state(ckpt))
     # The faiss per-batch k-means reads every batch on the host (and refuses NaN): check at each of its syncs.
-    watch = NonFiniteWatch(session.device, 1 if lc.kmeans_backend == "faiss" else NONFINITE_CHECK_EVERY)
-    diverged: tuple[int, float] | None = None
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        net.train()
-        key_encoder.train()
-        sums = torch.zeros(4, dtype=torch.float64, device=session.device)  # loss, l_ins, l_clu, l_sure
-        n_seen, n_steps = 0, 0
-        if pool is not None:
-            pool.refill()  # from the generator's state at the epoch start: a resumed epoch reads the same noise
-        # Streamed sources (prepared Zarr stores) read whole chunks ahead in a background thread (closed on a stop).
-        batches = iter_epoch(data.source, oc.batch_size, world, rank, seed, epoch, cfg.data.shuffle_buffer_chunks,
-                             cfg.data.prefetch_batches)
-        polled = 0
-        for rows in batches:
-            x = torch.as_tensor(rows, device=session.device)
-            xa = augment(x, mc.mask_keep, mc.noise_std, gen, pool)
-            xb = augment(x, mc.mask_keep, mc.noise_std, gen, pool)
-            with amp:
-                with torch.no_grad():
-                    h_b = key_encoder(xb)
-                h_a, z_a, y_a, z_b, y_b = net(xa, h_b)
-            # Losses and k-means in fp32 (no-op casts unless precision is bf16).
-            h_a, z_a, y_a, z_b, y_b, h_b = (t.float() for t in (h_a, z_a, y_a, z_b, y_b, h_b))
-            H_a, Z_a, Y_a = (D.gather_with_grad(t) for t in (h_a, z_a, y_a))
-            Z_b, Y_b = D.gather_with_grad(z_b), D.gather_with_grad(y_b)
-            l_ins = instance_contrastive_loss(Z_a, Z_b, lc.tau_instance)
-            l_clu = cluster_contrastive_loss(Y_a, Y_b, tau_c, reference_compatible=lc.reference_compatible)
-            loss = lc.alpha * l_ins + lc.beta * l_clu
-            l_sure = torch.zeros((), device=session.device)
-            if lc.w_sure > 0:
-                assign = torch.empty(H_a.shape[0], dtype=torch.long, device=session.device)
-                if rank == 0:
-                    assign = kmeans(H_a.detach())
-                D.broadcast(assign)
-                if lc.reference_compatible:  # the authors' SURE: same-view, detached, never trains
-                    l_sure = sure_loss(H_a.detach(), assign)
-                else:
-                    prior = D.gather(h_b) if lc.sure_variant == "cross" else None
-                    l_sure = sure_loss(H_a, assign, prior)
-                loss = loss + lc.w_sure * l_sure
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            momentum_update(key_encoder, model.encoder, mc.momentum)
-            step += 1
-            n_seen += len(x)
-            n_steps += 1
-            # Accumulated on the device: one host sync per epoch instead of four per step.
-            sums += torch.stack([loss.detach(), l_ins.detach(), l_clu.detach(), l_sure.detach()]).double()
-            watch.update(loss, step)
-            if n_steps % watch.every == 0:
-                polled = n_steps
-                if (diverged := watch.poll()) is not None:
-                    break
-        batches.close()
-        if diverged is None and polled != n_steps:  # the epoch's last steps
-            diverged = watch.poll()
-        if diverged is not None:
-            break
-        metrics: dict[str, Any] = dict(zip(("loss", "l_ins", "l_clu", "l_sure"), (sums / n_steps).tolist()))
-        metrics = D.all_mean(metrics)
-        train_time = time.perf_counter() - t0
-        metrics.update(epoch=epoch, step=step, epoch_time_s=train_time, torch_threads=torch.get_num_threads(),
-                       cells_per_s=n_seen * world / max(train_time, 1e-9), lr=opt.param_groups[0]["lr"])
-
-        last = epoch == epochs - 1
-        if rank == 0 and ((epoch + 1) % cfg.eval.eval_every == 0 or last):
-            t1 = time.perf_counter()
-            emb = embed(model, eval_source, session.device)
-            labels = fit_kmeans(emb["z"], k, seed=seed, restarts=EVAL_KMEANS_RESTARTS)
-            if reference is None:  # once per run: PCA of the evaluated cells' input (fixed across epochs)
-                reference = input_reference(eval_source.rows(slice(0, eval_source.shape[0])), seed)
-            scores, is_best = selector.update(epoch, emb["z"], labels, reference)
-            metrics.update({f"select_{n}": v for n, v in scores.items()})
-            if is_best:
-                best_model = copy.deepcopy({n: t.cpu() for n, t in model.state_dict().items()})
-            if data.labels is not None:
-                metrics.update({f"eval_{n}": v for n, v in score_labels(eval_truth, labels).items()})
-                head = emb["y"].argmax(1)
-                metrics["eval_head_ari"] = score_labels(eval_truth, head)["ari"]
-                if cfg.eval.input_pca_weight > 0 and cfg.eval.label_method == "kmeans":
-                    # What the final labels would be at this epoch (k-means on [z, PCA of the input]); logged
-                    # for the oracle column only: selection scores the z clustering above.
-                    space = final_space(emb["z"], reference[:, :cfg.eval.input_pca_components],
-                                        cfg.eval.input_pca_weight)
-                    final = fit_kmeans(space, k, seed=seed, restarts=EVAL_KMEANS_RESTARTS)
-                    metrics.update({f"eval_final_{n}": v for n, v in score_labels(eval_truth, final).items()})
-            metrics["eval_time_s"] = time.perf_counter() - t1
-        metrics["best_epoch"] = selector.best_epoch
-        history.append(metrics)
-
-        if (epoch + 1) % ckpt_every != 0 and not last:
-            session.report(metrics)
-            continue
-        # Every worker's augmentation stream and global RNG states, so a resumed run continues the same streams.
-        gen_states = D.all_gather_object(gen.get_state())
-        global_states = D.all_gather_object(global_rng_state())
-        if rank == 0:
-            with tempfile.TemporaryDirectory(prefix="jojoscl-ckpt-") as tmp:
-                save_state(tmp, {
-                    "epoch": epoch, "step": step, "epochs": epochs,
-                    "model": model.state_dict(), "key_encoder": key_encoder.state_dict(),
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "rng": {"generators": gen_states, "global": global_states}, "device": session.device.type,
-                    "kmeans": kmeans.state_dict(), "selector": selector.state_dict(),
-                    "best_model": best_model, "history": history,
-                    "n_genes": n_genes, "n_clusters": k, "config": cfg.to_dict(),
-                    "data_fingerprint": data.fingerprint,
-                })
-                session.report(metrics, checkpoint_dir=tmp)
-        else:
-            session.report(metrics)
-
-    if diverged is not None:
-        # Returned, not raised: Ray Train would retry an exception (FailureConfig) into the same divergence. The
-        # driver raises TrainingDiverged from this report and records it for relaunches.
-        bad_step, value = diverged
-        session.report({"epoch": epoch, "step": bad_step, "loss": value,
-                        "diverged": divergence_message(value, epoch, epochs, bad_step, oc.lr)})
+    watch = NonFiniteWatch(session.device, 1 if cfg.loss.kmeans_backend == "faiss" else NONFINITE_CHECK_EVERY)
+    for epoch in range(state.epoch + 1, state.epochs):
+        metrics = train_epoch(state, data.source, session, views, watch, epoch)
+        if isinstance(metrics, Divergence):
+            report_divergence(state, session, epoch, metrics)
+            return
+        if session.rank == 0 and evaluation_due(cfg, epoch, state.epochs):
+            metrics.update(evaluate(state, cells, session, epoch))
+        metrics["best_epoch"] = state.selector.best_epoch
+        state.history.append(metrics)
+        state.epoch = epoch
+        report_epoch(state, session, metrics)

@@ -23,7 +23,8 @@ from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.zarr_store import ZarrSource
 from jojoscl_dist.errors import TrainingDiverged, TrainingFailed
 from jojoscl_dist.train.checkpoint import STATE_FILE
-from jojoscl_dist.train.loop import DIVERGED_FILE, WorkerData, resolve_epochs, train_worker
+from jojoscl_dist.train.divergence import DIVERGED_FILE
+from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
 from jojoscl_dist.train.progress import EpochProgress
 from jojoscl_dist.train.session import Session
 
@@ -126,16 +127,16 @@ def inject_faults(session: RaySession, spec: dict) -> None:
         with open(spec["starts"], "a") as f:
             f.write(f"{session.rank}\n")
     if spec.get("nan_step"):
-        from jojoscl_dist.train import loop
+        from jojoscl_dist.losses import objective
 
-        real, calls = loop.instance_contrastive_loss, [0]
+        real, calls = objective.instance_contrastive_loss, [0]
 
         def nan_loss(*args, **kwargs):
             calls[0] += 1
             out = real(*args, **kwargs)
             return out * float("nan") if calls[0] >= spec["nan_step"] else out
 
-        loop.instance_contrastive_loss = nan_loss
+        objective.instance_contrastive_loss = nan_loss
     if "epoch" not in spec:
         return
     marker = Path(spec["marker"])

@@ -28,9 +28,9 @@ from jojoscl_dist.outputs import run_dir
 from jojoscl_dist.outputs.lock import RunLock
 from jojoscl_dist.outputs.write_run import write_run
 from jojoscl_dist.train.checkpoint import config_differences, latest_loadable, load_state
+from jojoscl_dist.train.divergence import clear_divergence, read_divergence, record_divergence
 from jojoscl_dist.train.embed import embed, embed_to_zarr
-from jojoscl_dist.train.loop import (WorkerData, clear_divergence, read_divergence, record_divergence,
-                                     resolve_epochs, train_worker)
+from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
 from jojoscl_dist.train.progress import EpochProgress
 from jojoscl_dist.train.session import LocalSession
 

@@ -1,4 +1,5 @@
-"""What the per-worker loop needs from its runtime: rank, device, model wrapping, reporting and checkpoints.
+"""What the per-worker loop needs from its runtime: rank, device, model wrapping, reporting, checkpoints, and a
+hook that sees every in-training evaluation.
 
 ``LocalSession`` runs the loop in this process (tests, benchmarks, debugging); ``RaySession`` (in
 ``ray_session.py``) adapts Ray Train. The loop itself is the same code for both.
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from jojoscl_dist.outputs.safe_files import fsync_dir
@@ -33,6 +35,12 @@ class Session:
     @contextlib.contextmanager
     def resume_dir(self) -> Iterator[str | None]:
         yield None
+
+    def on_evaluation(self, epoch: int, embedding: dict[str, np.ndarray], labels: np.ndarray,
+                      scores: dict[str, float]) -> None:
+        """Rank 0, after each in-training evaluation: ``embedding`` {'h','z','y'} of the evaluated cells (a
+        seeded sample above eval.max_eval_cells), ``labels`` their k-means clusters on z, ``scores`` the label-free
+        selection scores. Does nothing here: a subclass observes training through it (tests, benchmarks)."""
 
 
 class LocalSession(Session):

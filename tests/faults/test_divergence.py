@@ -11,9 +11,10 @@ import pytest
 
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.errors import TrainingDiverged
-from jojoscl_dist.train import loop
+from jojoscl_dist.losses import objective
 from jojoscl_dist.train.__main__ import main as train_main
 from jojoscl_dist.train.checkpoint import latest_checkpoint, load_state
+from jojoscl_dist.train.divergence import DIVERGED_FILE, NONFINITE_CHECK_EVERY
 from jojoscl_dist.train.run import default_run_name, default_storage, run
 
 BATCH = 32  # Human_brain: 420 cells -> 13 steps per epoch
@@ -27,14 +28,14 @@ def argv(data_dir, out: Path, *extra: str) -> list[str]:
 
 def inject_nan(monkeypatch, from_call: int) -> list[int]:
     """The instance loss is NaN from its ``from_call``-th call (one call per step) on; returns the call counter."""
-    real, calls = loop.instance_contrastive_loss, [0]
+    real, calls = objective.instance_contrastive_loss, [0]
 
     def nan_loss(*a, **k):
         calls[0] += 1
         out = real(*a, **k)
         return out * float("nan") if calls[0] >= from_call else out
 
-    monkeypatch.setattr(loop, "instance_contrastive_loss", nan_loss)
+    monkeypatch.setattr(objective, "instance_contrastive_loss", nan_loss)
     return calls
 
 
@@ -58,11 +59,11 @@ def test_nan_loss_stops_within_a_few_steps_and_a_relaunch_stops_at_once(data_dir
     msg = error_line(capsys)
     assert msg == ("training diverged: the loss became nan at epoch 2/3, step 17, with --lr 0.0003: lower --lr (a "
                    "relaunch with these settings stops here; --overwrite tries them again)")
-    assert 17 <= calls[0] < 17 + loop.NONFINITE_CHECK_EVERY  # stopped within a few steps, not at the epoch end
+    assert 17 <= calls[0] < 17 + NONFINITE_CHECK_EVERY  # stopped within a few steps, not at the epoch end
     assert not out.exists()  # nothing written
     root = ckpt_root(out)
     assert load_state(latest_checkpoint(root))["epoch"] == 0  # the last good checkpoint is kept
-    assert (root / loop.DIVERGED_FILE).is_file()
+    assert (root / DIVERGED_FILE).is_file()
 
     # The same command again (e.g. a job's backoff retry) stops before training, with the same line.
     def no_training(*a, **k):
@@ -97,7 +98,7 @@ def test_a_real_learning_rate_too_high_diverges(data_dir, tmp_path):
     with pytest.raises(TrainingDiverged, match=r"the loss became (nan|inf|-inf) at epoch 1/2, step \d+, with --lr "
                                                r"1e\+12: lower --lr") as e:
         run(cfg)
-    assert int(re.search(r"step (\d+)", str(e.value)).group(1)) <= loop.NONFINITE_CHECK_EVERY
+    assert int(re.search(r"step (\d+)", str(e.value)).group(1)) <= NONFINITE_CHECK_EVERY
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def test_ray_stops_once_without_retrying(data_dir, tmp_path, ray_cluster, inject
         run(cfg)
     assert sorted(starts.read_text().split()) == ["0", "1"]  # one attempt: each worker started once
     root = default_storage(cfg) / default_run_name(cfg)
-    assert (root / loop.DIVERGED_FILE).is_file()
+    assert (root / DIVERGED_FILE).is_file()
     assert load_state(latest_checkpoint(root))["epoch"] == 0  # the marker-only checkpoint is skipped
     assert not (tmp_path / "out").exists()
     # A relaunch stops before starting any worker.

@@ -90,19 +90,38 @@ def test_checkpoint_schema_and_resume(cellbench):
         assert np.allclose(v.numpy(), resumed["model"][k].numpy(), atol=1e-5), k
 
 
-def test_evaluations_on_a_capped_sample(cellbench, monkeypatch):
-    """Above eval.max_eval_cells the in-training evaluations embed only that many cells (fixed, seeded)."""
-    import jojoscl_dist.train.loop as loop
+class WatchingSession(LocalSession):
+    """Receives every in-training evaluation through the session hook."""
 
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.evaluations = []
+
+    def on_evaluation(self, epoch, embedding, labels, scores):
+        self.evaluations.append((epoch, {n: v.shape for n, v in embedding.items()}, labels, dict(scores)))
+
+
+def test_a_session_sees_every_evaluation(cellbench):
     x, y = cellbench
-    seen = []
-    real_embed = loop.embed
-    monkeypatch.setattr(loop, "embed", lambda model, source, *a, **k: seen.append(source.shape[0])
-                        or real_embed(model, source, *a, **k))
+    cfg = small_cfg(epochs=5)
+    cfg.eval.eval_every = 2
+    session = run_local(cfg, x, y, WatchingSession())
+    assert [e[0] for e in session.evaluations] == [1, 3, 4]  # every 2nd epoch, and the last
+    by_epoch = {m["epoch"]: m for m in session.metrics}
+    for epoch, shapes, labels, scores in session.evaluations:
+        assert shapes == {"h": (len(x), 128), "z": (len(x), 192), "y": (len(x), 5)}
+        assert labels.shape == (len(x),) and len(np.unique(labels)) == 5
+        assert scores == {n[len("select_"):]: v for n, v in by_epoch[epoch].items() if n.startswith("select_")}
+        assert by_epoch[epoch]["eval_ari"] == score_labels(y, labels)["ari"]  # the labels that were scored
+
+
+def test_evaluations_on_a_capped_sample(cellbench):
+    """Above eval.max_eval_cells the in-training evaluations embed only that many cells (fixed, seeded)."""
+    x, y = cellbench
     cfg = small_cfg(epochs=3)
     cfg.eval.max_eval_cells = 200
-    session = run_local(cfg, x, y)
-    assert seen == [200]  # one evaluation (epoch 3), on 200 of the 571 cells
+    session = run_local(cfg, x, y, WatchingSession())
+    assert [(e[0], e[1]["z"][0], len(e[2])) for e in session.evaluations] == [(2, 200, 200)]  # of the 571 cells
     h = load_state(session.checkpoint)["history"][-1]
     assert 0.0 <= h["eval_ari"] <= 1.0 and np.isfinite(h["select_silhouette"])
 

@@ -1,0 +1,139 @@
+"""A worker's training state, and the checkpoint dict it writes and resumes from (keys: ``checkpoint.py``).
+
+``TrainState`` holds what changes while training (weights, optimiser, schedule, k-means warm start, selection,
+the augmentation stream, the best weights, the history, the epoch and step) next to what a checkpoint records
+about the run (its length, shape, config, input and device). ``loop.py`` builds it and trains it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from jojoscl_dist.cluster.kmeans import BatchKMeans
+from jojoscl_dist.cluster.selection import Selector
+from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.train import distributed as D
+from jojoscl_dist.train.checkpoint import global_rng_state, set_global_rng_state
+
+log = logging.getLogger(__name__)
+
+
+def resume_scheduler(sched, saved: dict, step: int) -> bool:
+    """Load a saved scheduler state. A cosine schedule saved for another length (--epochs changed on resume) is
+    set to this run's length instead, at the saved step (lr = its closed form there); True when that happened."""
+    t_max = getattr(sched, "T_max", None)
+    sched.load_state_dict(saved)
+    if t_max is None or sched.T_max == t_max:
+        return False
+    sched.T_max, sched.last_epoch = t_max, step
+    for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
+        # CosineAnnealingLR.step() continues recursively from the current lr: it must sit on the new curve.
+        group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * step / t_max)) / 2
+    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+    return True
+
+
+def augment_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of a worker's augmentation stream when a checkpoint's stream cannot be restored (another device)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def restore_generator(gen: torch.Generator, state: torch.Tensor, saved_device: str | None, seed: int, epoch: int,
+                      rank: int) -> bool:
+    """Restore a worker's augmentation stream; False when it was reseeded instead.
+
+    A CUDA generator state cannot be set on a CPU generator nor the reverse: a checkpoint written on another device
+    type reseeds the stream from (seed, epoch, rank), so the resumed run is reproducible but not identical to an
+    uninterrupted one. Checkpoints without a recorded device are tried as they are.
+    """
+    if saved_device in (None, gen.device.type):
+        try:
+            gen.set_state(state)
+            return True
+        except RuntimeError:  # a state of the other device type
+            pass
+    new_seed = augment_seed(seed, epoch, rank)
+    gen.manual_seed(new_seed)
+    log.warning("the checkpoint was written on %s and this worker runs on %s: augmentation stream of rank %d "
+                "reseeded from seed %d, epoch %d (seed %d)", saved_device or "another device", gen.device.type,
+                rank, seed, epoch, new_seed)
+    return False
+
+
+@dataclass
+class TrainState:
+    """One worker's training state; ``state_dict`` / ``load_state_dict`` write and read the checkpoint dict."""
+
+    cfg: JojoConfig
+    rank: int
+    epochs: int  # this run's length (resolve_epochs)
+    n_genes: int
+    n_clusters: int
+    fingerprint: dict | None  # the input's identity (data/fingerprint.py)
+    device: torch.device
+    model: torch.nn.Module  # query encoder + heads, unwrapped
+    net: torch.nn.Module  # the model as the session runs it (DDP when distributed)
+    key_encoder: torch.nn.Module  # momentum copy of model.encoder
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    kmeans: BatchKMeans  # per-batch k-means and its warm-start centroids
+    selector: Selector  # label-free scores of the evaluations and the pick
+    generator: torch.Generator  # this worker's augmentation stream
+    best_model: dict | None = None  # weights (CPU) of the pick so far
+    history: list[dict] = field(default_factory=list)  # metrics of every completed epoch
+    epoch: int = -1  # last completed epoch
+    step: int = 0  # optimiser steps taken
+
+    def keep_best(self) -> None:
+        self.best_model = copy.deepcopy({n: t.cpu() for n, t in self.model.state_dict().items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint dict. Collective: every worker calls it together (it gathers every worker's
+        augmentation stream and global RNG states, so a resumed run continues the same streams)."""
+        gen_states = D.all_gather_object(self.generator.get_state())
+        global_states = D.all_gather_object(global_rng_state())
+        return {
+            "epoch": self.epoch, "step": self.step, "epochs": self.epochs,
+            "model": self.model.state_dict(), "key_encoder": self.key_encoder.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": {"generators": gen_states, "global": global_states}, "device": self.device.type,
+            "kmeans": self.kmeans.state_dict(), "selector": self.selector.state_dict(),
+            "best_model": self.best_model, "history": self.history,
+            "n_genes": self.n_genes, "n_clusters": self.n_clusters, "config": self.cfg.to_dict(),
+            "data_fingerprint": self.fingerprint,
+        }
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        """Resume from a checkpoint dict (tensors on the CPU, whatever device wrote them). This run's length,
+        config and input stay: the driver has checked that the checkpoint may continue under them."""
+        self.model.load_state_dict(st["model"])
+        self.key_encoder.load_state_dict(st["key_encoder"])
+        self.optimizer.load_state_dict(st["optimizer"])  # torch moves each state tensor to its parameter's device
+        self.epoch, self.step = st["epoch"], st["step"]
+        if resume_scheduler(self.scheduler, st["scheduler"], self.step):
+            log.info("cosine schedule rebuilt for %d epochs at step %d", self.epochs, self.step)
+        self.kmeans.load_state_dict(st["kmeans"])
+        self.selector.load_state_dict(st["selector"])
+        self.best_model, self.history = st["best_model"], st["history"]
+        if 0 <= self.selector.best_epoch < self.selector.min_epoch:
+            # --epochs grew on resume: the pick so far lies before the new selection window (eval.select_from
+            # of the new length); the window's first evaluation replaces it.
+            self.selector.best_epoch, self.selector.best_value, self.best_model = -1, -np.inf, None
+        self._restore_rng(st["rng"], st.get("device"))
+        log.info("resumed from epoch %d", st["epoch"])
+
+    def _restore_rng(self, rng: dict[str, Any], saved_device: str | None) -> None:
+        # A rank beyond the saved world size keeps its fresh seeded streams.
+        if self.rank < len(rng["generators"]):
+            restore_generator(self.generator, rng["generators"][self.rank], saved_device, self.cfg.run.seed,
+                              self.epoch + 1, self.rank)
+        global_states = rng.get("global", [])
+        if self.rank < len(global_states):
+            set_global_rng_state(global_states[self.rank])
