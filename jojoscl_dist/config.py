@@ -22,7 +22,7 @@ from jojoscl_dist.errors import JojoInputError
 InputScale = Literal["auto", "counts", "normalized", "log"]
 HvgFlavor = Literal["auto", "seurat", "seurat_v3", "pearson_residuals", "cell_ranger"]
 SureVariant = Literal["cross", "same"]
-LabelMethod = Literal["kmeans", "head"]
+LabelMethod = Literal["kmeans", "leiden", "head"]
 KMeansBackend = Literal["torch", "faiss"]
 SelectionRule = Literal["stability", "silhouette", "last"]
 KRule = Literal["leiden", "silhouette"]

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jojoscl_dist.cluster.graph import leiden_to_k
 from jojoscl_dist.cluster.input_pca import InputPCA, rms_norm
 from jojoscl_dist.cluster.kmeans import assign, fit_kmeans_centroids
 from jojoscl_dist.config import EvalConfig
@@ -34,7 +35,7 @@ class FinalLabels(NamedTuple):
 def fit_input_pca(ev: EvalConfig, source, seed: int) -> InputPCA | None:
     """The run's input PCA, fitted on at most ``ev.max_eval_cells`` seeded cells of ``source`` (``.shape``,
     ``.rows(idx)``); None when the final space is z alone (weight 0, or the labels come from the cluster head)."""
-    if ev.input_pca_weight <= 0 or ev.label_method != "kmeans":
+    if ev.input_pca_weight <= 0 or ev.label_method == "head":
         return None
     return InputPCA.fit(source, ev.input_pca_weight, seed, ev.max_eval_cells, ev.input_pca_components)
 
@@ -67,7 +68,8 @@ def final_labels(emb: dict, n_clusters: int, method: str, seed: int = 0, restart
     """The cells' cluster ids and the centroids they belong to.
 
     method 'kmeans': k-means (``restarts``, the kept one by ``select``, seeded) in the final space (with
-    ``input_pca``: the embedding must hold its coordinates, see ``PCA_KEY``); 'head': the cluster head's argmax.
+    ``input_pca``: the embedding must hold its coordinates, see ``PCA_KEY``); 'leiden': Leiden on the final
+    space's kNN graph, resolution searched for K (``cluster.graph``); 'head': the cluster head's argmax.
     With ``centroids`` (a trained run's, for new cells) nothing is fitted: each cell goes to its nearest centroid
     among those that held training cells (k-means), or to its head argmax. A Dask embedding fits the k-means on at
     most ``fit_cells`` seeded cells (all of them below that: then the same labels as in memory)."""
@@ -80,15 +82,25 @@ def final_labels(emb: dict, n_clusters: int, method: str, seed: int = 0, restart
         ok = np.flatnonzero(np.isfinite(centroids).all(axis=1))  # clusters that held training cells
         return FinalLabels(ok[_assign_all(emb, input_pca, centroids[ok])], centroids)
     if not blocks:
-        return FinalLabels(*fit_kmeans_centroids(_space_of(emb, input_pca), n_clusters, seed=seed,
-                                                 restarts=restarts, select=select))
+        return FinalLabels(*_fit(_space_of(emb, input_pca), n_clusters, method, seed, restarts, select))
     n = emb["z"].shape[0]
     # The centroids from a seeded sample (every cell when n <= fit_cells: then identical to the in-memory path).
     take = (np.arange(n) if n <= fit_cells else
             np.sort(np.random.default_rng(seed).choice(n, fit_cells, replace=False)))
-    _, fitted = fit_kmeans_centroids(_space_of(emb, input_pca, take), n_clusters, seed=seed, restarts=restarts,
-                                     select=select)
-    return FinalLabels(_assign_all(emb, input_pca, fitted), fitted)
+    labels, fitted = _fit(_space_of(emb, input_pca, take), n_clusters, method, seed, restarts, select)
+    # A graph partition of every cell is kept as it is; a sample's is extended by nearest centroid.
+    keep = method == "leiden" and n <= fit_cells
+    return FinalLabels(labels if keep else _assign_all(emb, input_pca, fitted), fitted)
+
+
+def _fit(space: np.ndarray, n_clusters: int, method: str, seed: int, restarts: int,
+         select: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, centroids) of the cells of ``space``: k-means, or Leiden brought to K with its clusters' means as
+    the centroids new cells are assigned to."""
+    if method == "leiden":
+        labels = leiden_to_k(space, n_clusters, seed)
+        return labels, cluster_means(space, labels, int(labels.max()) + 1)
+    return fit_kmeans_centroids(space, n_clusters, seed=seed, restarts=restarts, select=select)
 
 
 def _assign_all(emb: dict, input_pca: InputPCA | None, centroids: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--input-pcs", "model.input_pcs", int, "encoder input: the cell projected on the input's top N principal "
      "components (0 = the genes, the default; see docs/method.md)"),
     ("--selection", "eval.selection", str, "label-free model selection: last | silhouette | stability"),
-    ("--label-method", "eval.label_method", str, "final labels: kmeans (on z) | head (argmax)"),
+    ("--label-method", "eval.label_method", str, "final labels: kmeans | leiden (kNN graph, K) | head (argmax)"),
     ("--input-pca-weight", "eval.input_pca_weight", float, "weight of the input's PCA coordinates beside z "
      "in the final k-means (0 = z alone)"),
     ("--input-pca-components", "eval.input_pca_components", int, "input principal components beside z"),
