@@ -135,7 +135,8 @@ def _add_baselines(r: dict, data, seed: int) -> None:
         r[f"{b}_ari"], r[f"{b}_nmi"] = m["ari"], m["nmi"]
 
 
-def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: Path) -> dict:
+def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: Path,
+            dump: Path | None = None) -> dict:
     torch.set_num_threads(THREADS)
     cfg = _set_config(name, seed)
     # Own output path per run: train() resumes from (or refuses) checkpoints it finds under the output's storage.
@@ -156,8 +157,10 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
         picks["pick"] = chosen_weights(cfg, state)
     ev = cfg.eval
     pca = fit_input_pca(ev, ArraySource(data.x), seed)  # the run's one fit, as the CLI driver's
+    zs = {}
     for tag, weights in picks.items():
         emb, lab, _ = label_cells(cfg, data, state, weights, pca)
+        zs[tag] = emb["z"]
         m = score_labels(data.labels, lab)
         res[f"{tag}_ari"], res[f"{tag}_nmi"] = m["ari"], m["nmi"]
         if tag == "pick" and ev.label_method == "kmeans":
@@ -184,7 +187,20 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
             res[f"hist_{score}_ari"] = float(ari[pick_index(np.array([h[f"select_{score}"] for h in evals]), ok)])
     res["train_s"] = time.perf_counter() - t0
     res["torch_threads"] = torch.get_num_threads()
+    if dump is not None:
+        _dump_embeddings(dump / f"{name}-s{seed}.npz", data, zs, seed, ev)
     return res, data
+
+
+def _dump_embeddings(path: Path, data, zs: dict, seed: int, ev: EvalConfig) -> None:
+    """The run's embeddings, input PCA and truth, so that final-label methods can be compared without training
+    again (bench.final_labels)."""
+    base = InputPCA.fit(ArraySource(data.x), 1.0, seed, ev.max_eval_cells, ev.input_pca_components)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, truth=np.asarray(data.labels).astype(str), k=data.n_clusters,
+                        pca50=input_reference(data.x, seed).astype(np.float32),
+                        coords=base.coords(data.x).astype(np.float32), scale=base.scale,
+                        **{f"z_{t}": np.asarray(z, np.float32) for t, z in zs.items()})
 
 
 def main(argv=None) -> None:
@@ -207,6 +223,7 @@ def main(argv=None) -> None:
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--baselines-only", action="store_true",
                    help="no training: print the baselines' rows (variant 'baselines') for more seeds of the bar")
+    p.add_argument("--dump", default=None, help="folder: save each run's embeddings, input PCA and truth (npz)")
     p.add_argument("--out", default="docs/quality")
     args = p.parse_args(argv)
     if args.set_as_full and (not args.set or args.variants or args.ablations):
@@ -237,7 +254,8 @@ def main(argv=None) -> None:
                 _print_row(rows[-1])
                 continue
             for variant, ov in variants.items():
-                r, data = run_one(name, seed, ov, args.epochs, workdir)
+                r, data = run_one(name, seed, ov, args.epochs, workdir,
+                                  Path(args.dump) / variant if args.dump else None)
                 r["variant"] = variant
                 if variant == "full" and ov:
                     r["overrides"] = ",".join(args.set)

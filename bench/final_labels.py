@@ -1,0 +1,150 @@
+"""Final-label methods compared on saved runs, cross-validated over two folds of the shared sets.
+
+    python -m bench.quality --datasets all --seed-list S --dump DIR     # train once per set and seed
+    python -m bench.final_labels DIR [--out bench/results/final_labels]
+
+Each method labels the same picked model's embedding (and input PCA); a default is chosen on one fold by mean ARI
+and reported on the other. Nothing here sees the labels except the scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from jojoscl_dist.cluster.final import final_space
+from jojoscl_dist.cluster.graph import leiden_to_k
+from jojoscl_dist.cluster.kmeans import fit_kmeans
+from jojoscl_dist.cluster.metrics import score_labels
+
+# Two folds of mixed kinds: droplet and plate-based, balanced and very unequal type sizes in each; the two
+# normalisations of the same cells (Yan, Yan_rpkm) stay in one fold.
+FOLDS = {
+    "A": ["10X_PBMC_top2000", "Baron_mouse", "CITE_CBMC_top2000", "CellBench_dropseq_3cl", "Mouse", "worm_neuron",
+          "Pollen", "Yan", "Yan_rpkm", "Segerstolpe_subset", "CellBench_celseq2_3cl"],
+    "B": ["Baron_human_subset", "Bladder_top2000", "CITE_PBMC_top2000", "Klein_subset", "human_kidney_top2000",
+          "Goolam", "Human_brain", "Ting", "Deng", "CellBench_celseq2_5cl"],
+}
+
+
+def merge_on_graph(labels: np.ndarray, conn, k: int) -> np.ndarray:
+    """Merge clusters pairwise until ``k`` remain: each time the pair with the most kNN-graph weight between them
+    relative to the smaller one's total weight."""
+    import scipy.sparse as sp
+
+    lab = np.unique(labels, return_inverse=True)[1]
+    while lab.max() + 1 > k:
+        m = sp.csr_matrix((np.ones(len(lab)), (np.arange(len(lab)), lab)))
+        between = (m.T @ conn @ m).toarray()
+        vol = between.sum(axis=1)
+        np.fill_diagonal(between, 0)
+        rel = between / np.minimum.outer(vol, vol)
+        i, j = np.unravel_index(np.argmax(rel), rel.shape)
+        lab[lab == max(i, j)] = min(i, j)
+        lab = np.unique(lab, return_inverse=True)[1]
+    return lab
+
+
+def medoid_partition(parts: dict[str, np.ndarray]) -> str:
+    """The candidate that agrees most (mean ARI) with the others: a label-free choice per data set."""
+    from sklearn.metrics import adjusted_rand_score
+
+    names = list(parts)
+    agree = {a: np.mean([adjusted_rand_score(parts[a], parts[b]) for b in names if b != a]) for a in names}
+    return max(agree, key=agree.get)
+
+
+def methods(d, seed: int) -> dict[str, np.ndarray]:
+    from jojoscl_dist.cluster.graph import knn_graph
+
+    z, k = d["z_pick"], int(d["k"])
+    coords, scale = d["coords"], float(d["scale"])
+    out = {}
+    for w in (0.0, 1.0, 1.5):
+        s = final_space(z, coords, w, scale)
+        out[f"km_w{w:g}"] = fit_kmeans(s, k, seed=seed, restarts=40, select="consensus")
+        out[f"leiden_w{w:g}"] = leiden_to_k(s, k, seed)
+        conn = knn_graph(s, 15, seed).obsp["connectivities"]
+        over = fit_kmeans(s, min(3 * k, s.shape[0] - 1), seed=seed, restarts=10, select="consensus")
+        out[f"merge3_w{w:g}"] = merge_on_graph(over, conn, k)
+    out["leiden_pca50"] = leiden_to_k(d["pca50"], k, seed)
+    out["km_pca20"] = fit_kmeans(coords, k, seed=seed, restarts=40, select="consensus")
+    pool = {m: out[m] for m in ("km_w0", "km_w1.5", "leiden_w0", "leiden_w1.5", "merge3_w0", "merge3_w1.5")}
+    out["medoid"] = out[medoid_partition(pool)]
+    return out
+
+
+def score_dir(dump: Path, cache: Path | None = None) -> list[dict]:
+    """Rows (dataset, seed, method, ari, nmi, n_found) of every saved run; with ``cache`` each run's rows are kept
+    there and not scored again."""
+    rows = []
+    for f in sorted(dump.glob("*.npz")):
+        name, seed = f.stem.rsplit("-s", 1)
+        done = cache / f"{f.stem}.csv" if cache else None
+        if done is not None and done.exists():
+            rows += _read(done)
+            continue
+        d = np.load(f)
+        mine = []
+        for m, lab in methods(d, int(seed)).items():
+            s = score_labels(d["truth"], lab)
+            mine.append({"dataset": name, "seed": int(seed), "method": m, "ari": round(s["ari"], 4),
+                         "nmi": round(s["nmi"], 4), "n_found": len(np.unique(lab))})
+        print(name, seed, {r["method"]: r["ari"] for r in mine}, flush=True)
+        if done is not None:
+            _write(done, mine)
+        rows += mine
+    return rows
+
+
+def _read(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [dict(r, ari=float(r["ari"]), nmi=float(r["nmi"])) for r in csv.DictReader(f)]
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def cross_validate(rows: list[dict]) -> None:
+    """Per fold: the method with the best mean ARI there, reported on the other fold."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    per_set = df.groupby(["dataset", "method"]).ari.mean().unstack()
+    fold_of = {s: f for f, sets in FOLDS.items() for s in sets}
+    per_set["fold"] = per_set.index.map(fold_of)
+    ms = [c for c in per_set.columns if c != "fold"]
+    chosen = {}
+    for f in FOLDS:
+        inside = per_set[per_set.fold == f][ms].mean()
+        if inside.isna().all():
+            continue
+        chosen[f] = inside.idxmax()
+        print(f"fold {f}: in-fold means", inside.round(3).to_dict(), "-> chosen", chosen[f])
+    other = {"A": "B", "B": "A"}
+    oof = {s: per_set.loc[s, chosen[other[f]]] if other[f] in chosen else np.nan
+           for s, f in per_set.fold.items()}
+    per_set["out_of_fold"] = pd.Series(oof)
+    print(per_set.round(3).to_string())
+    print("mean", per_set[ms + ["out_of_fold"]].mean().round(3).to_dict())
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("dump", type=Path, help="folder of saved runs (bench.quality --dump)")
+    p.add_argument("--cache", type=Path, default=None, help="folder of scored rows, one csv per saved run")
+    a = p.parse_args(argv)
+    cross_validate(score_dir(a.dump, a.cache))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
