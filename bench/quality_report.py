@@ -177,18 +177,24 @@ def paired_table(df: pd.DataFrame, variants: list[str], what: str) -> list[str]:
                      "oracle ARI", "sets > +0.02", "sets < -0.02"], rows) if rows else []
 
 
+def knob_table(df: pd.DataFrame) -> list[str]:
+    return paired_table(df, [v for v in dict.fromkeys(df["variant"]) if v.startswith("set:")], "override")
+
+
+def ablation_pairs(df: pd.DataFrame) -> list[str]:
+    """What a loss contributes across every set measured, not only on the sets of the per-set ablation table."""
+    return paired_table(df, _ablation_variants(df), "ablation")
+
+
 SECTIONS = {
     "Table II, label-free": main_table,
     "Targets of the quality issue": targets,
     "Mean over all data sets, per seed": seed_table,
     "Final k-means space: input-PCA weight replayed on the same runs": weight_replay,
     "Selection rules replayed on the same runs": selection_replay,
-    "Config overrides (`bench.quality --set`) against the defaults, same seeds": lambda df: paired_table(
-        df, [v for v in dict.fromkeys(df["variant"]) if v.startswith("set:")], "override"),
+    "Config overrides (`bench.quality --set`) against the defaults, same seeds": knob_table,
     "Ablations (label-free pick, ARI mean±sd / NMI, same seeds)": ablation_table,
-    # What a loss contributes across every set measured, not only on the sets of the per-set ablation table.
-    "Ablations against the full model on every set measured": lambda df: paired_table(
-        df, _ablation_variants(df), "ablation"),
+    "Ablations against the full model on every set measured": ablation_pairs,
 }
 
 

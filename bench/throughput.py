@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench.common import load_labelled, machine, md_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,17 +69,6 @@ def flops_per_cell(n_genes: int, k: int, batch: int, hidden=(512, 256), latent=1
     return out
 
 
-def load_pbmc(path: str):
-    """The preprocessed matrix and truth (as bench.common.load_labelled: this module also runs on other checkouts)."""
-    import anndata as ad
-
-    from jojoscl_dist.data.preprocess import compute_stats, materialize
-
-    a = ad.read_h5ad(path)
-    st = compute_stats(a.X, list(a.var_names))
-    return materialize(a.X, st), a.obs["cell_type"].astype(str).to_numpy()[st.cell_mask]
-
-
 def loop_throughput(data: str, batch: int, epochs: int, threads: int) -> dict:
     """Steady-state cells/s of train_worker (LocalSession), eval only at the end."""
     torch.set_num_threads(threads)
@@ -88,7 +78,7 @@ def loop_throughput(data: str, batch: int, epochs: int, threads: int) -> dict:
     from jojoscl_dist.train.loop import WorkerData, train_worker
     from jojoscl_dist.train.session import LocalSession
 
-    x, y = load_pbmc(data)
+    x, y = load_labelled(data)
     cfg = JojoConfig()
     cfg.optim.epochs, cfg.optim.batch_size = epochs, batch
     gf_before = matmul_gflops(reps=6)
@@ -122,7 +112,7 @@ def profile_step(data: str, batch: int, steps: int, threads: int) -> dict[str, f
     from jojoscl_dist.train.checkpoint import save_state
     from jojoscl_dist.train.embed import embed
 
-    x, y = load_pbmc(data)
+    x, y = load_labelled(data)
     k = len(np.unique(y))
     cfg = JojoConfig()
     mc, lc = cfg.model, cfg.loss
@@ -219,9 +209,11 @@ def run_cli(data: str, workers: int) -> dict:
 
 
 def sub(src: str, fn: str, *args) -> dict:
-    """Run one measurement of this file in a subprocess on the checkout ``src``."""
-    code = f"import sys, json; sys.path.insert(0, {str(REPO / 'bench')!r}); import throughput as T; " \
-           f"print('RESULT', json.dumps(T.{fn}(*{args!r})))"
+    """Run one measurement of this file in a subprocess: this checkout's bench package on src's jojoscl_dist."""
+    code = ("import importlib.util as u, json, sys; "
+            f"s = u.spec_from_file_location('bench', {str(REPO / 'bench' / '__init__.py')!r}); "
+            "sys.modules['bench'] = b = u.module_from_spec(s); s.loader.exec_module(b); "
+            f"from bench import throughput as T; print('RESULT', json.dumps(T.{fn}(*{args!r})))")
     # cwd=src too: "python -c" puts the cwd first on sys.path, which would otherwise import this checkout.
     r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=src), capture_output=True,
                        text=True, timeout=1800, cwd=src)
@@ -234,8 +226,7 @@ def sub(src: str, fn: str, *args) -> dict:
 def measure(a: argparse.Namespace, command: str) -> dict:
     import anndata as ad
 
-    res: dict = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                            f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {a.threads}",
+    res: dict = {"machine": f"{machine()}, torch {torch.__version__}, threads {a.threads}",
                  "command": command, "loop": [], "gflops": [matmul_gflops()]}
     f = ad.read_h5ad(a.data, backed="r")
     k, n_genes = f.obs["cell_type"].nunique(), min(2000, f.n_vars)
@@ -294,8 +285,6 @@ def main(argv=None) -> int:
 
 
 def write_docs(path: Path, res: dict) -> None:
-    from bench.common import md_table  # here: the measurements above also run on checkouts without it
-
     codes = sorted({m["code"] for m in res["loop"]})
     lines = ["## Speed", "", f"Machine: {res['machine']}. Command: `{res['command']}`.", "",
              f"fp32 matmul (2048^3): {', '.join(f'{v:.0f}' for v in res['gflops'])} GFLOP/s across the run "
