@@ -74,8 +74,11 @@ class TreeRSS:
                 "per_label_count": {k: len(v) for k, v in top}}
 
 
-def run_stage(cmd: list[str], log: Path, timeout: float) -> dict:
+def run_stage(name: str, cmd: list[str], d: Path, timeout: float = 7200) -> dict:
+    """Run one stage as a subprocess (its output in d/<name>.log): wall time and the peak RSS of its process tree."""
+    print(f"[{d.name}] {name}", flush=True)
     t0 = time.perf_counter()
+    log = d / f"{name}.log"
     with open(log, "w") as f:
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
         mon = TreeRSS(p.pid)
@@ -103,18 +106,17 @@ def write_subset_h5ad(raw: Path, n: int, dest: Path) -> None:
     ad.AnnData(X=x, obs=obs, var=var).write_h5ad(dest)
 
 
-def train_cmd(data: Path, out: Path, args) -> list[str]:  # no plots: not what is measured
-    return [PY, "-m", "jojoscl_dist.train", "--data", str(data), "--label-key", "cell_type", "--num-workers",
-            str(args.workers), "--epochs", "1", "--batch-size", str(args.batch_size), "--output", str(out),
-            "--no-tracking", "--no-plots", "--overwrite", "-q"]
-
-
-def train_stats(out: Path, workers: int) -> dict:
+def train_stage(name: str, data: Path, d: Path, args) -> dict:
+    """One epoch of the training CLI (no plots: not what is measured), with the epoch's figures."""
+    out = d / f"run_{name.removeprefix('train_')}"
+    r = run_stage(name, [PY, "-m", "jojoscl_dist.train", "--data", str(data), "--label-key", "cell_type",
+                         "--num-workers", str(args.workers), "--epochs", "1", "--batch-size", str(args.batch_size),
+                         "--output", str(out), "--no-tracking", "--no-plots", "--overwrite", "-q"], d)
     m = json.loads((out / "metrics.json").read_text())
     h = m["history"][0]
-    return {"epoch_time_s": h["epoch_time_s"], "cells_per_s_total": h["cells_per_s"],
-            "cells_per_s_per_worker": h["cells_per_s"] / max(1, workers), "eval_time_s": h.get("eval_time_s"),
-            "ari": m["final"].get("ari"), "n_cells": m["final"]["n_cells"]}
+    return r | {"epoch_time_s": h["epoch_time_s"], "cells_per_s_total": h["cells_per_s"],
+                "cells_per_s_per_worker": h["cells_per_s"] / max(1, args.workers),
+                "eval_time_s": h.get("eval_time_s"), "ari": m["final"].get("ari"), "n_cells": m["final"]["n_cells"]}
 
 
 def report(results: dict) -> str:
@@ -158,28 +160,19 @@ def main() -> None:
                "machine": f"{machine()}, {psutil.virtual_memory().total / 2**30:.0f} GiB"}
     for n in args.cells:
         d = work / f"n{n}"
-        raw, store = d / "raw.zarr", d / "prepared.zarr"
-        r: dict = {"cells": n, "genes": args.genes}
+        raw, store, sub = d / "raw.zarr", d / "prepared.zarr", d / "subset.h5ad"
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-        print(f"[{n}] generating", flush=True)
-        r["generate"] = run_stage([PY, "-m", "jojoscl_dist.data.synthetic", "--cells", str(n), "--genes",
-                                   str(args.genes), "--types", str(args.types), "--output", str(raw), "-q"],
-                                  d / "generate.log", 7200)
-        print(f"[{n}] preparing", flush=True)
-        r["prepare"] = run_stage([PY, "-m", "jojoscl_dist.prepare", "--input", str(raw), "--output", str(store),
-                                  "--n-top-genes", str(args.hvg), "-q"], d / "prepare.log", 7200)
+        r: dict = {"cells": n, "genes": args.genes}
+        r["generate"] = run_stage("generate", [PY, "-m", "jojoscl_dist.data.synthetic", "--cells", str(n), "--genes",
+                                               str(args.genes), "--types", str(args.types), "--output", str(raw), "-q"], d)
+        r["prepare"] = run_stage("prepare", [PY, "-m", "jojoscl_dist.prepare", "--input", str(raw), "--output",
+                                             str(store), "--n-top-genes", str(args.hvg), "-q"], d)
         r["prepare"]["cells_per_s"] = n / r["prepare"]["wall_s"]
         r["store_gib"] = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2**30
-        print(f"[{n}] training on the store (streaming)", flush=True)
-        r["train_stream"] = run_stage(train_cmd(store, d / "run_stream", args), d / "train_stream.log", 7200)
-        r["train_stream"].update(train_stats(d / "run_stream", args.workers))
-        m = min(args.memory_cells, n)
-        print(f"[{n}] training in memory on {m} cells", flush=True)
-        sub = d / "subset.h5ad"
-        write_subset_h5ad(raw, m, sub)
-        r["train_memory"] = run_stage(train_cmd(sub, d / "run_memory", args), d / "train_memory.log", 7200)
-        r["train_memory"].update(train_stats(d / "run_memory", args.workers))
+        r["train_stream"] = train_stage("train_stream", store, d, args)
+        write_subset_h5ad(raw, min(args.memory_cells, n), sub)
+        r["train_memory"] = train_stage("train_memory", sub, d, args)
         r["stream_vs_memory"] = r["train_stream"]["cells_per_s_per_worker"] / r["train_memory"]["cells_per_s_per_worker"]
         results["sizes"].append(r)
         print(json.dumps(r, indent=1), flush=True)
