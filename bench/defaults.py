@@ -4,18 +4,16 @@
     python -m bench.defaults rules runs/defaults.jsonl [--min-epochs 0,20,40]
     python -m bench.defaults compare BASE.jsonl VARIANT.jsonl
 
-``run`` trains in-process (the per-worker loop, --num-workers 0) with evaluations every 5 epochs and writes one
-JSON line per (data set, seed): the config overrides and each evaluation's ARI/NMI (k-means on z, 3 restarts),
-head ARI, and the label-free silhouette and stability scores. ``rules`` replays the selection rules on those
-histories (ARI of the epoch each rule would pick; ``last``; the oracle); ``compare`` sets two runs side by side
-on the (data set, seed) pairs they share. ARI here is a yardstick for choosing defaults across all data sets at
-once (one set of defaults for every data set); it never enters a run.
+``run`` trains in-process (--num-workers 0), evaluating every 5 epochs, and writes one JSON line per (data set,
+seed): the overrides and each evaluation's ARI/NMI (k-means on z, 3 restarts), head ARI and label-free scores.
+``rules`` replays the selection rules on those histories (ARI of the epoch each rule would pick, the last, the
+oracle); ``compare`` sets two runs side by side on the (data set, seed) pairs they share. ARI here only chooses
+defaults across all data sets at once; it never enters a run.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import logging
 import shutil
@@ -24,6 +22,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from bench.common import md_table
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KEYS = ("epoch", "eval_ari", "eval_nmi", "eval_head_ari", "select_silhouette", "select_stability")
@@ -50,12 +51,10 @@ def run(names: list[str], seeds: int, overrides: dict, out: Path, eval_every: in
     with open(out, "a") as f:
         for name in names:
             for seed in range(seeds):
-                cfg = JojoConfig()
-                cfg.data.path, cfg.data.label_key = str(SHARED / f"{name}.h5ad"), "cell_type"
-                cfg.run.seed, cfg.run.num_workers, cfg.run.tracking, cfg.run.quiet = seed, 0, False, True
-                cfg.run.output = str(work / f"{name}-{seed}")
-                cfg.eval.eval_every = eval_every
-                cfg = cfg.override(overrides)
+                cfg = JojoConfig().override({
+                    "data.path": str(SHARED / f"{name}.h5ad"), "data.label_key": "cell_type", "run.seed": seed,
+                    "run.num_workers": 0, "run.tracking": False, "run.quiet": True,
+                    "run.output": str(work / f"{name}-{seed}"), "eval.eval_every": eval_every, **overrides})
                 state = train(cfg, prepare_data(cfg, run_folder(cfg))).state
                 shutil.rmtree(default_storage(cfg), ignore_errors=True)
                 hist = [{k: e[k] for k in KEYS if k in e} for e in state["history"] if "eval_ari" in e]
@@ -71,48 +70,37 @@ def pick_index(score: np.ndarray, ok: np.ndarray) -> int:
     return int(ok[len(s) - 1 - np.argmax(s[::-1])])
 
 
-def rules(paths: list[Path], min_epochs: list[int]) -> str:
-    rows = [json.loads(line) for p in paths for line in open(p)]
-    res: dict = collections.defaultdict(lambda: collections.defaultdict(list))
-    for r in rows:
-        h = r["hist"]
-        ari = np.array([e["eval_ari"] for e in h])
-        ep = np.array([e["epoch"] for e in h])
-        d = res[r["dataset"]]
-        d["last"].append(ari[-1])
-        d["oracle"].append(ari.max())
+def picks(paths: list[Path], min_epochs: list[int]) -> pd.DataFrame:
+    """Per run: ARI at the last evaluation, the best (oracle) and the epoch each rule picks from each warm-up."""
+    rows = []
+    for r in (json.loads(line) for p in paths for line in open(p)):
+        h = pd.DataFrame(r["hist"])
+        ari = h["eval_ari"].to_numpy()
+        row = {"dataset": r["dataset"], "seed": r["seed"], "last": ari[-1], "oracle": ari.max()}
         for m in min_epochs:
-            ok = np.flatnonzero(ep >= m - 1)
+            ok = np.flatnonzero(h["epoch"] >= m - 1)
             for rule in ("silhouette", "stability"):
-                d[f"{rule[:4]}>={m}"].append(ari[pick_index(np.array([e[f'select_{rule}'] for e in h]), ok)])
+                row[f"{rule[:4]}>={m}"] = ari[pick_index(h[f"select_{rule}"].to_numpy(), ok)]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def rules(paths: list[Path], min_epochs: list[int]) -> str:
     cols = ["last", "oracle"] + [f"{r}>={m}" for r in ("silh", "stab") for m in min_epochs]
-    lines = ["| data set | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    means = collections.defaultdict(list)
-    for name, d in sorted(res.items()):
-        lines.append(f"| {name} | " + " | ".join(f"{np.mean(d[c]):.3f}" for c in cols) + " |")
-        for c in cols:
-            means[c].append(np.mean(d[c]))
-    lines.append(f"| **mean ({len(res)} sets)** | " + " | ".join(f"**{np.mean(means[c]):.3f}**" for c in cols) + " |")
-    return "\n".join(lines)
+    per = picks(paths, min_epochs).groupby("dataset")[cols].mean()
+    rows = [[name, *(f"{v:.3f}" for v in r)] for name, r in per.iterrows()]
+    rows.append([f"**mean ({len(per)} sets)**", *(f"**{v:.3f}**" for v in per.mean())])
+    return "\n".join(md_table(["data set", *cols], rows))
 
 
 def compare(base: Path, variant: Path, min_epoch: int = 20) -> str:
-    def load(p: Path) -> dict:
-        out = {}
-        for line in open(p):
-            r = json.loads(line)
-            ari = np.array([e["eval_ari"] for e in r["hist"]])
-            ep = np.array([e["epoch"] for e in r["hist"]])
-            sil = np.array([e["select_silhouette"] for e in r["hist"]])
-            out[(r["dataset"], r["seed"])] = (ari[-1], ari[pick_index(sil, np.flatnonzero(ep >= min_epoch - 1))], ari.max())
-        return out
-
-    b, v = load(base), load(variant)
-    keys = sorted(set(b) & set(v))
-    if not keys:
+    b, v = (picks([p], [min_epoch]).drop_duplicates(["dataset", "seed"], keep="last").set_index(["dataset", "seed"])
+            [["last", f"silh>={min_epoch}", "oracle"]] for p in (base, variant))
+    both = b.join(v, how="inner", rsuffix="_v")
+    if both.empty:
         return "no (data set, seed) in common"
-    bm, vm = np.mean([b[k] for k in keys], 0), np.mean([v[k] for k in keys], 0)
-    return (f"{len(keys)} runs in common; ARI last / silhouette pick / oracle: base "
+    bm, vm = both.mean().to_numpy().reshape(2, 3)
+    return (f"{len(both)} runs in common; ARI last / silhouette pick / oracle: base "
             f"{bm[0]:.3f} / {bm[1]:.3f} / {bm[2]:.3f}, variant {vm[0]:.3f} / {vm[1]:.3f} / {vm[2]:.3f}")
 
 

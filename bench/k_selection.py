@@ -12,37 +12,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 
+from bench.common import load_labelled, machine, md_table
 from jojoscl_dist.cluster.k_select import choose_k, pca_embed
 from jojoscl_dist.cluster.kmeans import fit_kmeans
 from jojoscl_dist.cluster.metrics import score_labels
-from jojoscl_dist.data.preprocess import compute_stats, materialize
 
 RULES = {"leiden_r0.5": ("leiden", 0.5), "leiden_r1.0": ("leiden", 1.0), "silhouette": ("silhouette", 1.0)}
 
 
 def bench_one(path: Path, seed: int) -> dict:
-    a = ad.read_h5ad(path)
-    st = compute_stats(a.X, list(a.var_names))
-    x = materialize(a.X, st)
-    y = a.obs["cell_type"].astype(str).to_numpy()[st.cell_mask]
+    x, y = load_labelled(path)
     k_true = len(np.unique(y))
     xp = pca_embed(x, seed=seed)
-    row = {"dataset": path.stem, "n_cells": int(x.shape[0]), "k_true": k_true,
-           "ari_true_k": score_labels(y, fit_kmeans(xp, k_true, seed=seed, restarts=10))["ari"]}
+
+    def ari(k: int) -> float:
+        return score_labels(y, fit_kmeans(xp, k, seed=seed, restarts=10))["ari"]
+
+    row = {"dataset": path.stem, "n_cells": int(x.shape[0]), "k_true": k_true, "ari_true_k": ari(k_true)}
     for name, (rule, res) in RULES.items():
         t0 = time.perf_counter()
         k, _ = choose_k(x, rule, seed=seed, resolution=res, xp=xp)
-        row[f"{name}_time_s"] = time.perf_counter() - t0
-        row[f"{name}_k"] = k
-        row[f"{name}_within20"] = bool(abs(k - k_true) <= 0.2 * k_true)
-        row[f"{name}_ari"] = score_labels(y, fit_kmeans(xp, k, seed=seed, restarts=10))["ari"]
+        row |= {f"{name}_time_s": time.perf_counter() - t0, f"{name}_k": k,
+                f"{name}_within20": bool(abs(k - k_true) <= 0.2 * k_true), f"{name}_ari": ari(k)}
     return row
 
 
@@ -53,19 +49,17 @@ LABELS = {"leiden_r1.0": "Leiden, resolution 1.0 (default)", "leiden_r0.5": "Lei
 def report(d: dict) -> str:
     """The summary and per-set tables of a results file, as markdown."""
     s, rows = d["summary"], d["rows"]
-    out = ["| rule | K within ±20% | median \\|K−K_true\\|/K_true | mean ARI at chosen K | mean ARI at true K | "
-           "median time |", "|---|---|---|---|---|---|"]
-    for name, label in LABELS.items():
-        t = float(np.median([r[f"{name}_time_s"] for r in rows]))
-        out.append(f"| {label} | {s[name]['within20']} / {s[name]['n']} | {s[name]['median_abs_rel_err']:.2f} | "
-                   f"{s[name]['mean_ari']:.3f} | {s['true_k_mean_ari']:.3f} | {t:.2f} s |")
-    out += ["", "| data set | cells | true K | " + " | ".join(f"K {n}" for n in LABELS) + " | ARI at true K | "
-            + " | ".join(f"ARI {n}" for n in LABELS) + " |", "|---|---|---|" + "---|" * (2 * len(LABELS) + 1)]
-    for r in rows:
-        ks = [f"{r[f'{n}_k']}{' ✓' if r[f'{n}_within20'] else ''}" for n in LABELS]
-        out.append(f"| {r['dataset']} | {r['n_cells']} | {r['k_true']} | " + " | ".join(ks)
-                   + f" | {r['ari_true_k']:.3f} | " + " | ".join(f"{r[f'{n}_ari']:.3f}" for n in LABELS) + " |")
-    return "\n".join(out) + "\n"
+    summary = md_table(
+        ["rule", "K within ±20%", "median \\|K−K_true\\|/K_true", "mean ARI at chosen K", "mean ARI at true K",
+         "median time"],
+        [[label, f"{s[n]['within20']} / {s[n]['n']}", f"{s[n]['median_abs_rel_err']:.2f}", f"{s[n]['mean_ari']:.3f}",
+          f"{s['true_k_mean_ari']:.3f}", f"{np.median([r[f'{n}_time_s'] for r in rows]):.2f} s"]
+         for n, label in LABELS.items()])
+    per_set = md_table(
+        ["data set", "cells", "true K", *(f"K {n}" for n in LABELS), "ARI at true K", *(f"ARI {n}" for n in LABELS)],
+        [[r["dataset"], r["n_cells"], r["k_true"], *(f"{r[f'{n}_k']}{' ✓' if r[f'{n}_within20'] else ''}" for n in LABELS),
+          f"{r['ari_true_k']:.3f}", *(f"{r[f'{n}_ari']:.3f}" for n in LABELS)] for r in rows])
+    return "\n".join(summary + [""] + per_set) + "\n"
 
 
 def main() -> None:
@@ -94,9 +88,7 @@ def main() -> None:
     summary["true_k_mean_ari"] = float(np.mean([r["ari_true_k"] for r in rows]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                                          f"{__import__('os').cpu_count()} CPUs", "rows": rows, "summary": summary},
-                              indent=2))
+    out.write_text(json.dumps({"machine": machine(), "rows": rows, "summary": summary}, indent=2))
     print(json.dumps(summary, indent=2))
 
 

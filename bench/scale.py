@@ -3,7 +3,7 @@
 For each size N: write a raw Zarr atlas (N cells x G genes, CSR), prepare it into a store (G -> HVG), train one
 epoch on the store with Ray Train workers (streaming), and train one epoch in memory on a subset that fits (the
 existing path: materialise + ray.put) at the same global batch size. Every stage runs as a subprocess whose whole
-process tree (driver, raylet, Ray Train workers, ...) is sampled from /proc for its peak RSS.
+process tree (driver, raylet, Ray Train workers, ...) is sampled for its peak RSS.
 
     PYTHONPATH=. python bench/scale.py --cells 100000 30000 --genes 20000 --workdir /tmp/scale --json out.json
     PYTHONPATH=. python bench/scale.py --report out.json   # its table, as in docs/benchmarks.md
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -22,32 +21,11 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
+from bench.common import machine, md_table
+
 PY = sys.executable
-
-
-def _children_map() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(d))
-    return kids
-
-
-def _rss_and_name(pid: int) -> tuple[int, str] | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            rss = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return None
-    return rss, cmd
 
 
 def _label(cmd: str) -> str:
@@ -63,27 +41,26 @@ class TreeRSS:
     """Peak RSS of every process under ``root`` (sampled every ``interval`` s)."""
 
     def __init__(self, root: int, interval: float = 0.25):
-        self.root, self.interval = root, interval
-        self.peak: dict[int, tuple[int, str]] = {}
+        self.peak: dict[int, tuple[int, str]] = {}  # pid -> (peak RSS, label)
         self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t = threading.Thread(target=self._run, args=(root, interval), daemon=True)
         self._t.start()
 
-    def _run(self) -> None:
+    def _run(self, root: int, interval: float) -> None:
         while not self._stop.is_set():
-            kids = _children_map()
-            todo, seen = [self.root], set()
-            while todo:
-                pid = todo.pop()
-                if pid in seen:
+            try:
+                top = psutil.Process(root)
+                procs = [top, *top.children(recursive=True)]
+            except psutil.Error:
+                procs = []
+            for p in procs:
+                try:
+                    rss, cmd = p.memory_info().rss, " ".join(p.cmdline())
+                except psutil.Error:
                     continue
-                seen.add(pid)
-                todo.extend(kids.get(pid, []))
-                got = _rss_and_name(pid)
-                if got and got[0] > self.peak.get(pid, (0, ""))[0]:
-                    label = "driver" if pid == self.root else _label(got[1])
-                    self.peak[pid] = (got[0], label)
-            self._stop.wait(self.interval)
+                if rss > self.peak.get(p.pid, (0, ""))[0]:
+                    self.peak[p.pid] = (rss, "driver" if p.pid == root else _label(cmd))
+            self._stop.wait(interval)
 
     def stop(self) -> dict:
         self._stop.set()
@@ -91,14 +68,17 @@ class TreeRSS:
         by_label: dict[str, list[int]] = {}
         for rss, label in self.peak.values():
             by_label.setdefault(label, []).append(rss)
-        top = sorted(((v, k) for k, v in by_label.items()), key=lambda t: -max(t[0]))
+        top = sorted(by_label.items(), key=lambda kv: -max(kv[1]))
         return {"max_process_gib": max((r for r, _ in self.peak.values()), default=0) / 2**30,
-                "per_label_max_gib": {k: max(v) / 2**30 for v, k in top},
-                "per_label_count": {k: len(v) for v, k in top}}
+                "per_label_max_gib": {k: max(v) / 2**30 for k, v in top},
+                "per_label_count": {k: len(v) for k, v in top}}
 
 
-def run_stage(cmd: list[str], log: Path, timeout: float) -> dict:
+def run_stage(name: str, cmd: list[str], d: Path, timeout: float = 7200) -> dict:
+    """Run one stage as a subprocess (its output in d/<name>.log): wall time and the peak RSS of its process tree."""
+    print(f"[{d.name}] {name}", flush=True)
     t0 = time.perf_counter()
+    log = d / f"{name}.log"
     with open(log, "w") as f:
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
         mon = TreeRSS(p.pid)
@@ -126,36 +106,36 @@ def write_subset_h5ad(raw: Path, n: int, dest: Path) -> None:
     ad.AnnData(X=x, obs=obs, var=var).write_h5ad(dest)
 
 
-def train_cmd(data: Path, out: Path, args) -> list[str]:  # no plots: not what is measured
-    return [PY, "-m", "jojoscl_dist.train", "--data", str(data), "--label-key", "cell_type", "--num-workers",
-            str(args.workers), "--epochs", "1", "--batch-size", str(args.batch_size), "--output", str(out),
-            "--no-tracking", "--no-plots", "--overwrite", "-q"]
-
-
-def train_stats(out: Path, workers: int) -> dict:
+def train_stage(name: str, data: Path, d: Path, args) -> dict:
+    """One epoch of the training CLI (no plots: not what is measured), with the epoch's figures."""
+    out = d / f"run_{name.removeprefix('train_')}"
+    r = run_stage(name, [PY, "-m", "jojoscl_dist.train", "--data", str(data), "--label-key", "cell_type",
+                         "--num-workers", str(args.workers), "--epochs", "1", "--batch-size", str(args.batch_size),
+                         "--output", str(out), "--no-tracking", "--no-plots", "--overwrite", "-q"], d)
     m = json.loads((out / "metrics.json").read_text())
     h = m["history"][0]
-    return {"epoch_time_s": h["epoch_time_s"], "cells_per_s_total": h["cells_per_s"],
-            "cells_per_s_per_worker": h["cells_per_s"] / max(1, workers), "eval_time_s": h.get("eval_time_s"),
-            "ari": m["final"].get("ari"), "n_cells": m["final"]["n_cells"]}
+    return r | {"epoch_time_s": h["epoch_time_s"], "cells_per_s_total": h["cells_per_s"],
+                "cells_per_s_per_worker": h["cells_per_s"] / max(1, args.workers),
+                "eval_time_s": h.get("eval_time_s"), "ari": m["final"].get("ari"), "n_cells": m["final"]["n_cells"]}
 
 
 def report(results: dict) -> str:
     """One markdown row per size of a results file."""
     procs = ("ray::RayTrainWorker", "driver", "ray::TrainController", "gcs_server")
-    out = ["| cells | generate raw: s (peak GiB) | prepare: s, cells/s (peak GiB) | store GiB | streamed epoch: s, "
-           "cells/s/worker | in memory: cells/s/worker (subset) | stream / memory | peak RSS GiB in training: "
-           "Train worker / driver / TrainController / gcs_server | rank-0 evaluation s | ARI after the epoch |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for r in results["sizes"]:
         g, p, ts, tm = r.get("generate"), r.get("prepare"), r["train_stream"], r["train_memory"]
-        rss = " / ".join(f"{ts['per_label_max_gib'].get(k, float('nan')):.2f}" for k in procs)
-        out.append(f"| {r['cells']:,} | " + (f"{g['wall_s']:.0f} ({g['max_process_gib']:.2f})" if g else "-")
-                   + " | " + (f"{p['wall_s']:.0f}, {p['cells_per_s']:,.0f} ({p['max_process_gib']:.2f})" if p else "-")
-                   + f" | {r['store_gib']:.2f} | {ts['epoch_time_s']:.1f}, {ts['cells_per_s_per_worker']:,.0f} | "
-                   f"{tm['cells_per_s_per_worker']:,.0f} ({tm['n_cells']:,}) | {r['stream_vs_memory']:.2f} | {rss} | "
-                   f"{ts['eval_time_s']:.1f} | {ts['ari']:.3f} |")
-    return "\n".join(out) + "\n"
+        rows.append([f"{r['cells']:,}", f"{g['wall_s']:.0f} ({g['max_process_gib']:.2f})" if g else "-",
+                     f"{p['wall_s']:.0f}, {p['cells_per_s']:,.0f} ({p['max_process_gib']:.2f})" if p else "-",
+                     f"{r['store_gib']:.2f}", f"{ts['epoch_time_s']:.1f}, {ts['cells_per_s_per_worker']:,.0f}",
+                     f"{tm['cells_per_s_per_worker']:,.0f} ({tm['n_cells']:,})", f"{r['stream_vs_memory']:.2f}",
+                     " / ".join(f"{ts['per_label_max_gib'].get(k, float('nan')):.2f}" for k in procs),
+                     f"{ts['eval_time_s']:.1f}", f"{ts['ari']:.3f}"])
+    return "\n".join(md_table(
+        ["cells", "generate raw: s (peak GiB)", "prepare: s, cells/s (peak GiB)", "store GiB",
+         "streamed epoch: s, cells/s/worker", "in memory: cells/s/worker (subset)", "stream / memory",
+         "peak RSS GiB in training: Train worker / driver / TrainController / gcs_server", "rank-0 evaluation s",
+         "ARI after the epoch"], rows)) + "\n"
 
 
 def main() -> None:
@@ -169,8 +149,6 @@ def main() -> None:
     ap.add_argument("--memory-cells", type=int, default=30_000, help="subset size of the in-memory comparison")
     ap.add_argument("--workdir", default="/tmp/jojoscl-scale")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--keep", action="store_true", help="keep the raw atlas and the store")
-    ap.add_argument("--reuse", action="store_true", help="skip generate + prepare where --keep left them")
     ap.add_argument("--report", metavar="JSON", help="print the markdown table of a results file and exit")
     args = ap.parse_args()
     if args.report:
@@ -178,42 +156,28 @@ def main() -> None:
         return
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    results = {"command": " ".join([Path(PY).name, *sys.argv]), "machine": f"{platform.node()} "
-               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB", "sizes": []}
+    results = {"command": " ".join([Path(PY).name, *sys.argv]), "sizes": [],
+               "machine": f"{machine()}, {psutil.virtual_memory().total / 2**30:.0f} GiB"}
     for n in args.cells:
         d = work / f"n{n}"
-        raw, store = d / "raw.zarr", d / "prepared.zarr"
+        raw, store, sub = d / "raw.zarr", d / "prepared.zarr", d / "subset.h5ad"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
         r: dict = {"cells": n, "genes": args.genes}
-        if args.reuse and store.exists() and raw.exists():  # re-measure training only (kept by --keep)
-            print(f"[{n}] reusing {raw} and {store}", flush=True)
-        else:
-            shutil.rmtree(d, ignore_errors=True)
-            d.mkdir(parents=True)
-            print(f"[{n}] generating", flush=True)
-            r["generate"] = run_stage([PY, "-m", "jojoscl_dist.data.synthetic", "--cells", str(n), "--genes",
-                                       str(args.genes), "--types", str(args.types), "--output", str(raw), "-q"],
-                                      d / "generate.log", 7200)
-            print(f"[{n}] preparing", flush=True)
-            r["prepare"] = run_stage([PY, "-m", "jojoscl_dist.prepare", "--input", str(raw), "--output", str(store),
-                                      "--n-top-genes", str(args.hvg), "-q"], d / "prepare.log", 7200)
-            r["prepare"]["cells_per_s"] = n / r["prepare"]["wall_s"]
+        r["generate"] = run_stage("generate", [PY, "-m", "jojoscl_dist.data.synthetic", "--cells", str(n), "--genes",
+                                               str(args.genes), "--types", str(args.types), "--output", str(raw), "-q"], d)
+        r["prepare"] = run_stage("prepare", [PY, "-m", "jojoscl_dist.prepare", "--input", str(raw), "--output",
+                                             str(store), "--n-top-genes", str(args.hvg), "-q"], d)
+        r["prepare"]["cells_per_s"] = n / r["prepare"]["wall_s"]
         r["store_gib"] = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2**30
-        print(f"[{n}] training on the store (streaming)", flush=True)
-        r["train_stream"] = run_stage(train_cmd(store, d / "run_stream", args), d / "train_stream.log", 7200)
-        r["train_stream"].update(train_stats(d / "run_stream", args.workers))
-        m = min(args.memory_cells, n)
-        print(f"[{n}] training in memory on {m} cells", flush=True)
-        sub = d / "subset.h5ad"
-        write_subset_h5ad(raw, m, sub)
-        r["train_memory"] = run_stage(train_cmd(sub, d / "run_memory", args), d / "train_memory.log", 7200)
-        r["train_memory"].update(train_stats(d / "run_memory", args.workers))
+        r["train_stream"] = train_stage("train_stream", store, d, args)
+        write_subset_h5ad(raw, min(args.memory_cells, n), sub)
+        r["train_memory"] = train_stage("train_memory", sub, d, args)
         r["stream_vs_memory"] = r["train_stream"]["cells_per_s_per_worker"] / r["train_memory"]["cells_per_s_per_worker"]
         results["sizes"].append(r)
         print(json.dumps(r, indent=1), flush=True)
-        if not args.keep:
-            shutil.rmtree(raw, ignore_errors=True)
-            shutil.rmtree(store, ignore_errors=True)
+        shutil.rmtree(raw, ignore_errors=True)
+        shutil.rmtree(store, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

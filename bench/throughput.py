@@ -4,14 +4,11 @@
         [--baseline-src DIR] [--write-docs docs/benchmarks.md]
     PYTHONPATH=. python bench/throughput.py --from-json bench/results/speed/throughput.json --write-docs docs/benchmarks.md
 
-1. fp32 matmul GFLOP/s (2048^3 sgemm, median), measured before and after the training runs.
-2. Steady-state cells/s of the real per-worker loop (``train_worker`` through ``LocalSession``): the loop's own
-   ``cells_per_s`` (training steps only), median over epochs after the first; at batch 256 and 1024. With
-   ``--baseline-src`` the same measurement runs on another checkout in a subprocess, alternating with this one.
-3. FLOP bound: FLOPs per cell computed from the layer shapes (below) / matmul rate -> cells/s; ratio printed.
-4. Profile: the phases of one step timed separately (same library functions as the loop), plus evaluation,
-   checkpoint and data loading costs per epoch.
-5. ``--cli``: wall time of a full default run (``python -m jojoscl_dist.train``) in-process and with 1 Ray worker.
+Measures: fp32 matmul GFLOP/s (2048^3, median) around the runs; steady-state cells/s of the real per-worker loop
+(``train_worker`` through ``LocalSession``, median over epochs after the first) at each batch size, each in a
+subprocess, alternating with the checkout ``--baseline-src``; the FLOP bound (FLOPs per cell from the layer
+shapes / matmul rate); the phases of one step timed apart (the loop's own functions) with evaluation, checkpoint
+and data costs; with ``--cli`` the wall time of a default ``python -m jojoscl_dist.train`` with 0 and 1 Ray workers.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench.common import load_labelled, machine, md_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,29 +69,16 @@ def flops_per_cell(n_genes: int, k: int, batch: int, hidden=(512, 256), latent=1
     return out
 
 
-def load_pbmc(path: str):
-    import anndata as ad
-
-    from jojoscl_dist.data.preprocess import compute_stats, materialize
-
-    a = ad.read_h5ad(path)
-    st = compute_stats(a.X, list(a.var_names))
-    x = materialize(a.X, st)
-    y = a.obs["cell_type"].astype(str).to_numpy()[st.cell_mask]
-    return x, y
-
-
 def loop_throughput(data: str, batch: int, epochs: int, threads: int) -> dict:
     """Steady-state cells/s of train_worker (LocalSession), eval only at the end."""
     torch.set_num_threads(threads)
+    import jojoscl_dist
     from jojoscl_dist.config import JojoConfig
     from jojoscl_dist.data.loader import ArraySource
     from jojoscl_dist.train.loop import WorkerData, train_worker
     from jojoscl_dist.train.session import LocalSession
 
-    import jojoscl_dist
-
-    x, y = load_pbmc(data)
+    x, y = load_labelled(data)
     cfg = JojoConfig()
     cfg.optim.epochs, cfg.optim.batch_size = epochs, batch
     gf_before = matmul_gflops(reps=6)
@@ -122,27 +108,27 @@ def profile_step(data: str, batch: int, steps: int, threads: int) -> dict[str, f
     from jojoscl_dist.losses import cluster_contrastive_loss, instance_contrastive_loss, sure_loss
     from jojoscl_dist.model import JojoSCL, augment, momentum_update
     from jojoscl_dist.model.jojoscl import make_key_encoder
+    from jojoscl_dist.train import loop as L
     from jojoscl_dist.train.checkpoint import save_state
     from jojoscl_dist.train.embed import embed
-    from jojoscl_dist.train import loop as L
 
-    x, y = load_pbmc(data)
+    x, y = load_labelled(data)
     k = len(np.unique(y))
     cfg = JojoConfig()
     mc, lc = cfg.model, cfg.loss
     model = JojoSCL(x.shape[1], k)
     key = make_key_encoder(model.encoder)
+    # Older checkouts (--baseline-src) lack make_adam and the noise pool.
     opt = L.make_adam(model, 1e-3, 0.0, torch.device("cpu")) if hasattr(L, "make_adam") else \
         torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
     km = BatchKMeans(k, niter=lc.kmeans_iters)
     gen = torch.Generator().manual_seed(0)
-    try:  # the noise pool (absent in older checkouts measured with --baseline-src)
+    try:
         from jojoscl_dist.model import NoisePool
         pool = NoisePool(batch * x.shape[1], mc.noise_std, gen, "cpu")
     except ImportError:
         pool = None
-    views = (lambda xb: augment(xb, mc.mask_keep, mc.noise_std, gen, pool)) if pool is not None else \
-        (lambda xb: augment(xb, mc.mask_keep, mc.noise_std, gen))
+    pool_arg = () if pool is None else (pool,)
     src = ArraySource(x)
     T: dict[str, float] = {}
     idxs = [b for e in range(4) for b in epoch_batches(x.shape[0], batch, 1, 0, 0, e)]
@@ -154,12 +140,12 @@ def profile_step(data: str, batch: int, steps: int, threads: int) -> dict[str, f
 
     for i in range(steps + 3):
         if i == 3:
-            T.clear()
+            T.clear()  # 3 warm-up steps
         t = time.perf_counter()
         xb = torch.as_tensor(src.rows(idxs[i % len(idxs)]))
         t = lap("data_loading", t)
-        xa = views(xb)
-        xk = views(xb)
+        xa = augment(xb, mc.mask_keep, mc.noise_std, gen, *pool_arg)
+        xk = augment(xb, mc.mask_keep, mc.noise_std, gen, *pool_arg)
         t = lap("augmentation", t)
         with torch.no_grad():
             h_b = key(xk)
@@ -181,38 +167,35 @@ def profile_step(data: str, batch: int, steps: int, threads: int) -> dict[str, f
         t = lap("momentum_update", t)
     out = {f"{n}_ms": 1e3 * v / steps for n, v in T.items()}
     out["step_total_ms"] = sum(out.values())
-    # Per-epoch costs.
-    t = time.perf_counter()
-    emb = embed(model, src)
-    labels = fit_kmeans(emb["z"], k, seed=0, restarts=L.EVAL_KMEANS_RESTARTS)
-    Selector().update(0, emb["z"], labels)
-    out["evaluation_per_eval_ms"] = 1e3 * (time.perf_counter() - t)
-    if pool is not None:
+
+    def ms(name: str, fn) -> None:  # a per-epoch cost
         t = time.perf_counter()
-        pool.refill()
-        out["noise_refill_per_epoch_ms"] = 1e3 * (time.perf_counter() - t)
+        fn()
+        out[name] = 1e3 * (time.perf_counter() - t)
+
+    def evaluate() -> None:
+        emb = embed(model, src)
+        Selector().update(0, emb["z"], fit_kmeans(emb["z"], k, seed=0, restarts=L.EVAL_KMEANS_RESTARTS))
+
+    ms("evaluation_per_eval_ms", evaluate)
+    if pool is not None:
+        ms("noise_refill_per_epoch_ms", pool.refill)
     state = {"model": model.state_dict(), "key_encoder": key.state_dict(), "optimizer": opt.state_dict(),
              "best_model": {n: v.clone() for n, v in model.state_dict().items()}}
     with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        save_state(tmp, state)
-        out["checkpoint_save_ms"] = 1e3 * (time.perf_counter() - t)
+        ms("checkpoint_save_ms", lambda: save_state(tmp, state))
         out["checkpoint_mb"] = os.path.getsize(Path(tmp) / "state.pt") / 2 ** 20
-        import shutil
-
-        t = time.perf_counter()
-        shutil.copytree(tmp, Path(tmp) / "copy")
-        out["checkpoint_copy_ms"] = 1e3 * (time.perf_counter() - t)
+        ms("checkpoint_copy_ms", lambda: shutil.copytree(tmp, Path(tmp) / "copy"))
     return out
 
 
-def run_cli(data: str, workers: int, threads: int, extra: list[str]) -> dict:
+def run_cli(data: str, workers: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "jojoscl_dist.train", "--data", data, "--label-key", "cell_type",
-               "--num-workers", str(workers), "--output", f"{tmp}/out", "--no-tracking", "-q", *extra]
-        env = dict(os.environ, PYTHONPATH=str(REPO), RAY_DEDUP_LOGS="0")
+               "--num-workers", str(workers), "--output", f"{tmp}/out", "--no-tracking", "-q"]
         t = time.perf_counter()
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+        r = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(REPO), RAY_DEDUP_LOGS="0"), capture_output=True,
+                           text=True, timeout=1800)
         wall = time.perf_counter() - t
         if r.returncode != 0:
             return {"workers": workers, "error": r.stderr[-2000:]}
@@ -226,9 +209,11 @@ def run_cli(data: str, workers: int, threads: int, extra: list[str]) -> dict:
 
 
 def sub(src: str, fn: str, *args) -> dict:
-    """Run one measurement of this file in a subprocess on the checkout ``src``."""
-    code = f"import sys, json; sys.path.insert(0, {str(REPO / 'bench')!r}); import throughput as T; " \
-           f"print('RESULT', json.dumps(T.{fn}(*{args!r})))"
+    """Run one measurement of this file in a subprocess: this checkout's bench package on src's jojoscl_dist."""
+    code = ("import importlib.util as u, json, sys; "
+            f"s = u.spec_from_file_location('bench', {str(REPO / 'bench' / '__init__.py')!r}); "
+            "sys.modules['bench'] = b = u.module_from_spec(s); s.loader.exec_module(b); "
+            f"from bench import throughput as T; print('RESULT', json.dumps(T.{fn}(*{args!r})))")
     # cwd=src too: "python -c" puts the cwd first on sys.path, which would otherwise import this checkout.
     r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=src), capture_output=True,
                        text=True, timeout=1800, cwd=src)
@@ -236,6 +221,43 @@ def sub(src: str, fn: str, *args) -> dict:
     if not line:
         raise RuntimeError(r.stderr[-3000:])
     return json.loads(line[-1][7:])
+
+
+def measure(a: argparse.Namespace, command: str) -> dict:
+    import anndata as ad
+
+    res: dict = {"machine": f"{machine()}, torch {torch.__version__}, threads {a.threads}",
+                 "command": command, "loop": [], "gflops": [matmul_gflops()]}
+    f = ad.read_h5ad(a.data, backed="r")
+    k, n_genes = f.obs["cell_type"].nunique(), min(2000, f.n_vars)
+    f.file.close()
+    srcs = {"this": str(REPO)} | ({"baseline": a.baseline_src} if a.baseline_src else {})
+    for b in a.batches:
+        for r in range(a.repeats):
+            for name, src in srcs.items():
+                m = sub(src, "loop_throughput", a.data, b, a.epochs, a.threads)
+                m["code"], m["repeat"] = name, r
+                m["ratio_local"] = m["cells_per_s"] / (m["gflops_around"] * 1e9 / flops_per_cell(n_genes, k, b)["total"])
+                res["loop"].append(m)
+                print(f"loop [{name}] batch {b}: {m['cells_per_s']:.0f} cells/s, {m['ratio_local']:.0%} of the bound "
+                      f"at {m['gflops_around']:.0f} GFLOP/s [{m['package']}]", flush=True)
+        res["gflops"].append(matmul_gflops())
+    g = float(np.median(res["gflops"]))  # the machine is shared: the bound uses the median rate
+    res["bound"] = {}
+    for b in a.batches:
+        f = flops_per_cell(n_genes, k, b)
+        bound = g * 1e9 / f["total"]
+        ms = {n: [m for m in res["loop"] if m["batch"] == b and m["code"] == n] for n in srcs}
+        got = {n: float(np.median([m["cells_per_s"] for m in v])) for n, v in ms.items()}
+        res["bound"][b] = {"mflop_per_cell": f["total"] / 1e6, "flops": f, "bound_cells_per_s": bound,
+                           **{f"{n}_ratio_local": float(np.median([m["ratio_local"] for m in v])) for n, v in ms.items()},
+                           **{f"{n}_cells_per_s": v for n, v in got.items()},
+                           **{f"{n}_ratio": v / bound for n, v in got.items()}}
+    res["profile"] = {n: sub(src, "profile_step", a.data, a.batches[0], a.profile_steps, a.threads)
+                      for n, src in srcs.items()}
+    if a.cli:
+        res["cli"] = [run_cli(a.data, w) for w in (0, 1)]
+    return res
 
 
 def main(argv=None) -> int:
@@ -252,102 +274,42 @@ def main(argv=None) -> int:
     ap.add_argument("--from-json", help="measure nothing: take the results from this file (the JSON line printed)")
     a = ap.parse_args(argv)
     if a.from_json:
-        if a.write_docs:
-            write_docs(Path(a.write_docs), json.loads(Path(a.from_json).read_text()))
-        return 0
-    torch.set_num_threads(a.threads)
-    res: dict = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                            f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {a.threads}",
-                 "command": "PYTHONPATH=. python bench/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    gf = [matmul_gflops()]
-    print(f"matmul fp32: {gf[0]:.0f} GFLOP/s", flush=True)
-    x_shape = None
-    import anndata as ad
-
-    a_ = ad.read_h5ad(a.data, backed="r")
-    n_cells, k = a_.n_obs, a_.obs["cell_type"].nunique()
-    n_genes = min(2000, a_.n_vars)
-    a_.file.close()
-    srcs = {"this": str(REPO)} | ({"baseline": a.baseline_src} if a.baseline_src else {})
-    res["loop"] = []
-    for b in a.batches:
-        for r in range(a.repeats):
-            for name, src in srcs.items():
-                m = sub(src, "loop_throughput", a.data, b, a.epochs, a.threads)
-                m["code"], m["repeat"] = name, r
-                m["ratio_local"] = m["cells_per_s"] / (m["gflops_around"] * 1e9 / flops_per_cell(n_genes, k, b)["total"])
-                res["loop"].append(m)
-                print(f"loop [{name}] batch {b}: {m['cells_per_s']:.0f} cells/s, epoch train {m['epoch_train_s']:.3f} s,"
-                      f" epoch wall {m['epoch_wall_s']:.3f} s, threads {m['threads']}, matmul around {m['gflops_around']:.0f}"
-                      f" GFLOP/s -> {m['ratio_local']:.0%} of the bound at that rate [{m['package']}]", flush=True)
-        gf.append(matmul_gflops())
-        print(f"matmul fp32: {gf[-1]:.0f} GFLOP/s", flush=True)
-    res["gflops"] = gf
-    g = float(np.median(gf))
-    res["bound"] = {}
-    for b in a.batches:
-        f = flops_per_cell(n_genes, k, b)
-        bound = g * 1e9 / f["total"]
-        got = {name: float(np.median([m["cells_per_s"] for m in res["loop"] if m["batch"] == b and m["code"] == name]))
-               for name in srcs}
-        local = {name: float(np.median([m["ratio_local"] for m in res["loop"] if m["batch"] == b and m["code"] == name]))
-                 for name in srcs}
-        res["bound"][b] = {"mflop_per_cell": f["total"] / 1e6, "flops": f, "bound_cells_per_s": bound,
-                           **{f"{n}_ratio_local": v for n, v in local.items()},
-                           **{f"{n}_cells_per_s": v for n, v in got.items()},
-                           **{f"{n}_ratio": v / bound for n, v in got.items()}}
-        print(f"batch {b}: {f['total'] / 1e6:.2f} MFLOP/cell -> bound {bound:.0f} cells/s at {g:.0f} GFLOP/s; " +
-              ", ".join(f"{n} {v:.0f} ({v / bound:.0%}; median per-measurement ratio {local[n]:.0%})"
-                        for n, v in got.items()), flush=True)
-    res["profile"] = {}
-    for name, src in srcs.items():
-        p = sub(src, "profile_step", a.data, a.batches[0], a.profile_steps, a.threads)
-        res["profile"][name] = p
-        print(f"profile [{name}] batch {a.batches[0]}: " + ", ".join(f"{k_} {v:.2f}" for k_, v in p.items()), flush=True)
-    if a.cli:
-        res["cli"] = []
-        for w in (0, 1):
-            c = run_cli(a.data, w, a.threads, [])
-            res["cli"].append(c)
-            print(f"cli workers={w}: {json.dumps(c)}", flush=True)
-    print("JSON", json.dumps(res))
+        res = json.loads(Path(a.from_json).read_text())
+    else:
+        torch.set_num_threads(a.threads)
+        res = measure(a, "PYTHONPATH=. python bench/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+        print("JSON", json.dumps(res))
     if a.write_docs:
         write_docs(Path(a.write_docs), res)
     return 0
 
 
 def write_docs(path: Path, res: dict) -> None:
+    codes = sorted({m["code"] for m in res["loop"]})
     lines = ["## Speed", "", f"Machine: {res['machine']}. Command: `{res['command']}`.", "",
              f"fp32 matmul (2048^3): {', '.join(f'{v:.0f}' for v in res['gflops'])} GFLOP/s across the run "
              "(the machine is shared: the bound uses the median).", "",
              "Ratio = cells/s / bound; 'local' divides each measurement by the bound at the matmul rate measured "
-             "just around it (robust to the load changing during the run).", "",
-             "| batch | MFLOP/cell | bound cells/s | " + " | ".join(f"{n} cells/s (ratio; local)" for n in
-                                                                     sorted({m['code'] for m in res['loop']})) + " |",
-             "|---|---|---|" + "---|" * len({m['code'] for m in res['loop']})]
-    for b, r in res["bound"].items():
-        cols = [f"{r[f'{n}_cells_per_s']:.0f} ({r[f'{n}_ratio']:.0%}; {r[f'{n}_ratio_local']:.0%})" for n in sorted({m['code'] for m in res['loop']})]
-        lines.append(f"| {b} | {r['mflop_per_cell']:.2f} | {r['bound_cells_per_s']:.0f} | " + " | ".join(cols) + " |")
+             "just around it (robust to the load changing during the run).", ""]
+    lines += md_table(["batch", "MFLOP/cell", "bound cells/s", *(f"{n} cells/s (ratio; local)" for n in codes)], [
+        [b, f"{r['mflop_per_cell']:.2f}", f"{r['bound_cells_per_s']:.0f}",
+         *(f"{r[f'{n}_cells_per_s']:.0f} ({r[f'{n}_ratio']:.0%}; {r[f'{n}_ratio_local']:.0%})" for n in codes)]
+        for b, r in res["bound"].items()])
     lines += ["", "Every loop measurement (median over epochs 2..E of the loop's own cells_per_s):", ""]
-    for m in res["loop"]:
-        lines.append(f"- {m['code']} batch {m['batch']} repeat {m['repeat']}: {m['cells_per_s']:.0f} cells/s, "
-                     f"epoch train {m['epoch_train_s']:.3f} s, epoch wall {m['epoch_wall_s']:.3f} s, matmul around "
-                     f"{m['gflops_around']:.0f} GFLOP/s, local ratio {m['ratio_local']:.0%}")
+    lines += [f"- {m['code']} batch {m['batch']} repeat {m['repeat']}: {m['cells_per_s']:.0f} cells/s, "
+              f"epoch train {m['epoch_train_s']:.3f} s, epoch wall {m['epoch_wall_s']:.3f} s, matmul around "
+              f"{m['gflops_around']:.0f} GFLOP/s, local ratio {m['ratio_local']:.0%}" for m in res["loop"]]
     for name, p in res["profile"].items():
-        lines += ["", f"Profile ({name}), ms per step at batch {res['loop'][0]['batch']} and per-epoch costs:", "",
-                  "| phase | ms |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in p.items()]
+        lines += ["", f"Profile ({name}), ms per step at batch {res['loop'][0]['batch']} and per-epoch costs:", ""]
+        lines += md_table(["phase", "ms"], [[k, f"{v:.2f}"] for k, v in p.items()])
     for c in res.get("cli", []):
-        lines += ["", f"- CLI `{c.get('cmd', '')}`: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                           for k, v in c.items() if k != "cmd")]
-    section = "\n".join(lines) + "\n\n"
+        lines += ["", f"- CLI `{c.get('cmd', '')}`: " + ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.items() if k != "cmd")]
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     start = text.find("## Speed")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    end = text.find("\n## ", start + 1) if start >= 0 else -1
+    before = text[:start] if start >= 0 else text.rstrip("\n") + "\n\n"
+    path.write_text(before + "\n".join(lines) + "\n\n" + (text[end + 1:] if end >= 0 else ""))
 
 
 if __name__ == "__main__":

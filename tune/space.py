@@ -55,30 +55,20 @@ def to_tune(space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for key, spec in space.items():
         section, name = key.split(".", 1)
-        d = spec["dist"]
-        if d == "loguniform":
-            dom = tune.loguniform(float(spec["low"]), float(spec["high"]))
-        elif d == "uniform":
-            dom = tune.uniform(float(spec["low"]), float(spec["high"]))
-        elif d == "randint":
-            dom = tune.randint(int(spec["low"]), int(spec["high"]))
-        else:
-            dom = tune.choice(list(spec["values"]))
-        out.setdefault(section, {})[name] = dom
+        d, cast = spec["dist"], int if spec["dist"] == "randint" else float
+        # tune.loguniform / uniform / randint take (low, high), as the YAML does
+        out.setdefault(section, {})[name] = tune.choice(list(spec["values"])) if d == "choice" else \
+            getattr(tune, d)(cast(spec["low"]), cast(spec["high"]))
     return out
 
 
 def apply_trial_config(base: JojoConfig, trial: dict[str, Any]) -> JojoConfig:
-    """Base config with a trial's sampled values (nested or dotted keys) put in."""
+    """Base config with a trial's sampled values (nested or dotted keys) put in; numpy scalars (from samplers) become
+    Python ones, so the config YAML stays plain."""
     flat: dict[str, Any] = {}
     for section, value in trial.items():
         if isinstance(value, dict):
-            flat.update({f"{section}.{k}": _plain(v) for k, v in value.items()})
+            flat.update({f"{section}.{k}": v for k, v in value.items()})
         elif "." in section:
-            flat[section] = _plain(value)
-    return base.override(flat)
-
-
-def _plain(v: Any) -> Any:
-    """numpy scalars (from samplers) -> Python, so the config YAML stays plain."""
-    return v.item() if hasattr(v, "item") else v
+            flat[section] = value
+    return base.override({k: v.item() if hasattr(v, "item") else v for k, v in flat.items()})

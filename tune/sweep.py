@@ -1,18 +1,10 @@
 """`python -m tune.sweep`: Ray Tune over the JojoSCL loss weights, temperatures and training knobs.
 
-Each trial is a Ray Train run (see tune/trainable.py). By default ASHA stops weak trials early on a label-free
-score that compares across configs: ``select_input_silhouette``, the silhouette of the trial's k-means clusters in
-PCA(50) of the input, evaluated every epoch. ``--objective embedding-silhouette`` scores the clusters in each
-trial's own embedding instead (not comparable across temperatures: on PBMC it picked a trial with ARI 0.39 over the
-default's 0.78, docs/tune.md); ``--objective ari`` uses ARI against the labels (SUPERVISED: it uses the truth to
-choose hyper-parameters). Every trial is an MLflow child run of one parent run for the sweep.
-
-Outputs in --output:
-  best.yaml             the best trial as a full JojoConfig (`python -m jojoscl_dist.train --config best.yaml`)
-  trials.csv, trials.md every trial: sampled values, how it ended, objective, ARI when labels exist
-  best_run/             the best config retrained as a normal run (results.h5ad, labels.csv, model/, umap.png, ...)
-  trials/<id>/          per-trial config.yaml and metrics.json (also logged to MLflow)
-  mlflow.db, mlartifacts/ the embedded MLflow store (unless --tracking-uri)
+Each trial is a Ray Train run (tune/trainable.py). ASHA stops weak trials early on a label-free score that compares
+across configs (``--objective``, docs/tune.md); every trial is an MLflow child run of one parent run for the sweep.
+Outputs in --output: best.yaml (the best trial as a full JojoConfig), trials.csv and trials.md (every trial),
+best_run/ (the best config retrained as a normal run), trials/<id>/ (config.yaml, metrics.json), and the embedded
+MLflow store mlflow.db, mlartifacts/ (unless --tracking-uri).
 """
 
 from __future__ import annotations
@@ -37,8 +29,6 @@ from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.outputs import run_dir
 from tune.space import DEFAULT_SPACE, apply_trial_config, load_space, to_tune
-
-log = logging.getLogger(__name__)
 
 OBJECTIVES = {  # name -> (reported metric, mode, supervised?)
     # Silhouette of the trial's clusters in PCA(50) of the input: a space shared by every trial (selection.py).
@@ -87,18 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def base_config(args: argparse.Namespace, workers: int) -> JojoConfig:
     base = JojoConfig.load(args.config) if args.config else JojoConfig()
-    dotted: dict[str, Any] = {"data.path": str(Path(args.data).resolve()), "run.seed": args.seed,
-                              "run.num_workers": workers, "eval.eval_every": args.eval_every,
-                              "run.tracking_uri": None, "run.storage_path": None, "run.quiet": True}
-    for key, value in (("data.label_key", args.label_key), ("data.n_clusters", args.n_clusters),
-                       ("optim.epochs", args.epochs), ("optim.batch_size", args.batch_size)):
-        if value is not None:
-            dotted[key] = value
-    return base.override(dotted)
+    given = {"data.label_key": args.label_key, "data.n_clusters": args.n_clusters, "optim.epochs": args.epochs,
+             "optim.batch_size": args.batch_size}
+    return base.override({"data.path": str(Path(args.data).resolve()), "run.seed": args.seed,
+                          "run.num_workers": workers, "eval.eval_every": args.eval_every, "run.tracking_uri": None,
+                          "run.storage_path": None, "run.quiet": True,
+                          **{k: v for k, v in given.items() if v is not None}})
 
 
 def _init_ray(num_cpus: int | None) -> bool:
     """Start a local Ray unless one is running or RAY_ADDRESS names a cluster; True if we started it."""
+    import socket
+
     import ray
 
     from jojoscl_dist.train.ray_session import RAY_ENV
@@ -114,21 +104,15 @@ def _init_ray(num_cpus: int | None) -> bool:
     # trial, also at max_t) before it frees the workers' bundles. Without a dashboard, or with several Ray
     # clusters on one host ("Found multiple active Ray instances"), that query fails, the bundles stay reserved
     # and later trials wait forever: pin the dashboard port and tell every process where it is.
-    port = _free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     env = {**RAY_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
     # Logical CPUs above physical: a Tune trial + its Train workers on all physical cores hung.
     ray.init(num_cpus=num_cpus or (os.cpu_count() or 1) + 1, runtime_env={"env_vars": env},
              include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
              logging_level=logging.WARNING, log_to_driver=False)
     return True
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def default_point(base: JojoConfig, space: dict[str, dict], nested: bool) -> dict | None:
@@ -157,17 +141,20 @@ SWEEP_ENTRIES = ["space.yaml", "ray", "trials", "trials.csv", "trials.md", "best
 def run_sweep(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     import ray
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
 
     from jojoscl_dist.data.dataset import prepare_data
     from jojoscl_dist.train.loop import resolve_epochs
     from jojoscl_dist.train.run import run_folder
     from tune.trainable import TrialResources
+    from tune.tracking import ensure_experiment
 
     if args.num_samples < 1:
         raise JojoInputError(f"--num-samples must be at least 1, got {args.num_samples}")
     if args.eval_every < 1:
         raise JojoInputError(f"--eval-every must be at least 1, got {args.eval_every}")
-    metric, mode, supervised = OBJECTIVES[args.objective]
+    metric, _, supervised = OBJECTIVES[args.objective]
     if supervised and not args.label_key:
         raise JojoInputError("--objective ari compares with true labels: pass --label-key KEY (or use the "
                              "default label-free objective)")
@@ -187,16 +174,38 @@ def run_sweep(argv: list[str] | None = None) -> dict[str, Any]:
 
     started_ray = _init_ray(args.num_cpus)
     try:
-        return _sweep(args, base, data, space, res, out, max_t, metric, mode, supervised)
+        t0 = time.perf_counter()
+        uri = args.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
+        client = MlflowClient(uri)
+        exp_id = ensure_experiment(client, args.experiment, None if args.tracking_uri else out / "mlartifacts")
+        pid = client.create_run(exp_id, run_name=f"sweep-{out.name}", tags={
+            "jojoscl.kind": "sweep",
+            "jojoscl.objective": f"{args.objective} ({metric}, {'SUPERVISED' if supervised else 'label-free'})",
+        }).info.run_id
+        client.log_batch(pid, params=[Param(k, str(v)) for k, v in {
+            "data": base.data.path, "num_samples": args.num_samples, "scheduler": args.scheduler,
+            "search": args.search, "objective": args.objective, "metric": metric, "epochs": max_t,
+            "eval_every": args.eval_every, "resources_per_trial": args.resources_per_trial, "seed": args.seed,
+            "n_clusters": data.n_clusters, "n_cells": data.x.shape[0]}.items()])
+        (out / "space.yaml").write_text(Path(args.space or DEFAULT_SPACE).read_text())
+        client.log_artifact(pid, str(out / "space.yaml"))
+        try:
+            summary = _sweep(args, base, data, space, res, out, max_t, (client, exp_id, pid, uri), t0)
+        except BaseException:
+            client.set_terminated(pid, status="FAILED")
+            raise
+        client.set_terminated(pid)
+        return {**summary, "parent_run_id": pid, "tracking_uri": uri}
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def _sweep(args, base: JojoConfig, data, space, res, out: Path, max_t: int, metric: str, mode: str,
-           supervised: bool) -> dict[str, Any]:
+def _sweep(args, base: JojoConfig, data, space: dict, res, out: Path, max_t: int, mlflow_run: tuple,
+           t0: float) -> dict[str, Any]:
+    """Run the trials, write the tables and best.yaml, retrain the best config; log all of it to the parent run."""
     import ray
-    from mlflow import MlflowClient
+    from mlflow.entities import Metric
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -204,55 +213,36 @@ def _sweep(args, base: JojoConfig, data, space, res, out: Path, max_t: int, metr
     from jojoscl_dist.data.zarr_store import ZarrSource
     from jojoscl_dist.train.ray_session import TrainInputs
     from tune.trainable import TRIAL_HEAD_CPU, train_trial
-    from tune.tracking import MlflowTrialCallback, ensure_experiment
+    from tune.tracking import MlflowTrialCallback
 
-    t0 = time.perf_counter()
-    uri = args.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp_id = ensure_experiment(client, args.experiment, None if args.tracking_uri else out / "mlartifacts")
-    parent = client.create_run(exp_id, run_name=f"sweep-{out.name}", tags={"jojoscl.kind": "sweep",
-                               "jojoscl.objective": f"{args.objective} ({metric}, {'SUPERVISED' if supervised else 'label-free'})"})
-    pid = parent.info.run_id
-    for k, v in {"data": base.data.path, "num_samples": args.num_samples, "scheduler": args.scheduler,
-                 "search": args.search, "objective": args.objective, "metric": metric, "epochs": max_t,
-                 "eval_every": args.eval_every, "resources_per_trial": args.resources_per_trial,
-                 "seed": args.seed, "n_clusters": data.n_clusters, "n_cells": data.x.shape[0]}.items():
-        client.log_param(pid, k, str(v))
-    space_file = out / "space.yaml"
-    space_file.write_text(Path(args.space or DEFAULT_SPACE).read_text())
-    client.log_artifact(pid, str(space_file))
-
+    client, exp_id, pid, uri = mlflow_run
+    metric, mode, supervised = OBJECTIVES[args.objective]
     cluster = ray.cluster_resources()
     concurrency = args.max_concurrent or res.concurrency(cluster)
     if res.gpu > 0 and cluster.get("GPU", 0) < res.gpu * res.workers:
         raise JojoInputError(f"--resources-per-trial asks for {res.gpu * res.workers} GPU per trial but Ray sees "
                              f"{cluster.get('GPU', 0)}; set gpu=0 or run where a GPU is visible")
-
-    param_space = to_tune(space)
+    # Optuna takes the default point flat ("loss/alpha"), the random search nested like the param space.
+    point = None if args.no_default_trial else default_point(base, space, nested=args.search != "optuna")
     if args.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        point = None if args.no_default_trial else default_point(base, space, nested=False)
         searcher = OptunaSearch(seed=args.seed, points_to_evaluate=[point] if point else None)
     else:
-        point = None if args.no_default_trial else default_point(base, space, nested=True)
         searcher = BasicVariantGenerator(random_state=args.seed, points_to_evaluate=[point] if point else None)
-    if args.scheduler == "asha":
-        grace = args.grace_period or max(1, max_t // 10)
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(grace, max_t),
-                                  reduction_factor=args.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = FIFOScheduler() if args.scheduler == "fifo" else ASHAScheduler(
+        time_attr="training_iteration", max_t=max_t, grace_period=min(args.grace_period or max(1, max_t // 10), max_t),
+        reduction_factor=args.reduction_factor)
 
     storage = Path(args.storage_path).resolve() if args.storage_path else out / "ray"
     inputs = TrainInputs.of(data)
     if not isinstance(data.x, ZarrSource):  # one copy in the object store for every trial (a store goes by path)
         inputs = dataclasses.replace(inputs, x=ray.put(data.x))
     shared = {"base": base.to_dict(), "inputs": inputs, "resources": res, "storage": str(storage / "train")}
-    trainable = tune.with_resources(tune.with_parameters(train_trial, shared=shared), {"CPU": TRIAL_HEAD_CPU})
     callback = MlflowTrialCallback(client, exp_id, pid, base, out / "trials", max_t)
     tuner = tune.Tuner(
-        trainable, param_space=param_space,
+        tune.with_resources(tune.with_parameters(train_trial, shared=shared), {"CPU": TRIAL_HEAD_CPU}),
+        param_space=to_tune(space),
         tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=args.num_samples, scheduler=scheduler,
                                     search_alg=searcher, max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name="tune", storage_path=str(storage), callbacks=[callback], verbose=0,
@@ -261,97 +251,82 @@ def _sweep(args, base: JojoConfig, data, space, res, out: Path, max_t: int, metr
     print(f"jojoscl-sweep: {args.num_samples} trials x {max_t} epochs on {data.x.shape[0]} cells, "
           f"{concurrency} at a time, {args.scheduler}/{args.search}, objective {metric} "
           f"({'SUPERVISED' if supervised else 'label-free'})", flush=True)
-    try:
-        grid = tuner.fit()
-    except BaseException:
-        client.set_terminated(pid, status="FAILED")
-        raise
+    grid = tuner.fit()
     t_sweep = time.perf_counter() - t0
 
-    table, configs = trial_table(grid, callback, space, metric, max_t, base)
+    table, configs = trial_table(grid, callback.history, space, metric, max_t, base)
     table.to_csv(out / "trials.csv", index=False)
     (out / "trials.md").write_text(markdown_table(table, metric, supervised))
     done = table[(table["status"] == "TERMINATED") & (table["epochs_done"] >= max_t) & table[metric].notna()]
     pool = done if len(done) else table[table[metric].notna()]
     if not len(pool):
-        client.set_terminated(pid, status="FAILED")
         raise RuntimeError(f"no trial reported {metric}; see {out / 'trials.csv'} and the Ray logs in {storage}")
-    best_row = pool.sort_values(metric, ascending=(mode == "min")).iloc[0]
-    best_trial = best_row["trial_id"]
-    best_cfg = apply_trial_config(base, configs[best_trial])
-    reproducible = best_cfg.override({"run.output": str(out / "rerun"), "run.quiet": False})
-    reproducible.save(out / "best.yaml")
+    best = pool.sort_values(metric, ascending=(mode == "min")).iloc[0]
+    best_cfg = apply_trial_config(base, configs[best["trial_id"]])
+    best_cfg.override({"run.output": str(out / "rerun"), "run.quiet": False}).save(out / "best.yaml")
 
-    summary: dict[str, Any] = {"best_trial": best_trial, "objective": args.objective, "metric": metric,
-                               "supervised_objective": supervised, f"best_{metric}": float(best_row[metric]),
-                               "n_trials": int(len(table)), "n_completed": int((table["epochs_done"] >= max_t).sum()),
-                               "n_stopped_early": int(table["stopped_early"].sum()),
-                               "n_errors": int((table["status"] == "ERROR").sum()), "time_sweep_s": t_sweep,
-                               "concurrency": concurrency}
-    if "eval_ari" in table and pd.notna(best_row.get("eval_ari")):
-        summary["best_trial_eval_ari"] = float(best_row["eval_ari"])
-    default_rows = table[table["is_default"]]
-    if len(default_rows):
-        d = default_rows.iloc[0]
-        summary["default_trial"] = d["trial_id"]
-        summary[f"default_{metric}"] = None if pd.isna(d[metric]) else float(d[metric])
-        if "eval_ari" in table:
-            summary["default_trial_eval_ari"] = None if pd.isna(d.get("eval_ari")) else float(d["eval_ari"])
-
+    summary: dict[str, Any] = {
+        "best_trial": best["trial_id"], "objective": args.objective, "metric": metric,
+        "supervised_objective": supervised, f"best_{metric}": float(best[metric]), "n_trials": len(table),
+        "n_completed": int((table["epochs_done"] >= max_t).sum()), "n_stopped_early": int(table["stopped_early"].sum()),
+        "n_errors": int((table["status"] == "ERROR").sum()), "time_sweep_s": t_sweep, "concurrency": concurrency}
+    if pd.notna(best["eval_ari"]):
+        summary["best_trial_eval_ari"] = float(best["eval_ari"])
+    if table["is_default"].any():
+        d = table[table["is_default"]].iloc[0]
+        summary |= {"default_trial": d["trial_id"], f"default_{metric}": _float(d[metric]),
+                    "default_trial_eval_ari": _float(d["eval_ari"])}
     if not args.no_best_run:
         # Rerun with the trials' CPUs per worker (= torch threads): with another thread count the float
         # results drift apart (1 vs 2 threads moved Yan's input silhouette by 0.004 after 4 epochs at lr 7e-3).
-        rerun_cfg = best_cfg.override({"run.cpus_per_worker": max(1, int(res.cpu))})
-        summary.update(best_run(rerun_cfg, out, uri, args.experiment, pid))
+        summary |= best_run(best_cfg.override({"run.cpus_per_worker": max(1, int(res.cpu))}), out, uri,
+                            args.experiment, pid)
     run_dir.write_json(out / "summary.json", summary)
     for name in ("best.yaml", "trials.csv", "trials.md", "summary.json", "best_run/umap.png"):
         if (out / name).exists():
             client.log_artifact(pid, str(out / name))
-    client.log_batch(pid, metrics=[__import__("mlflow").entities.Metric(k, float(v), int(time.time() * 1000), 0)
-                                   for k, v in summary.items()
+    now = int(time.time() * 1000)
+    client.log_batch(pid, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()
                                    if isinstance(v, (int, float)) and not isinstance(v, bool)])
-    client.set_tag(pid, "jojoscl.best_trial", best_trial)
-    client.set_terminated(pid)
-    summary["parent_run_id"] = pid
-    summary["tracking_uri"] = uri
+    client.set_tag(pid, "jojoscl.best_trial", best["trial_id"])
     return summary
 
 
-def trial_table(grid, callback, space: dict, metric: str, max_t: int,
+def _float(v) -> float | None:
+    return None if pd.isna(v) else float(v)
+
+
+def _last(hist: list[dict], key: str, default: Any = np.nan) -> Any:
+    """The latest value of ``key`` in a trial's per-epoch history."""
+    return next((h[key] for h in reversed(hist) if key in h), default)
+
+
+def trial_table(grid, history: dict[str, list[dict]], space: dict, metric: str, max_t: int,
                 base: JojoConfig) -> tuple[pd.DataFrame, dict[str, dict]]:
     """One row per trial (from the metrics the MLflow callback saw) and each trial's sampled config."""
     rows, configs = [], {}
     for r in grid:
-        trial_id = r.metrics.get("trial_id") if r.metrics else None
-        if trial_id is None:
-            trial_id = next((t for t in callback.history if t in Path(r.path).name), Path(r.path).name)
-        hist = callback.history.get(trial_id, [])
+        trial_id = (r.metrics or {}).get("trial_id") or next(
+            (t for t in history if t in Path(r.path).name), Path(r.path).name)
+        hist = history.get(trial_id, [])
         configs[trial_id] = r.config or {}
-        row: dict[str, Any] = {"trial_id": trial_id}
-        flat_cfg = {f"{s}.{k}": v for s, sub in (r.config or {}).items() if isinstance(sub, dict) for k, v in sub.items()}
-        for key in space:
-            row[key] = flat_cfg.get(key)
-        row["status"] = "ERROR" if r.error else "TERMINATED"
-        row["epochs_done"] = len(hist)
-        row["stopped_early"] = bool(r.error is None and len(hist) < max_t)
-        evals = [h for h in hist if metric in h]
-        row[metric] = evals[-1][metric] if evals else np.nan  # the trial's final score (what the scheduler saw last)
-        row[f"max_{metric}"] = max(h[metric] for h in evals) if evals else np.nan
-        for other in LABEL_FREE_SCORES:  # every label-free score side by side, whichever one is the objective
-            if other != metric:
-                last = [h for h in hist if other in h]
-                row[other] = last[-1][other] if last else np.nan
-        ari = [h for h in hist if "eval_ari" in h]
-        row["eval_ari"] = ari[-1]["eval_ari"] if ari else np.nan  # reported only; never used unless --objective ari
-        row["loss"] = hist[-1]["loss"] if hist else np.nan
-        row["error"] = str(r.error).splitlines()[0][:200] if r.error else ""
-        row["is_default"] = False
-        rows.append(row)
+        flat = {f"{s}.{k}": v for s, sub in configs[trial_id].items() if isinstance(sub, dict) for k, v in sub.items()}
+        scores = [h[metric] for h in hist if metric in h]
+        rows.append({
+            "trial_id": trial_id, **{key: flat.get(key) for key in space},
+            "status": "ERROR" if r.error else "TERMINATED", "epochs_done": len(hist),
+            "stopped_early": bool(r.error is None and len(hist) < max_t),
+            metric: _last(hist, metric),  # the trial's final score (what the scheduler saw last)
+            f"max_{metric}": max(scores) if scores else np.nan,
+            # every label-free score side by side, whichever one is the objective
+            **{other: _last(hist, other) for other in LABEL_FREE_SCORES if other != metric},
+            "eval_ari": _last(hist, "eval_ari"),  # reported only; never used unless --objective ari
+            "loss": hist[-1]["loss"] if hist else np.nan,
+            "error": str(r.error).splitlines()[0][:200] if r.error else ""})
     table = pd.DataFrame(rows)
     b = base.to_dict()
     defaults = {k: b[k.split(".")[0]][k.split(".", 1)[1]] for k in space}  # the base config's own values
-    table["is_default"] = table.apply(
-        lambda row: all(_close(row[k], v) for k, v in defaults.items()), axis=1)
+    table["is_default"] = table.apply(lambda row: all(_close(row[k], v) for k, v in defaults.items()), axis=1)
     return table.sort_values(metric, ascending=False, na_position="last").reset_index(drop=True), configs
 
 
@@ -365,40 +340,27 @@ def _close(a, b) -> bool:
 def markdown_table(table: pd.DataFrame, metric: str, supervised: bool) -> str:
     head = (f"Sweep trials, best first by `{metric}` ({'SUPERVISED objective' if supervised else 'label-free objective'}); "
             "`eval_ari` is reported for reference only" + ("" if supervised else " and never used to choose") + ".\n\n")
-    cols = list(table.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in table.iterrows():
-        cells = []
-        for c in cols:
-            v = row[c]
-            cells.append(f"{v:.4g}" if isinstance(v, float) and not pd.isna(v) else ("" if pd.isna(v) else str(v)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return head + "\n".join(lines) + "\n"
+    cells = table.astype(object).map(lambda v: "" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    return head + "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]) + "\n"
 
 
 def best_run(cfg: JojoConfig, out: Path, uri: str, experiment: str, parent_id: str) -> dict[str, Any]:
     """Retrain the best config as a normal run (same code path as a trial; it writes umap.png and summary.md),
-    log it as a child run."""
+    logged as a child run."""
+    from mlflow import MlflowClient
+
     from jojoscl_dist.tracking.mlflow_log import log_run
     from jojoscl_dist.train.run import run
 
     cfg = cfg.override({"run.output": str(out / "best_run"), "run.tracking": False, "run.tracking_uri": uri,
-                        "run.experiment": experiment, "run.run_name": "best-rerun"})
-    cfg = cfg.override({"run.plots": True})
+                        "run.experiment": experiment, "run.run_name": "best-rerun", "run.plots": True})
     result = run(cfg)
     rid = log_run(cfg, result.metrics, result.history, result.output, parent_run_id=parent_id)
-    from mlflow import MlflowClient
-
     MlflowClient(uri).set_tag(rid, "jojoscl.kind", "best")
-    m = result.metrics
-    keep = {}
-    for score in LABEL_FREE_SCORES:
-        last = [h for h in result.history if score in h]
-        keep[f"best_run_{score}"] = last[-1][score] if last else None
-    for k in ("ari", "nmi", "acc", "n_clusters_found"):
-        if k in m:
-            keep[f"best_run_{k}"] = m[k]
-    return keep
+    return {**{f"best_run_{s}": _last(result.history, s, None) for s in LABEL_FREE_SCORES},
+            **{f"best_run_{k}": result.metrics[k] for k in ("ari", "nmi", "acc", "n_clusters_found")
+               if k in result.metrics}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.train.ray_session import build_trainer
 from tune.space import apply_trial_config
 
@@ -30,8 +31,6 @@ class TrialResources:
     @classmethod
     def parse(cls, text: str | None) -> "TrialResources":
         """'workers=1,cpu=1,gpu=0.5' (any subset)."""
-        from jojoscl_dist.errors import JojoInputError
-
         res = cls()
         for part in filter(None, (p.strip() for p in (text or "").split(","))):
             key, sep, value = part.partition("=")
@@ -48,10 +47,7 @@ class TrialResources:
         return res
 
     def worker_bundle(self) -> dict[str, float]:
-        b = {"CPU": self.cpu}
-        if self.gpu > 0:
-            b["GPU"] = self.gpu
-        return b
+        return {"CPU": self.cpu} | ({"GPU": self.gpu} if self.gpu > 0 else {})
 
     def concurrency(self, cluster: dict[str, float]) -> int:
         """How many trials fit at once in the cluster's CPU/GPU budget (at least 1)."""
