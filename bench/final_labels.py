@@ -72,6 +72,7 @@ def methods(d, seed: int) -> dict[str, np.ndarray]:
         over = fit_kmeans(s, min(3 * k, s.shape[0] - 1), seed=seed, restarts=10, select="consensus")
         out[f"merge3_w{w:g}"] = merge_on_graph(over, conn, k)
     out["leiden_pca50"] = leiden_to_k(d["pca50"], k, seed)
+    out["leiden_pca20"] = leiden_to_k(coords, k, seed)
     out["km_pca20"] = fit_kmeans(coords, k, seed=seed, restarts=40, select="consensus")
     pool = {m: out[m] for m in ("km_w0", "km_w1.5", "leiden_w0", "leiden_w1.5", "merge3_w0", "merge3_w1.5")}
     out["medoid"] = out[medoid_partition(pool)]
@@ -85,12 +86,16 @@ def score_dir(dump: Path, cache: Path | None = None) -> list[dict]:
     for f in sorted(dump.glob("*.npz")):
         name, seed = f.stem.rsplit("-s", 1)
         done = cache / f"{f.stem}.csv" if cache else None
-        if done is not None and done.exists():
+        if done is not None and done.exists() and done.with_suffix(".npz").exists():
             rows += _read(done)
             continue
         d = np.load(f)
         mine = []
-        for m, lab in methods(d, int(seed)).items():
+        parts = methods(d, int(seed))
+        if done is not None:
+            done.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(done.with_suffix(".npz"), **parts)
+        for m, lab in parts.items():
             s = score_labels(d["truth"], lab)
             mine.append({"dataset": name, "seed": int(seed), "method": m, "ari": round(s["ari"], 4),
                          "nmi": round(s["nmi"], 4), "n_found": len(np.unique(lab))})
