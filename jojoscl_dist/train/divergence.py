@@ -1,9 +1,5 @@
-"""Stopping on a NaN/Inf loss: every worker at the same step, once, and a record that stops a relaunch.
-
-``NonFiniteWatch`` finds the first bad step without a host sync per step; the loop then reports a 'diverged'
-message and returns normally (Ray Train would retry an exception into the same divergence). The driver records
-it under the run's checkpoint folder, so a relaunch of the same settings stops at once.
-"""
+"""Stopping on a NaN/Inf loss: every worker at the same step, and a record under the run's checkpoint folder that
+stops a relaunch of the same settings at once."""
 
 from __future__ import annotations
 
@@ -15,12 +11,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from jojoscl_dist.outputs.safe_files import write_durably
 from jojoscl_dist.train import distributed as D
 
-# Steps between reads of the non-finite-loss flag: each read is a host sync (and an all-reduce when distributed),
-# which on a GPU stalls the queue; a diverged run then stops at most this many steps late.
+# Each read of the flag is a host sync (and an all-reduce): a diverged run stops at most this many steps late.
 NONFINITE_CHECK_EVERY = 4
-DIVERGED_FILE = "diverged.json"  # under the run's checkpoint folder: a relaunch of the same settings stops at once
+DIVERGED_FILE = "diverged.json"
 
 
 @dataclass
@@ -30,9 +26,8 @@ class Divergence:
 
 
 class NonFiniteWatch:
-    """The first optimiser step whose loss is NaN/Inf, recorded on the device every step (no host sync) and read
-    every ``every`` steps: one MIN all-reduce then, so that every worker stops at the same step (DDP hangs when one
-    worker leaves its collectives)."""
+    """The first NaN/Inf step, recorded on the device (no host sync) and read every ``every`` steps with one MIN
+    all-reduce, so every worker stops at the same step (DDP hangs when one leaves its collectives)."""
 
     def __init__(self, device: torch.device, every: int):
         self.every = every
@@ -46,8 +41,7 @@ class NonFiniteWatch:
         self.value = torch.where(new, loss, self.value)
 
     def poll(self) -> Divergence | None:
-        """The first bad step (with its loss) once any worker saw one, else None. Every worker must call it
-        together."""
+        """Collective: the first bad step once any worker saw one, else None."""
         first = self.step.clone()
         if D.is_distributed():
             dist.all_reduce(first, op=dist.ReduceOp.MIN)
@@ -61,17 +55,14 @@ def divergence_message(value: float, epoch: int, epochs: int, step: int, lr: flo
 
 
 def read_divergence(root: str | Path) -> dict | None:
-    """The divergence recorded under a run's checkpoint folder ({'message', 'config'}), or None."""
+    """{'message', 'config'} recorded under a run's checkpoint folder, or None."""
     path = Path(root) / DIVERGED_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def record_divergence(root: str | Path, message: str, config: dict) -> None:
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{DIVERGED_FILE}.tmp"
-    tmp.write_text(json.dumps({"message": message, "config": config}, indent=1))
-    tmp.replace(root / DIVERGED_FILE)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    write_durably(Path(root) / DIVERGED_FILE, json.dumps({"message": message, "config": config}, indent=1))
 
 
 def clear_divergence(root: str | Path) -> None:

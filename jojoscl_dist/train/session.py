@@ -1,9 +1,5 @@
-"""What the per-worker loop needs from its runtime: rank, device, model wrapping, reporting, checkpoints, and a
-hook that sees every in-training evaluation.
-
-``LocalSession`` runs the loop in this process (tests, benchmarks, debugging); ``RaySession`` (in
-``ray_session.py``) adapts Ray Train. The loop itself is the same code for both.
-"""
+"""What the per-worker loop needs from its runtime. ``LocalSession`` runs it in this process (tests, benchmarks,
+debugging); ``RaySession`` (ray_session.py) adapts Ray Train."""
 
 from __future__ import annotations
 
@@ -38,18 +34,13 @@ class Session:
 
     def on_evaluation(self, epoch: int, embedding: dict[str, np.ndarray], labels: np.ndarray,
                       scores: dict[str, float]) -> None:
-        """Rank 0, after each in-training evaluation: ``embedding`` {'h','z','y'} of the evaluated cells (a
-        seeded sample above eval.max_eval_cells), ``labels`` their k-means clusters on z, ``scores`` the label-free
-        selection scores. Does nothing here: a subclass observes training through it (tests, benchmarks)."""
+        """Rank 0, after each in-training evaluation (a hook for tests and benchmarks): the evaluated cells'
+        {'h','z','y'}, their k-means labels on z and the label-free selection scores."""
 
 
 class LocalSession(Session):
-    """Single process. Keeps every reported metrics dict and the last checkpoint directory.
-
-    Checkpoints live under ``checkpoint_root`` as checkpoint_<counter>; a new session on a root that already
-    holds one resumes from it (the in-process counterpart of reusing a Ray Train run name), or from
-    ``resume_from`` when the driver chose one (it skips checkpoints that do not load).
-    """
+    """Single process; keeps every reported metrics dict and the last checkpoint, checkpoint_<counter> under
+    ``checkpoint_root``. It resumes from ``resume_from``, else (``discover``) from the newest one there."""
 
     def __init__(self, checkpoint_root: str | Path | None = None, device: str | None = None,
                  on_report: Callable[[dict], None] | None = None, resume_from: str | Path | None = None,
@@ -69,10 +60,10 @@ class LocalSession(Session):
         if checkpoint_dir is not None:
             self._count += 1
             dest = self.root / f"checkpoint_{self._count:06d}"
-            part = self.root / f".{dest.name}.partial"  # copied then renamed: a crash never leaves half a checkpoint
+            part = self.root / f".{dest.name}.partial"  # copied, fsynced, then renamed: never half a checkpoint
             shutil.rmtree(part, ignore_errors=True)
             shutil.copytree(checkpoint_dir, part)
-            for f in part.iterdir():  # on disk before the rename makes the checkpoint visible
+            for f in part.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
             part.rename(dest)

@@ -1,15 +1,10 @@
-"""A worker's training state, and the checkpoint dict it writes and resumes from (keys: ``checkpoint.py``).
-
-``TrainState`` holds what changes while training (weights, optimiser, schedule, k-means warm start, selection,
-the augmentation stream, the best weights, the history, the epoch and step) next to what a checkpoint records
-about the run (its length, shape, config, input and device). ``loop.py`` builds it and trains it.
-"""
+"""A worker's training state (``TrainState``) and the checkpoint dict it writes and resumes from."""
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,22 +15,21 @@ from jojoscl_dist.cluster.kmeans import BatchKMeans
 from jojoscl_dist.cluster.selection import Selector
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.train import distributed as D
-from jojoscl_dist.train.checkpoint import global_rng_state, set_global_rng_state
 
 log = logging.getLogger(__name__)
 
 
 def resume_scheduler(sched, saved: dict, step: int) -> bool:
-    """Load a saved scheduler state. A cosine schedule saved for another length (--epochs changed on resume) is
-    set to this run's length instead, at the saved step (lr = its closed form there); True when that happened."""
+    """Load a saved scheduler state; a cosine schedule saved for another length (--epochs changed on resume) is set
+    to this run's length at the saved step instead (True then)."""
     t_max = getattr(sched, "T_max", None)
     sched.load_state_dict(saved)
     if t_max is None or sched.T_max == t_max:
         return False
     sched.T_max, sched.last_epoch = t_max, step
-    for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
-        # CosineAnnealingLR.step() continues recursively from the current lr: it must sit on the new curve.
-        group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * step / t_max)) / 2
+    # step() continues recursively from the current lr: it must sit on the new curve.
+    for group, lr in zip(sched.optimizer.param_groups, sched._get_closed_form_lr()):
+        group["lr"] = lr
     sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
     return True
 
@@ -47,12 +41,8 @@ def augment_seed(seed: int, epoch: int, rank: int) -> int:
 
 def restore_generator(gen: torch.Generator, state: torch.Tensor, saved_device: str | None, seed: int, epoch: int,
                       rank: int) -> bool:
-    """Restore a worker's augmentation stream; False when it was reseeded instead.
-
-    A CUDA generator state cannot be set on a CPU generator nor the reverse: a checkpoint written on another device
-    type reseeds the stream from (seed, epoch, rank), so the resumed run is reproducible but not identical to an
-    uninterrupted one. Checkpoints without a recorded device are tried as they are.
-    """
+    """Restore a worker's augmentation stream, or reseed it from (seed, epoch, rank) when it was written on another
+    device type (torch cannot convert it): reproducible, not identical to an uninterrupted run. False then."""
     if saved_device in (None, gen.device.type):
         try:
             gen.set_state(state)
@@ -69,8 +59,6 @@ def restore_generator(gen: torch.Generator, state: torch.Tensor, saved_device: s
 
 @dataclass
 class TrainState:
-    """One worker's training state; ``state_dict`` / ``load_state_dict`` write and read the checkpoint dict."""
-
     cfg: JojoConfig
     rank: int
     epochs: int  # this run's length (resolve_epochs)
@@ -95,10 +83,10 @@ class TrainState:
         self.best_model = copy.deepcopy({n: t.cpu() for n, t in self.model.state_dict().items()})
 
     def state_dict(self) -> dict[str, Any]:
-        """The checkpoint dict. Collective: every worker calls it together (it gathers every worker's
-        augmentation stream and global RNG states, so a resumed run continues the same streams)."""
+        """Collective: it gathers every worker's augmentation stream and global RNG states."""
         gen_states = D.all_gather_object(self.generator.get_state())
-        global_states = D.all_gather_object(global_rng_state())
+        global_states = D.all_gather_object({"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                             "python": random.getstate()})
         return {
             "epoch": self.epoch, "step": self.step, "epochs": self.epochs,
             "model": self.model.state_dict(), "key_encoder": self.key_encoder.state_dict(),
@@ -111,8 +99,8 @@ class TrainState:
         }
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
-        """Resume from a checkpoint dict (tensors on the CPU, whatever device wrote them). This run's length,
-        config and input stay: the driver has checked that the checkpoint may continue under them."""
+        """Resume (tensors on the CPU, whatever device wrote them). This run's length, config and input stay: the
+        driver has checked that the checkpoint may continue under them."""
         self.model.load_state_dict(st["model"])
         self.key_encoder.load_state_dict(st["key_encoder"])
         self.optimizer.load_state_dict(st["optimizer"])  # torch moves each state tensor to its parameter's device
@@ -123,17 +111,16 @@ class TrainState:
         self.selector.load_state_dict(st["selector"])
         self.best_model, self.history = st["best_model"], st["history"]
         if 0 <= self.selector.best_epoch < self.selector.min_epoch:
-            # --epochs grew on resume: the pick so far lies before the new selection window (eval.select_from
-            # of the new length); the window's first evaluation replaces it.
+            # --epochs grew on resume: the pick lies before the new selection window, whose first evaluation wins.
             self.selector.best_epoch, self.selector.best_value, self.best_model = -1, -np.inf, None
-        self._restore_rng(st["rng"], st.get("device"))
-        log.info("resumed from epoch %d", st["epoch"])
-
-    def _restore_rng(self, rng: dict[str, Any], saved_device: str | None) -> None:
         # A rank beyond the saved world size keeps its fresh seeded streams.
+        rng = st["rng"]
         if self.rank < len(rng["generators"]):
-            restore_generator(self.generator, rng["generators"][self.rank], saved_device, self.cfg.run.seed,
+            restore_generator(self.generator, rng["generators"][self.rank], st.get("device"), self.cfg.run.seed,
                               self.epoch + 1, self.rank)
-        global_states = rng.get("global", [])
-        if self.rank < len(global_states):
-            set_global_rng_state(global_states[self.rank])
+        if self.rank < len(rng.get("global", [])):
+            g = rng["global"][self.rank]
+            torch.set_rng_state(g["torch"])
+            np.random.set_state(g["numpy"])
+            random.setstate(g["python"])
+        log.info("resumed from epoch %d", st["epoch"])
