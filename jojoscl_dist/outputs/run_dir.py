@@ -1,14 +1,5 @@
-"""Writing a run directory atomically: everything goes to ``<output>.partial-<pid>`` and is renamed at the end,
-so a crash never leaves a directory that looks like a finished run.
-
-Layout:
-  results.h5ad     obs['jojoscl_cluster'] (categorical), obsm['X_jojoscl'] (instance embedding z),
-                   obsm['X_jojoscl_h'] (encoder embedding h), uns['jojoscl'] (params, metrics)
-  labels.csv       cell id, cluster
-  model/model.pt   weights, preprocessing statistics, gene list, config, schema version, package versions
-  metrics.json     final metrics, selection, timings, per-epoch history
-  config.yaml      the resolved configuration
-"""
+"""A run directory, written atomically: staged in ``.<output>.partial-<pid>`` and renamed at the end, so a crash
+never leaves a folder that looks like a finished run (its files: README "Outputs")."""
 
 from __future__ import annotations
 
@@ -18,14 +9,14 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from jojoscl_dist.errors import JojoInputError
 
 RUN_MARKER = ".jojoscl-run"  # written last into a finished run: lists what the run wrote (see is_our_run)
-# Present while the committed outputs still wait for their MLflow logging: a run directory holding it is not
-# finished, so the same command may replace it without --overwrite (a failed tracking step never blocks a retry).
+# While the outputs wait for their MLflow logging the run is not finished: the same command may replace it.
 PENDING_MARKER = ".tracking-pending"
-# Written into the run folder after the commit (the default sqlite MLflow store under --output).
-LATE_ENTRIES = ("mlflow.db", "mlartifacts", PENDING_MARKER, RUN_MARKER)
+LATE_ENTRIES = ("mlflow.db", "mlartifacts", PENDING_MARKER, RUN_MARKER)  # written after the commit
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +82,7 @@ def staging_dir(output: str | Path) -> Path:
 
 
 def write_marker(stage: Path, entries: list[str] | None = None) -> None:
-    """The last file staged: what this run wrote (or, for a sweep, may write), so --overwrite can tell our folder
-    from a user's."""
+    """The last file staged: what this run wrote (a sweep: may write), so --overwrite tells our folder from a user's."""
     from jojoscl_dist import __version__
 
     entries = sorted(entries if entries is not None else (p.name for p in stage.iterdir())) + [RUN_MARKER]
@@ -121,19 +111,8 @@ def commit(stage: Path, output: str | Path) -> Path:
 
 
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=_default))
-
-
-def _default(o):
-    import numpy as np
-
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    numeric = (np.integer, np.floating, np.ndarray)  # as numbers and lists; anything else as text
+    path.write_text(json.dumps(obj, indent=2, default=lambda o: o.tolist() if isinstance(o, numeric) else str(o)))
 
 
 def mark_finished(output: str | Path) -> None:

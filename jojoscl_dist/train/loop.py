@@ -8,6 +8,7 @@ which then report it and return normally (an exception would make Ray Train retr
 
 from __future__ import annotations
 
+import functools
 import random
 import tempfile
 import time
@@ -207,14 +208,11 @@ class EvalCells:
         self.source = data.source if idx is None else SubsetSource(data.source, idx)
         self.truth = data.labels if (idx is None or data.labels is None) else data.labels[idx]
         self.seed = cfg.run.seed
-        self._reference: np.ndarray | None = None
 
-    @property
+    @functools.cached_property
     def reference(self) -> np.ndarray:
-        """PCA of these cells' input: model-independent coordinates for the selection, computed once."""
-        if self._reference is None:
-            self._reference = input_reference(self.source.rows(slice(0, self.source.shape[0])), self.seed)
-        return self._reference
+        """PCA of these cells' input: model-independent coordinates for the selection."""
+        return input_reference(self.source.rows(slice(0, self.source.shape[0])), self.seed)
 
 
 def evaluate(state: TrainState, cells: EvalCells, session: Session, epoch: int) -> dict[str, float]:
