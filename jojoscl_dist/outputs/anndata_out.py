@@ -73,8 +73,8 @@ def _plain(v: Any) -> Any:
 
 
 def cluster_categorical(labels: np.ndarray, cell_mask: np.ndarray | None = None) -> pd.Categorical:
-    """Integer cluster ids as a categorical with categories '0', '1', ..., '10' in numeric order; cells outside
-    ``cell_mask`` are missing. Built from codes, so no Python string per cell (atlases of millions of cells)."""
+    """Cluster ids as a categorical '0', '1', ..., '10' in numeric order, missing outside ``cell_mask``; built from
+    codes, so no Python string per cell (atlases)."""
     labels = np.asarray(labels)
     ids, codes = np.unique(labels, return_inverse=True)
     if cell_mask is not None:

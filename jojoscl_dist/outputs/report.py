@@ -15,8 +15,7 @@ MAX_UMAP_CELLS = 30_000  # UMAP cost grows with cells; a seeded subsample shows 
 
 
 def _figure(**kw):
-    """A Figure without pyplot: no backend switch nor global registry (a notebook's backend stays, threads share
-    no state)."""
+    """A Figure without pyplot: no backend switch nor global state (notebooks, threads)."""
     from matplotlib.figure import Figure
 
     return Figure(**kw)
@@ -156,7 +155,8 @@ def summary_md(path: Path, *, source: str, n_input_cells: int, n_input_genes: in
         ("tau instance / cluster", f"{lc['tau_instance']} / {lc['tau_cluster']}"),
         ("alpha / beta / w_sure", f"{lc['alpha']} / {lc['beta']} / {lc['w_sure']}"), ("seed", m["seed"]))]
     lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in m.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in m.items()
+              if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
     for pic in pictures:
         lines += ["", f"![{pic}]({pic})"]
     path.write_text("\n".join(lines) + "\n")

@@ -38,7 +38,8 @@ def check_tracking(cfg: JojoConfig, output: Path) -> None:
         except HTTPError as e:
             status = e.code
         except (URLError, OSError, ValueError) as e:
-            raise JojoInputError(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); {fix}") from e
+            reason = getattr(e, "reason", e)
+            raise JojoInputError(f"MLflow tracking server {uri} is unreachable ({reason}); {fix}") from e
         if status != 200:
             raise JojoInputError(f"MLflow tracking server {uri} answered HTTP {status} on /health ({fix})")
     elif uri.startswith("sqlite:///"):

@@ -14,8 +14,7 @@ from jojoscl_dist.model.jojoscl import JojoSCL
 
 @torch.no_grad()
 def _blocks_out(model: JojoSCL, source, device, batch: int, project=None):
-    """Eval-mode forward over ``source`` in row blocks: (start, {'h','z','y'} as float32 NumPy), plus ``PCA_KEY``:
-    ``project(rows)`` (``InputPCA.coords``) when given."""
+    """Eval-mode forward in row blocks: (start, {'h','z','y'} and with ``project`` ``PCA_KEY``, as float32 NumPy)."""
     was_training = model.training
     model.eval()
     n = source.shape[0]

@@ -9,6 +9,7 @@ which then report it and return normally (an exception would make Ray Train retr
 from __future__ import annotations
 
 import functools
+import math
 import random
 import tempfile
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from jojoscl_dist.cluster.final import final_space
 from jojoscl_dist.cluster.input_pca import InputPCA
@@ -29,11 +31,9 @@ from jojoscl_dist.losses.objective import LossTerms, jojoscl_objective, needs_as
 from jojoscl_dist.model import NoisePool, augment, build_model, momentum_update
 from jojoscl_dist.model.jojoscl import make_key_encoder
 from jojoscl_dist.train import distributed as D
-from jojoscl_dist.train.checkpoint import load_state, save_state
-from jojoscl_dist.train.divergence import NONFINITE_CHECK_EVERY, Divergence, NonFiniteWatch, divergence_message
+from jojoscl_dist.train.checkpoint import TrainState, load_state, save_state
 from jojoscl_dist.train.embed import embed
 from jojoscl_dist.train.session import Session
-from jojoscl_dist.train.state import TrainState
 
 EVAL_KMEANS_RESTARTS = 3  # in-loop evaluations; the final labels use cfg.eval.kmeans_restarts
 LOSS_NAMES = ("loss", "l_ins", "l_clu", "l_sure")  # the reported names of the LossTerms fields, in their order
@@ -108,8 +108,7 @@ def new_state(cfg: JojoConfig, data: WorkerData, session: Session) -> TrainState
 
 
 class Views:
-    """Augmented views from this worker's stream. The noise comes from a pool redrawn at every epoch start, so an
-    epoch resumed from a checkpoint reads the same noise."""
+    """Augmented views from this worker's stream; the noise pool is redrawn at each epoch start (so on resume)."""
 
     def __init__(self, cfg: JojoConfig, generator: torch.Generator, n_genes: int, session: Session):
         mc = cfg.model
@@ -141,6 +140,40 @@ def global_batch_objective(state: TrainState, h_a, z_a, y_a, z_b, y_b, h_b) -> L
     return jojoscl_objective(Z_a, Z_b, Y_a, Y_b, H_a, H_b, assign, lc)
 
 
+# Each read of the NaN/Inf flag is a host sync (and an all-reduce): a diverged run stops at most this many steps late.
+NONFINITE_CHECK_EVERY = 4
+
+
+@dataclass
+class Divergence:
+    step: int  # the first optimiser step whose loss was NaN/Inf
+    value: float  # its loss (NaN on a worker that did not see it itself)
+
+
+class NonFiniteWatch:
+    """The first NaN/Inf step, recorded on the device (no host sync) and read every ``every`` steps with one MIN
+    all-reduce, so every worker stops at the same step (DDP hangs when one leaves its collectives)."""
+
+    def __init__(self, device: torch.device, every: int):
+        self.every = every
+        self.step = torch.full((), math.inf, dtype=torch.float64, device=device)  # inf: none yet
+        self.value = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach().double()
+        new = ~torch.isfinite(loss) & torch.isinf(self.step)
+        self.step = torch.where(new, float(step), self.step)
+        self.value = torch.where(new, loss, self.value)
+
+    def poll(self) -> Divergence | None:
+        """Collective: the first bad step once any worker saw one, else None."""
+        first = self.step.clone()
+        if D.is_distributed():
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        step, own, value = torch.stack([first, self.step, self.value]).tolist()
+        return None if math.isinf(step) else Divergence(int(step), value if own == step else math.nan)
+
+
 def train_step(state: TrainState, x: torch.Tensor, views: Views, amp) -> LossTerms:
     """One optimiser step on this worker's batch x (n, G)."""
     xa = views(x)
@@ -162,8 +195,7 @@ def train_step(state: TrainState, x: torch.Tensor, views: Views, amp) -> LossTer
 
 def train_epoch(state: TrainState, source, session: Session, views: Views, watch: NonFiniteWatch,
                 epoch: int) -> dict[str, Any] | Divergence:
-    """One pass over this worker's share: the epoch's metrics (losses averaged over workers), or the divergence
-    (every worker stops at the same step)."""
+    """One pass over this worker's share: the epoch's metrics (averaged over workers), or the divergence."""
     cfg = state.cfg
     t0 = time.perf_counter()
     state.net.train()
@@ -216,8 +248,8 @@ class EvalCells:
 
 
 def evaluate(state: TrainState, cells: EvalCells, session: Session, epoch: int) -> dict[str, float]:
-    """Rank 0: embed the evaluated cells, cluster z, score it label-free (the selection keeps its best weights);
-    with labels, log scores against the truth (never used to select)."""
+    """Rank 0: cluster z of the evaluated cells and score it label-free (the selection keeps its best weights);
+    scores against the truth are logged only."""
     t1 = time.perf_counter()
     cfg, k = state.cfg, state.n_clusters
     emb = embed(state.model, cells.source, session.device)
@@ -264,9 +296,10 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     for epoch in range(state.epoch + 1, state.epochs):
         metrics = train_epoch(state, data.source, session, views, watch, epoch)
         if isinstance(metrics, Divergence):  # the driver raises TrainingDiverged from this report
-            session.report({"epoch": epoch, "step": metrics.step, "loss": metrics.value,
-                            "diverged": divergence_message(metrics.value, epoch, state.epochs, metrics.step,
-                                                           cfg.optim.lr)})
+            session.report({"epoch": epoch, "step": metrics.step, "loss": metrics.value, "diverged": (
+                f"training diverged: the loss became {metrics.value} at epoch {epoch + 1}/{state.epochs}, step "
+                f"{metrics.step}, with --lr {cfg.optim.lr:g}: lower --lr (a relaunch with these settings stops here; "
+                f"--overwrite tries them again)")})
             return
         if session.rank == 0 and ((epoch + 1) % cfg.eval.eval_every == 0 or epoch == state.epochs - 1):
             metrics.update(evaluate(state, cells, session, epoch))

@@ -22,11 +22,9 @@ from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.zarr_store import ZarrSource
 from jojoscl_dist.errors import TrainingDiverged, TrainingFailed
-from jojoscl_dist.train.checkpoint import STATE_FILE
-from jojoscl_dist.train.divergence import DIVERGED_FILE
+from jojoscl_dist.train.checkpoint import DIVERGED_FILE, STATE_FILE
 from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker, wants_gpu
-from jojoscl_dist.train.progress import EpochProgress
-from jojoscl_dist.train.session import Session
+from jojoscl_dist.train.session import EpochProgress, Session
 
 # ray.train.report is throttled by the controller's health-check interval (default 2 s per report).
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")}
@@ -200,8 +198,7 @@ def build_trainer(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name:
 
 def fit_ray(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name: str,
             resume_from: str | None = None) -> Path:
-    """Train on Ray -> the final checkpoint's path. Raises TrainingDiverged on a NaN/Inf loss, TrainingFailed when
-    Ray Train gave up (its error as the cause)."""
+    """Train on Ray -> the final checkpoint's path; TrainingDiverged on a NaN/Inf loss, TrainingFailed on Ray's."""
     trainer = build_trainer(cfg, inputs, storage_path, name, resume_from=resume_from)
     try:
         result = trainer.fit()

@@ -23,14 +23,12 @@ from jojoscl_dist.data.zarr_store import ZarrSource
 from jojoscl_dist.errors import JojoInputError, TrackingError, TrainingDiverged
 from jojoscl_dist.model import build_model
 from jojoscl_dist.outputs import run_dir
-from jojoscl_dist.outputs.lock import RunLock
 from jojoscl_dist.outputs.write_run import write_run
-from jojoscl_dist.train.checkpoint import config_differences, latest_loadable, load_state
-from jojoscl_dist.train.divergence import clear_divergence, read_divergence, record_divergence
+from jojoscl_dist.train.checkpoint import (clear_divergence, config_differences, latest_loadable, load_state,
+                                           read_divergence, record_divergence)
 from jojoscl_dist.train.embed import embed, embed_to_zarr
 from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker, wants_gpu
-from jojoscl_dist.train.progress import EpochProgress
-from jojoscl_dist.train.session import LocalSession
+from jojoscl_dist.train.session import EpochProgress, LocalSession
 
 
 @dataclass
@@ -107,8 +105,7 @@ def train(cfg: JojoConfig, data: PreparedData) -> TrainResult:
 
 
 def oracle(history: list[dict]) -> dict[str, float]:
-    """The evaluation with the best ARI against the truth (what the paper reports), of the final label method when
-    logged (``eval_final_*``), else of k-means on z; {} without labelled evaluations."""
+    """The evaluation with the best ARI against the truth (the paper's figure), of the final labels where logged."""
     evals = [h for h in history if "eval_ari" in h]
     if not evals:
         return {}
@@ -174,21 +171,14 @@ def check_resume(cfg: JojoConfig, root: Path, data_fp: dict | None = None) -> tu
 def run(cfg: JojoConfig) -> RunResult:
     t_start = time.perf_counter()
     cfg.validate()  # refused before any output or hours of training
-    with contextlib.ExitStack() as locks:
-        for lock in run_locks(cfg):
-            locks.enter_context(lock)
-        return _run_locked(cfg, t_start)
-
-
-def run_locks(cfg: JojoConfig) -> list[RunLock]:
-    """One run at a time per output folder and, with --storage-path, per run name on that storage."""
     out = Path(cfg.run.output).resolve()
-    locks = [RunLock(out.parent / f".{out.name}.lock", f"--output {cfg.run.output}")]
-    if cfg.run.storage_path:
-        name = default_run_name(cfg)
-        locks.append(RunLock(default_storage(cfg) / f".{name}.lock",
-                             f"run {name} on --storage-path {cfg.run.storage_path}"))
-    return locks
+    with contextlib.ExitStack() as locks:  # one run per output folder and per run name on a --storage-path
+        locks.enter_context(run_dir.RunLock(out.parent / f".{out.name}.lock", f"--output {cfg.run.output}"))
+        if cfg.run.storage_path:
+            name = default_run_name(cfg)
+            locks.enter_context(run_dir.RunLock(default_storage(cfg) / f".{name}.lock",
+                                        f"run {name} on --storage-path {cfg.run.storage_path}"))
+        return _run_locked(cfg, t_start)
 
 
 def _run_locked(cfg: JojoConfig, t_start: float) -> RunResult:
