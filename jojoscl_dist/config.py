@@ -37,12 +37,10 @@ class DataConfig:
     # ours: Seurat dispersion; on sparse counts Seurat v3, or Pearson residuals where its trend cannot be fitted
     hvg_flavor: HvgFlavor = "auto"
     input_scale: InputScale = "auto"  # auto: integer counts -> normalise+log1p; non-integer -> see data.preprocess
-    # counts: each cell's total before log1p. "median": scanpy's (the reference); "auto" (ours): the median capped
-    # at 1e5, so one read of a deep library does not weigh log1p(1)
+    # counts: each cell's total before log1p: "median" (scanpy's), or "auto" (ours): the median capped at 1e5
     target_sum: float | str = "auto"
     scale_clip: float | None = None  # per-gene z-score clipping (reference: none)
     chunk_size: int = 4096  # rows per streaming chunk for preprocessing statistics
-    # Prepared Zarr stores (atlases; jojoscl_dist/prepare.py)
     store_chunk_rows: int = 2048  # ours: rows per chunk of a store's X (16 MB at 2000 HVG)
     shuffle_buffer_chunks: int = 8  # ours: chunks whose rows are shuffled together, bounding a streamed epoch's memory
     prefetch_batches: int = 4  # batches read ahead in a background thread
@@ -62,9 +60,7 @@ class ModelConfig:
     # ours: >0 -> the encoder reads the cell projected on the input's top PCs; off: it loses on the 21-set mean
     input_pcs: int = 0
     mask_keep: float = 0.1  # ref: inverted dropout p=0.9 -> keep 10%, survivors x10
-    # ours: on sparse data raise the keep rate (<= 0.5) so a view keeps this many of a cell's non-zero genes on
-    # average; 0 = the reference's fixed rate
-    mask_min_nonzero: float = 10.0
+    mask_min_nonzero: float = 10.0  # ours: sparse data: keep rate raised (<= 0.5) to keep this many non-zeros
     noise_std: float = 0.1  # ref: Gaussian noise N(0, 0.1^2)
     momentum: float = 0.5  # ref: theta_k <- m*theta_k + (1-m)*theta_q
 
@@ -113,8 +109,7 @@ class EvalConfig:
 class RunConfig:
     seed: int = 0
     num_workers: int = 1
-    # Ray CPUs per Train worker, which set its torch threads; None: the local cluster's CPUs shared out. The
-    # sweep's best-config rerun sets the trials' value: float results depend on the thread count.
+    # Ray CPUs per Train worker, i.e. its torch threads, on which float results depend; None: the CPUs shared out
     cpus_per_worker: int | None = None
     use_gpu: bool | None = None  # None: use CUDA when available
     output: str = "runs/jojoscl"
@@ -301,10 +296,8 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
 
 def _as(t: type, value: Any) -> Any:
     """``value`` as ``t`` when it is one unambiguously, else None."""
-    if t is bool:
-        return value if isinstance(value, bool) else None
-    if isinstance(value, bool):
-        return None
+    if t is bool or isinstance(value, bool):  # true/false is a bool only, and a bool nothing else
+        return value if t is bool and isinstance(value, bool) else None
     if isinstance(value, str):
         try:
             value = float(value.strip())
