@@ -1,9 +1,6 @@
-"""Typed configuration: every default of jojoscl-dist lives here.
-
-Sources of defaults are given beside each field: "paper" (arXiv 2506.00410), "ref" (the authors' code,
-ziwenwang28/JojoSCL), "CC" (Contrastive Clustering, Li et al. 2021) or "ours" (set on measurement; see
-docs/decisions.md for the evidence behind each).
-"""
+"""Typed configuration: every default of jojoscl-dist. Each field's source: "paper" (arXiv 2506.00410), "ref" (the
+authors' code, ziwenwang28/JojoSCL), "CC" (Contrastive Clustering, Li et al. 2021) or "ours"; docs/decisions.md
+gives the measurements behind each."""
 
 from __future__ import annotations
 
@@ -34,21 +31,18 @@ class DataConfig:
     path: str | None = None  # None: the packaged synthetic demo atlas
     label_key: str | None = None  # obs column with the truth; evaluation only (and K when n_clusters is None)
     n_clusters: int | str | None = None  # K; None -> number of distinct labels in label_key; "auto" -> k_rule
-    k_rule: KRule = "leiden"  # ours: label-free K rule for n_clusters="auto" (docs/decisions.md)
-    k_resolution: float = 1.0  # Leiden resolution of k_rule "leiden" (ours: 1.0 beat 0.5)
-    n_top_genes: int = 2000  # paper: top-2000 HVG (1000 and 3000 measured: docs/decisions.md)
-    # ours: Seurat dispersion; on sparse counts the Seurat v3 variance, or Pearson residuals where its trend cannot
-    # be fitted (data/preprocess.py). "cell_ranger" is a per-data-set option. Why: docs/decisions.md
+    k_rule: KRule = "leiden"  # ours: label-free K rule for n_clusters="auto"
+    k_resolution: float = 1.0  # ours: Leiden resolution of k_rule "leiden"
+    n_top_genes: int = 2000  # paper: top-2000 HVG
+    # ours: Seurat dispersion; on sparse counts Seurat v3, or Pearson residuals where its trend cannot be fitted
     hvg_flavor: HvgFlavor = "auto"
     input_scale: InputScale = "auto"  # auto: integer counts -> normalise+log1p; non-integer -> see data.preprocess
-    # counts: each cell is scaled to this total before log1p. "median": the median total (scanpy, the reference);
-    # "auto" (ours): the median, capped at 1e5 so one read of a deep library does not weigh log1p(1) (docs/decisions.md)
+    # counts: each cell's total before log1p: "median" (scanpy's), or "auto" (ours): the median capped at 1e5
     target_sum: float | str = "auto"
-    scale_clip: float | None = None  # per-gene z-score clipping (reference: none; 10 measured: docs/decisions.md)
+    scale_clip: float | None = None  # per-gene z-score clipping (reference: none)
     chunk_size: int = 4096  # rows per streaming chunk for preprocessing statistics
-    # Atlas scale (prepared Zarr stores; see jojoscl_dist/prepare.py and docs/benchmarks.md "Scale")
-    store_chunk_rows: int = 2048  # ours: rows per chunk of a prepared store's X (16 MB at 2000 HVG)
-    shuffle_buffer_chunks: int = 8  # ours: chunks whose rows are shuffled together when streaming a store
+    store_chunk_rows: int = 2048  # ours: rows per chunk of a store's X (16 MB at 2000 HVG)
+    shuffle_buffer_chunks: int = 8  # ours: chunks whose rows are shuffled together, bounding a streamed epoch's memory
     prefetch_batches: int = 4  # batches read ahead in a background thread
     prepare_above_cells: int = 500_000  # raw input larger than this is prepared into a store, then streamed
     prepare_above_bytes: int = 2 * 1024**3  # ... or a raw input file larger than this
@@ -60,40 +54,37 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     hidden_dims: tuple[int, ...] = (512, 256)  # paper: G -> 512 -> 256 -> 128
-    latent_dim: int = 128  # paper (64 measured: docs/decisions.md)
-    instance_dim: int = 192  # paper: instance head 128 -> 192 -> 192 (128 measured: docs/decisions.md)
-    cluster_hidden: int = 64  # paper: cluster head 128 -> 64 -> K (128 measured: docs/decisions.md)
-    # ours: >0 -> the encoder reads the augmented cell projected on the input's top PCs (fixed; model/jojoscl.py).
-    # Off by default: it helps some sets and loses on the 21-set mean (docs/decisions.md)
+    latent_dim: int = 128  # paper
+    instance_dim: int = 192  # paper: instance head 128 -> 192 -> 192
+    cluster_hidden: int = 64  # paper: cluster head 128 -> 64 -> K
+    # ours: >0 -> the encoder reads the cell projected on the input's top PCs; off: it loses on the 21-set mean
     input_pcs: int = 0
-    mask_keep: float = 0.1  # ref: inverted dropout p=0.9 -> keep 10%, survivors x10 (docs/decisions.md)
-    mask_min_nonzero: float = 10.0  # ours: on sparse data raise the keep rate (<= 0.5) so a view keeps this many
-    #                                 of a cell's non-zero genes on average; 0 = the reference's fixed rate
+    mask_keep: float = 0.1  # ref: inverted dropout p=0.9 -> keep 10%, survivors x10
+    mask_min_nonzero: float = 10.0  # ours: sparse data: keep rate raised (<= 0.5) to keep this many non-zeros
     noise_std: float = 0.1  # ref: Gaussian noise N(0, 0.1^2)
     momentum: float = 0.5  # ref: theta_k <- m*theta_k + (1-m)*theta_q
 
 
 @dataclass
 class LossConfig:
-    # ours: equal weights; doubling either was no better (docs/decisions.md)
-    alpha: float = 1.0  # weight of L_INS
-    beta: float = 1.0  # weight of L_CLU
-    w_sure: float = 1.0  # paper: 1; here L_SURE trains, unlike the reference's (docs/decisions.md)
-    tau_instance: float = 0.07  # ref/paper (0.05, 0.2 and 0.5 measured: docs/decisions.md)
+    alpha: float = 1.0  # ours: weight of L_INS; equal weights, doubling either was no better
+    beta: float = 1.0  # ours: weight of L_CLU
+    w_sure: float = 1.0  # paper: 1; here L_SURE trains, unlike the reference's
+    tau_instance: float = 0.07  # ref/paper
     tau_cluster: float = 1.0  # CC: 1.0
-    sure_variant: SureVariant = "cross"  # ours: prior from the key view; the same-view value is 0 (docs/decisions.md)
-    kmeans_iters: int = 10  # ours: Lloyd iterations of the warm-started per-batch k-means (docs/decisions.md)
-    kmeans_warm_start: bool = True  # carry centroids from the previous step (ours: speed)
+    sure_variant: SureVariant = "cross"  # ours: prior from the key view; the same-view value is 0
+    kmeans_iters: int = 10  # ours: Lloyd iterations of the warm-started per-batch k-means
+    kmeans_warm_start: bool = True  # ours: carry centroids from the previous step (speed)
     kmeans_backend: KMeansBackend = "torch"  # per-batch Lloyd: torch on the model's device, or faiss (GPU/CPU)
     reference_compatible: bool = False  # reproduce the authors' quirks (comparison only)
 
 
 @dataclass
 class OptimConfig:
-    epochs: int = 100  # ours: small sets degrade with longer training (docs/decisions.md)
+    epochs: int = 100  # ours: small sets degrade with longer training
     batch_size: int = 256  # GLOBAL batch; each of N workers takes batch_size / N
-    lr: float = 3e-4  # ours: the reference's 0.2 collapsed the cluster head (docs/decisions.md)
-    weight_decay: float = 0.0  # ours: 1e-4 was worse (docs/decisions.md)
+    lr: float = 3e-4  # ours: the reference's 0.2 collapsed the cluster head
+    weight_decay: float = 0.0  # ours
     schedule: Literal["constant", "cosine"] = "constant"
     min_steps: int = 0  # if >0, raise epochs so that small datasets still get this many optimiser steps
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast forward passes (GPU speed option)
@@ -102,17 +93,14 @@ class OptimConfig:
 @dataclass
 class EvalConfig:
     eval_every: int = 5  # epochs between label-free evaluations (candidates for the selection rule)
-    selection: SelectionRule = "silhouette"  # ours: label-free pick (docs/decisions.md)
-    select_from: float = 0.2  # ours: evaluations in the first 20% of epochs are never picked (docs/decisions.md)
+    selection: SelectionRule = "silhouette"  # ours: label-free pick
+    select_from: float = 0.2  # ours: evaluations in the first 20% of epochs are never picked
     label_method: LabelMethod = "kmeans"  # final labels: k-means on the instance embedding z, or head argmax
-    kmeans_restarts: int = 40  # ours: final k-means restarts, k-means++ seeded (docs/decisions.md)
-    # ours: keep the restart that agrees most with the others, not the lowest inertia (cluster/kmeans.py)
-    kmeans_select: KMeansSelect = "consensus"
-    # ours: the final k-means clusters [z, w * PCA(n) of the input] (cluster/input_pca.py); 0 = z alone.
-    # The two views fail on different sets (docs/decisions.md)
+    kmeans_restarts: int = 40  # ours: final k-means restarts, k-means++ seeded
+    kmeans_select: KMeansSelect = "consensus"  # ours: the restart agreeing most with the others, not lowest inertia
+    # ours: the final k-means clusters [z, w * PCA of the input] (0 = z alone): the two fail on different sets
     input_pca_weight: float = 1.5
-    # ours: 20 components beat 10-50 (docs/decisions.md)
-    input_pca_components: int = 20  # input principal components appended to z
+    input_pca_components: int = 20  # ours: input principal components appended to z
     max_eval_cells: int = 20000  # ours: in-training evaluations embed a seeded sample of this many cells (atlases)
     final_fit_cells: int = 100000  # ours: on a prepared store, the final k-means fits on a seeded sample this size
 
@@ -121,15 +109,14 @@ class EvalConfig:
 class RunConfig:
     seed: int = 0
     num_workers: int = 1
-    # Ray CPUs per Train worker, which set its torch threads; None: the local cluster's CPUs shared out. The
-    # sweep's best-config rerun sets the trials' value: float results depend on the thread count.
+    # Ray CPUs per Train worker, i.e. its torch threads, on which float results depend; None: the CPUs shared out
     cpus_per_worker: int | None = None
     use_gpu: bool | None = None  # None: use CUDA when available
     output: str = "runs/jojoscl"
     run_name: str | None = None
-    storage_path: str | None = None  # Ray Train storage; default <output>/ray
+    storage_path: str | None = None  # Ray Train storage; default .<output>.ray beside the output
     max_failures: int = 0
-    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always); see docs/decisions.md
+    checkpoint_every: int = 1  # ours: epochs between checkpoints (the last epoch always)
     overwrite: bool = False
     tracking: bool = True
     tracking_uri: str | None = None  # default sqlite under the output directory
@@ -159,9 +146,10 @@ class JojoConfig:
 
     def validate(self) -> "JojoConfig":
         """Range and cross-field checks (types are checked and coerced when the config is built)."""
-        for key, rule in RANGES.items():
-            section, name = key.split(".")
-            _check_range(key, getattr(getattr(self, section), name), rule)
+        for section, fields in self.to_dict().items():
+            for name, value in fields.items():
+                if f"{section}.{name}" in RANGES:
+                    _check_range(f"{section}.{name}", value, RANGES[f"{section}.{name}"])
         workers = max(1, self.run.num_workers)
         if self.optim.batch_size < 2 * workers:
             raise ConfigValueError("optim.batch_size", f"must be at least 2 per worker ({2 * workers} for "
@@ -175,9 +163,8 @@ class JojoConfig:
         return self
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        text = yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
-        path.write_text(text)
+        # Through JSON: tuples become lists, which YAML's safe dumper writes.
+        Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(self.to_dict())), sort_keys=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "JojoConfig":
@@ -207,14 +194,6 @@ class JojoConfig:
         return JojoConfig.from_dict(d)
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 class ConfigValueError(JojoInputError):
     """A config value of the wrong type or out of range; ``key`` is its 'section.field' (the CLI adds the flag)."""
 
@@ -228,51 +207,27 @@ class ConfigValueError(JojoInputError):
 
 # 'section.field' -> (lowest, highest, lowest allowed itself, highest allowed itself); None = unbounded.
 # None values of optional fields are not range-checked.
+_AT_LEAST_0 = (0, None, True, True)
+_AT_LEAST_1 = (1, None, True, True)
+_AT_LEAST_2 = (2, None, True, True)
+_POSITIVE = (0, None, False, True)
 RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "data.k_resolution": (0, None, False, True),
-    "data.n_top_genes": (1, None, True, True),
-    "data.scale_clip": (0, None, False, True),
-    "data.chunk_size": (1, None, True, True),
-    "data.store_chunk_rows": (1, None, True, True),
-    "data.shuffle_buffer_chunks": (1, None, True, True),
-    "data.prefetch_batches": (0, None, True, True),
-    "data.prepare_above_cells": (1, None, True, True),
-    "data.prepare_above_bytes": (1, None, True, True),
-    "data.demo_cells": (2, None, True, True),
-    "data.demo_genes": (2, None, True, True),
-    "data.demo_types": (2, None, True, True),
-    "model.hidden_dims": (1, None, True, True),
-    "model.latent_dim": (1, None, True, True),
-    "model.instance_dim": (1, None, True, True),
-    "model.cluster_hidden": (1, None, True, True),
-    "model.input_pcs": (0, None, True, True),
+    **dict.fromkeys(("data.prefetch_batches", "model.input_pcs", "model.mask_min_nonzero", "model.noise_std",
+                     "loss.alpha", "loss.beta", "loss.w_sure", "optim.weight_decay", "optim.min_steps",
+                     "eval.input_pca_weight", "run.num_workers", "run.max_failures"), _AT_LEAST_0),
+    **dict.fromkeys(("data.n_top_genes", "data.chunk_size", "data.store_chunk_rows", "data.shuffle_buffer_chunks",
+                     "data.prepare_above_cells", "data.prepare_above_bytes", "model.hidden_dims", "model.latent_dim",
+                     "model.instance_dim", "model.cluster_hidden", "loss.kmeans_iters", "optim.epochs",
+                     "eval.eval_every", "eval.kmeans_restarts", "eval.input_pca_components", "run.cpus_per_worker",
+                     "run.checkpoint_every"), _AT_LEAST_1),
+    **dict.fromkeys(("data.demo_cells", "data.demo_genes", "data.demo_types", "optim.batch_size",
+                     "eval.max_eval_cells", "eval.final_fit_cells"), _AT_LEAST_2),
+    **dict.fromkeys(("data.k_resolution", "data.scale_clip", "loss.tau_instance", "loss.tau_cluster", "optim.lr"),
+                    _POSITIVE),
     "model.mask_keep": (0, 1, False, True),
-    "model.mask_min_nonzero": (0, None, True, True),
-    "model.noise_std": (0, None, True, True),
     "model.momentum": (0, 1, True, True),
-    "loss.alpha": (0, None, True, True),
-    "loss.beta": (0, None, True, True),
-    "loss.w_sure": (0, None, True, True),
-    "loss.tau_instance": (0, None, False, True),
-    "loss.tau_cluster": (0, None, False, True),
-    "loss.kmeans_iters": (1, None, True, True),
-    "optim.epochs": (1, None, True, True),
-    "optim.batch_size": (2, None, True, True),
-    "optim.lr": (0, None, False, True),
-    "optim.weight_decay": (0, None, True, True),
-    "optim.min_steps": (0, None, True, True),
-    "eval.eval_every": (1, None, True, True),
     "eval.select_from": (0, 1, True, False),
-    "eval.kmeans_restarts": (1, None, True, True),
-    "eval.input_pca_weight": (0, None, True, True),
-    "eval.input_pca_components": (1, None, True, True),
-    "eval.max_eval_cells": (2, None, True, True),
-    "eval.final_fit_cells": (2, None, True, True),
     "run.seed": (0, 2**63 - 1, True, True),
-    "run.num_workers": (0, None, True, True),
-    "run.cpus_per_worker": (1, None, True, True),
-    "run.max_failures": (0, None, True, True),
-    "run.checkpoint_every": (1, None, True, True),
 }
 
 
@@ -280,22 +235,13 @@ def _check_range(key: str, value: Any, rule: tuple) -> None:
     lo, hi, lo_in, hi_in = rule
     if value is None:
         return
-    values = value if isinstance(value, tuple) else (value,)
-    for v in values:
+    for v in value if isinstance(value, tuple) else (value,):
         if (lo is not None and (v < lo or (v == lo and not lo_in))) or \
                 (hi is not None and (v > hi or (v == hi and not hi_in))):
-            raise ConfigValueError(key, f"must be {_describe(value, rule)}, got {value!r}")
-
-
-def _describe(value: Any, rule: tuple) -> str:
-    lo, hi, lo_in, hi_in = rule
-    kind = "an integer" if isinstance(value, int) else "a number"
-    parts = []
-    if lo is not None:
-        parts.append(f"{'>=' if lo_in else '>'} {lo:g}")
-    if hi is not None:
-        parts.append(f"{'<=' if hi_in else '<'} {hi:g}")
-    return f"{kind} {' and '.join(parts)}"
+            bounds = [f"{'>=' if lo_in else '>'} {lo:g}"] if lo is not None else []
+            bounds += [f"{'<=' if hi_in else '<'} {hi:g}"] if hi is not None else []
+            kind = "an integer" if isinstance(value, int) else "a number"
+            raise ConfigValueError(key, f"must be {kind} {' and '.join(bounds)}, got {value!r}")
 
 
 def _build(cls: type, d: Any, prefix: str) -> Any:
@@ -350,10 +296,8 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
 
 def _as(t: type, value: Any) -> Any:
     """``value`` as ``t`` when it is one unambiguously, else None."""
-    if t is bool:
-        return value if isinstance(value, bool) else None
-    if isinstance(value, bool):
-        return None
+    if t is bool or isinstance(value, bool):  # true/false is a bool only, and a bool nothing else
+        return value if t is bool and isinstance(value, bool) else None
     if isinstance(value, str):
         try:
             value = float(value.strip())

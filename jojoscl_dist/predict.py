@@ -1,22 +1,16 @@
 """`python -m jojoscl_dist.predict --model RUN_DIR --data NEW.h5ad [--output FILE]`: clusters for new cells.
 
-1. Genes are aligned by name to the model's ordered gene list, duplicated names first made unique as training
-   did (GENE, GENE-1, ...); missing genes are filled with the training mean (0 after scaling) with a warning
-   giving their count; extra genes are ignored. Below --min-shared-genes (default half of the model's genes)
-   predict refuses: so few genes in common mean other gene identifiers, and the clusters would be guesses.
-2. New cells are preprocessed with the saved statistics. For counts input the per-cell total is taken over all
-   of the new cells' genes (as in training, before the HVG subset), then scaled to the training target sum,
-   log1p, and z-scored with the training mean/std. Cells with zero total get no cluster (missing label).
-3. The saved model embeds them; each cell goes to the nearest training-cluster centroid in the run's final space
-   (label_method 'kmeans': z and the saved input PCA, ``cluster.final``), or to the cluster head's argmax ('head').
-
-The result is a copy of the new AnnData with obs[--obs-key] and obsm['X_jojoscl'] (see outputs/anndata_out.py),
-written to --output or beside the input as <stem>.jojoscl.h5ad (.zarr for Zarr input).
+Genes are aligned by name to the model's (duplicates made unique as training did; missing ones filled with the
+training mean, refused below --min-shared-genes); cells are preprocessed with the saved statistics (per-cell
+totals over all their genes, as in training), embedded, and each goes to the nearest training centroid in the
+run's final space (or the cluster head's argmax). Cells with zero total get no cluster. The annotated copy
+(outputs/anndata_out.py) goes to --output or beside the input as <stem>.jojoscl.h5ad (.zarr for Zarr input).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import warnings
@@ -31,7 +25,7 @@ from anndata.utils import make_index_unique
 
 from jojoscl_dist.cluster.final import final_labels
 from jojoscl_dist.data.loader import ArraySource
-from jojoscl_dist.data.preprocess import PreprocessStats, as_float, iter_row_chunks, log_values
+from jojoscl_dist.data.preprocess import PreprocessStats, as_float, iter_row_chunks
 from jojoscl_dist.data.readers import get_labels, read_input
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.outputs import anndata_out, bundle as bundle_mod
@@ -85,29 +79,12 @@ def transform_aligned(rows, stats: PreprocessStats, cols: np.ndarray) -> tuple[n
     if (v < 0).any():
         raise JojoInputError("new data holds negative values: give the same kind of values as in training "
                              f"(training input scale: {stats.input_scale})")
-    totals = np.asarray(x.sum(axis=1)).ravel()  # over every gene of the new data, before the HVG subset
-    keep = totals > 0
+    keep = np.asarray(x.sum(axis=1)).ravel() > 0  # totals over every gene of the new data, as in training
     present = cols >= 0
-    sub = x[:, cols[present]]
-    sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
-    full = np.zeros((x.shape[0], len(cols)), dtype=np.float64)
-    full[:, present] = sub
-    full = full[keep]
-    logged = log_values(full, totals[keep], stats.input_scale, stats.target_sum)
-    out = (logged - stats.mean) / stats.std
-    out[:, ~present] = 0.0  # the training mean after scaling
-    if stats.clip is not None:
-        np.clip(out, -stats.clip, stats.clip, out=out)
-    return out.astype(np.float32), keep
-
-
-def preprocess_new(x, stats: PreprocessStats, cols: np.ndarray, chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    blocks, masks = [], []
-    for _, _, rows in iter_row_chunks(x, chunk_size):
-        b, m = transform_aligned(rows, stats, cols)
-        blocks.append(b)
-        masks.append(m)
-    return np.concatenate(blocks), np.concatenate(masks)
+    # Missing genes read column 0, then get the training mean (0 after scaling).
+    out = dataclasses.replace(stats, gene_index=np.where(present, cols, 0)).transform(x[keep])
+    out[:, ~present] = 0.0
+    return out, keep
 
 
 def check_scale(x, stats: PreprocessStats) -> None:
@@ -127,25 +104,23 @@ def check_min_shared(fraction: float) -> None:
         raise JojoInputError(f"--min-shared-genes must be a fraction in (0, 1], got {fraction:g}")
 
 
-def check_shared_genes(n_shared: int, n_model: int, min_shared: float) -> None:
-    if n_shared < min_shared * n_model:
-        raise JojoInputError(f"the new data holds {n_shared} of the model's {n_model} genes "
-                             f"({n_shared / n_model:.0%}), fewer than --min-shared-genes {min_shared:g}: use the "
-                             f"same gene identifiers as in training, or lower --min-shared-genes")
-
-
 def predict(b: ModelBundle, adata: ad.AnnData, chunk_size: int = 4096, *,
             min_shared_genes: float = MIN_SHARED_GENES) -> Prediction:
-    """Clusters of new cells. ``min_shared_genes``: the fraction of the model's genes the new data must hold, in
-    (0, 1]; below it a JojoInputError (the assignment would be a guess)."""
+    """Clusters of new cells; a JojoInputError when they hold fewer than ``min_shared_genes`` (a fraction) of the
+    model's genes: the assignment would be a guess."""
     check_min_shared(min_shared_genes)
     cols, n_missing = align_genes(b.stats, adata.var_names)
-    check_shared_genes(len(cols) - n_missing, len(cols), min_shared_genes)
+    n_model, n_shared = len(cols), len(cols) - n_missing
+    if n_shared < min_shared_genes * n_model:
+        raise JojoInputError(f"the new data holds {n_shared} of the model's {n_model} genes "
+                             f"({n_shared / n_model:.0%}), fewer than --min-shared-genes {min_shared_genes:g}: use "
+                             f"the same gene identifiers as in training, or lower --min-shared-genes")
     if n_missing:
         log.warning("%d of the model's %d genes are missing from the new data: filled with the training mean",
-                    n_missing, len(cols))
+                    n_missing, n_model)
     check_scale(adata.X, b.stats)
-    x, mask = preprocess_new(adata.X, b.stats, cols, chunk_size)
+    blocks = [transform_aligned(rows, b.stats, cols) for _, _, rows in iter_row_chunks(adata.X, chunk_size)]
+    x, mask = (np.concatenate(parts) for parts in zip(*blocks))
     if not mask.any():
         raise JojoInputError("every new cell has zero total counts: nothing to assign")
     input_pca = b.input_pca if b.label_method != "head" else None

@@ -1,13 +1,6 @@
-"""Results back into the user's AnnData: a copy of the input with the clusters and the embedding added.
-
-- obs[key]            categorical cluster labels; cells the run could not use (zero counts) are missing (NaN)
-- obsm['X_jojoscl']   the instance embedding z; NaN rows for those cells
-- uns['jojoscl']      parameters and metrics (plain scalars/strings, so h5ad and Zarr can store them)
-
-The copy is written as h5ad, or Zarr when the input was Zarr; never over the input, and never over an existing
-file unless asked (``overwrite``). The result works directly with scanpy (``sc.pp.neighbors(a,
-use_rep='X_jojoscl')``, ``sc.pl.embedding(a, 'X_jojoscl', color=key)``).
-"""
+"""Results back into the user's AnnData: a copy of the input with obs[key] (categorical clusters; missing for
+cells the run could not use), obsm['X_jojoscl'] (z; NaN rows for those) and uns['jojoscl'] (parameters and
+metrics). Written as h5ad, or Zarr for Zarr input; never over the input, nor over a file we did not write."""
 
 from __future__ import annotations
 
@@ -26,19 +19,15 @@ EMBEDDING_KEY = "X_jojoscl"
 SUFFIX = ".jojoscl"
 
 
-def is_zarr(path: str | Path | None) -> bool:
-    if path is None:
-        return False
+def is_zarr(path: str | Path) -> bool:
     p = Path(path)
     return p.suffix == ".zarr" or (p.is_dir() and ((p / "zarr.json").exists() or (p / ".zgroup").exists()))
 
 
-def default_path(input_path: str | Path, directory: str | Path | None = None) -> Path:
-    """<input stem>.jojoscl.h5ad (or .zarr) beside the input, or inside ``directory``."""
+def default_path(input_path: str | Path) -> Path:
+    """<input stem>.jojoscl.h5ad (or .zarr) beside the input."""
     p = Path(input_path)
-    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
-    ext = ".zarr" if is_zarr(p) else ".h5ad"
-    return Path(directory or p.parent) / f"{stem}{SUFFIX}{ext}"
+    return p.parent / f"{p.name[: -len(p.suffix)] if p.suffix else p.name}{SUFFIX}{'.zarr' if is_zarr(p) else '.h5ad'}"
 
 
 def check_target(target: str | Path, input_path: str | Path | None, overwrite: bool) -> Path:
@@ -84,8 +73,8 @@ def _plain(v: Any) -> Any:
 
 
 def cluster_categorical(labels: np.ndarray, cell_mask: np.ndarray | None = None) -> pd.Categorical:
-    """Integer cluster ids as a categorical with categories '0', '1', ..., '10' in numeric order; cells outside
-    ``cell_mask`` are missing. Built from codes, so no Python string per cell (atlases of millions of cells)."""
+    """Cluster ids as a categorical '0', '1', ..., '10' in numeric order, missing outside ``cell_mask``; built from
+    codes, so no Python string per cell (atlases)."""
     labels = np.asarray(labels)
     ids, codes = np.unique(labels, return_inverse=True)
     if cell_mask is not None:

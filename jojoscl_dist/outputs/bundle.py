@@ -1,21 +1,7 @@
-"""The model bundle (``<run>/model/model.pt``): everything needed to assign clusters to new cells.
-
-Contents (a dict of tensors and plain values, schema ``SCHEMA``; written and read by ``outputs/safe_files.py``,
-so loading a bundle never runs code, and ``model.pt.sha256`` beside it must match):
-  schema        bundle format version; ``load`` refuses versions it does not know
-  weights       state dict of the selected JojoSCL (query encoder + heads)
-  n_genes, n_clusters
-  gene_names    ordered model-input genes (the HVGs), used to align new data by name
-  preprocess    PreprocessStats.to_dict(): input scale, target sum, per-gene mean/std
-  centroids     final cluster centroids: k-means centroids in [z, input PCA] (K, d_z + n_components), or in z
-                alone (K, d_z) without input_pca; for the head method the mean z of each head cluster; new
-                cells go to the nearest one
-  label_method  'kmeans' (nearest centroid) or 'head' (cluster-head argmax)
-  input_pca     None, or the input PCA projection (cluster/input_pca.py) whose coordinates follow z in the
-                centroids; absent in older bundles (read as None: z alone, as they were trained)
-  config        the resolved JojoConfig as a dict
-  versions      jojoscl_dist, torch, python
-"""
+"""The model bundle (``<run>/model/model.pt``, README "Outputs"): everything needed to assign new cells, written
+and read by ``safe_files.py`` (no code runs on load; ``model.pt.sha256`` must match). ``centroids`` live in the
+run's final space: z followed by the weighted input PCA coordinates (``input_pca``; None in older bundles: z
+alone), or for the head method the mean z of each head cluster."""
 
 from __future__ import annotations
 
@@ -58,8 +44,7 @@ class ModelBundle:
         return list(self.stats.gene_names)
 
     def model(self) -> JojoSCL:
-        mc = self.config.model
-        m = build_model(mc, self.n_genes, self.n_clusters)
+        m = build_model(self.config.model, self.n_genes, self.n_clusters)
         m.load_state_dict(self.weights)
         return m.eval()
 
@@ -100,8 +85,8 @@ def load(path: str | Path) -> ModelBundle:
     if d["schema"] not in READABLE_SCHEMAS:
         raise JojoInputError(f"model bundle {p} has schema {d['schema']} but this jojoscl-dist ({__version__}) "
                              f"reads schemas {', '.join(map(str, READABLE_SCHEMAS))}: retrain with this version, "
-                             f"or predict with "
-                             f"the version that wrote it ({d.get('versions', {}).get('jojoscl_dist', 'unknown')})")
+                             f"or predict with the version that wrote it "
+                             f"({d.get('versions', {}).get('jojoscl_dist', 'unknown')})")
     missing = [k for k in ("weights", "n_genes", "n_clusters", "preprocess", "centroids", "label_method", "config")
                if k not in d]
     if missing:

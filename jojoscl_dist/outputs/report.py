@@ -1,11 +1,5 @@
-"""Pictures and a one-page summary of a run: umap.png, curves.png, summary.md (all in the run directory).
-
-- umap.png: 2-D UMAP (umap-learn, seeded, on at most ``MAX_UMAP_CELLS`` cells) of the instance embedding z,
-  coloured by cluster, and beside it by the truth when labels were given.
-- curves.png: the training loss and its parts per epoch; the label-free selection score (and ARI/NMI when
-  labels were given) at each evaluation, with the selected epoch marked.
-- summary.md: data, K (and how it was chosen), selection, metrics, timings, and the two pictures.
-"""
+"""Pictures and a one-page summary of a run, in its directory: umap.png (z by cluster, and by the truth when
+given), curves.png (losses per epoch; selection score and ARI/NMI per evaluation) and summary.md."""
 
 from __future__ import annotations
 
@@ -21,8 +15,7 @@ MAX_UMAP_CELLS = 30_000  # UMAP cost grows with cells; a seeded subsample shows 
 
 
 def _figure(**kw):
-    """A matplotlib Figure drawn without pyplot: no backend switch and no global figure registry, so a notebook's
-    inline backend stays as it was and runs in threads share no plotting state."""
+    """A Figure without pyplot: no backend switch nor global state (notebooks, threads)."""
     from matplotlib.figure import Figure
 
     return Figure(**kw)
@@ -37,9 +30,8 @@ def umap_2d(z: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     idx = np.sort(rng.choice(n, MAX_UMAP_CELLS, replace=False)) if n > MAX_UMAP_CELLS else np.arange(n)
     reducer = umap.UMAP(n_neighbors=min(15, max(2, len(idx) - 1)), min_dist=0.3, metric="cosine",
                         random_state=seed, n_jobs=1)
-    # UMAP ends by resetting numba's thread count to numba's default, which (through the shared OpenMP runtime)
-    # also resets torch's: a later run in this process would use another thread count and, at 1 thread, give
-    # different low bits. Keep torch's setting.
+    # UMAP resets numba's thread count, and through the shared OpenMP runtime torch's: later runs in this process
+    # would give different low bits.
     import torch
 
     threads = torch.get_num_threads()
@@ -61,19 +53,14 @@ def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str) -> None:
         m = codes == i
         ax.scatter(xy[m, 0], xy[m, 1], s=size, color=cmap(i % cmap.N), label=f"{c} ({m.sum()})", linewidths=0,
                    rasterized=True)
-    ax.set_title(title)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_xlabel("UMAP 1")
-    ax.set_ylabel("UMAP 2")
+    ax.set(title=title, xticks=[], yticks=[], xlabel="UMAP 1", ylabel="UMAP 2")
     ncol = 1 if len(cats) <= 16 else 2
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, markerscale=max(1.0, 12 / size),
               frameon=False, ncol=ncol)
 
 
 def umap_title(title: str, n_plotted: int, n_cells: int) -> str:
-    """The picture's title: the data's own title, then how many cells the UMAP shows (said once, in words, so a
-    title that already counts the cells, like the demo atlas's, does not read as a repeated count)."""
+    """The data's title, then how many cells the UMAP shows (in words: the demo's title counts cells too)."""
     shown = (f"UMAP of all {n_cells} cells" if n_plotted >= n_cells
              else f"UMAP of a seeded {n_plotted} of {n_cells} cells")
     return f"{title}: {shown}" if title else shown
@@ -102,9 +89,7 @@ def curves_png(history: list[dict[str, Any]], path: Path, selected_epoch: int | 
     for key, label in (("loss", "total"), ("l_ins", "instance"), ("l_clu", "cluster"), ("l_sure", "SURE")):
         if history and key in history[0]:
             a1.plot(ep, [h[key] for h in history], label=label, lw=2 if key == "loss" else 1)
-    a1.set_xlabel("epoch")
-    a1.set_ylabel("training loss (mean over batches)")
-    a1.set_title("training loss")
+    a1.set(xlabel="epoch", ylabel="training loss (mean over batches)", title="training loss")
     a1.legend(frameon=False)
     evals = [h for h in history if "select_silhouette" in h]
     e_ep = [h["epoch"] + 1 for h in evals]
@@ -120,9 +105,7 @@ def curves_png(history: list[dict[str, Any]], path: Path, selected_epoch: int | 
             a2.plot(e_ep, vals, style, label=label, ms=4)
     if selected_epoch is not None:
         a2.axvline(selected_epoch + 1, color="grey", ls=":", label=f"selected epoch {selected_epoch + 1}")
-    a2.set_xlabel("epoch")
-    a2.set_title("evaluations")
-    a2.set_ylim(min(-0.05, a2.get_ylim()[0]), 1.05)
+    a2.set(xlabel="epoch", title="evaluations", ylim=(min(-0.05, a2.get_ylim()[0]), 1.05))
     a2.legend(frameon=False, fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -130,9 +113,7 @@ def curves_png(history: list[dict[str, Any]], path: Path, selected_epoch: int | 
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def summary_md(path: Path, *, source: str, n_input_cells: int, n_input_genes: int, metrics: dict[str, Any],
@@ -163,22 +144,19 @@ def summary_md(path: Path, *, source: str, n_input_cells: int, n_input_genes: in
     if annotated:
         lines.append(f"- annotated copy of the input: `{annotated}` (obs['{cfg_dict['run']['obs_key']}'], "
                      f"obsm['X_jojoscl'])")
+    where = f"{m['num_workers']} Ray workers" if m["num_workers"] > 0 else "in-process"
     lines += ["", "## Timings", "",
-              f"- preparation {m['time_prepare_s']:.1f} s, training {m['time_train_s']:.1f} s "
-              f"({m['num_workers']} Ray workers)" if m["num_workers"] > 0 else
-              f"- preparation {m['time_prepare_s']:.1f} s, training {m['time_train_s']:.1f} s (in-process)",
+              f"- preparation {m['time_prepare_s']:.1f} s, training {m['time_train_s']:.1f} s ({where})",
               f"- total {m.get('time_total_s', float('nan')):.1f} s", "", "## Settings", "",
               "| setting | value |", "|---|---|"]
     oc, lc = cfg_dict["optim"], cfg_dict["loss"]
-    for k, v in (("epochs", m["epochs"]), ("batch size", oc["batch_size"]), ("learning rate", oc["lr"]),
-                 ("tau instance / cluster", f"{lc['tau_instance']} / {lc['tau_cluster']}"),
-                 ("alpha / beta / w_sure", f"{lc['alpha']} / {lc['beta']} / {lc['w_sure']}"),
-                 ("seed", m["seed"])):
-        lines.append(f"| {k} | {_fmt(v)} |")
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in (
+        ("epochs", m["epochs"]), ("batch size", oc["batch_size"]), ("learning rate", oc["lr"]),
+        ("tau instance / cluster", f"{lc['tau_instance']} / {lc['tau_cluster']}"),
+        ("alpha / beta / w_sure", f"{lc['alpha']} / {lc['beta']} / {lc['w_sure']}"), ("seed", m["seed"]))]
     lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
-    for k, v in m.items():
-        if isinstance(v, (int, float, str)) and not isinstance(v, bool):
-            lines.append(f"| {k} | {_fmt(v)} |")
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in m.items()
+              if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
     for pic in pictures:
         lines += ["", f"![{pic}]({pic})"]
     path.write_text("\n".join(lines) + "\n")

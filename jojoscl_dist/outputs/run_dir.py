@@ -1,13 +1,10 @@
-"""Writing a run directory atomically: everything goes to ``<output>.partial-<pid>`` and is renamed at the end,
-so a crash never leaves a directory that looks like a finished run.
+"""A run directory, written atomically: staged in ``.<output>.partial-<pid>`` and renamed at the end, so a crash
+never leaves a folder that looks like a finished run (its files: README "Outputs").
 
-Layout:
-  results.h5ad     obs['jojoscl_cluster'] (categorical), obsm['X_jojoscl'] (instance embedding z),
-                   obsm['X_jojoscl_h'] (encoder embedding h), uns['jojoscl'] (params, metrics)
-  labels.csv       cell id, cluster
-  model/model.pt   weights, preprocessing statistics, gene list, config, schema version, package versions
-  metrics.json     final metrics, selection, timings, per-epoch history
-  config.yaml      the resolved configuration
+``RunLock`` keeps one run per output folder and per run storage, also on shared volumes: a file created atomically
+(``O_CREAT | O_EXCL``, which NFS v3+ and the usual CSI volumes honour, unlike ``flock``) names its holder, who
+refreshes its mtime every ``HEARTBEAT_S``. It is stale when its process is gone (same host) or its heartbeat is
+older than ``STALE_AFTER_S`` (another host, e.g. an evicted pod): then it is taken over.
 """
 
 from __future__ import annotations
@@ -16,16 +13,19 @@ import json
 import logging
 import os
 import shutil
+import socket
+import threading
+import time
 from pathlib import Path
+
+import numpy as np
 
 from jojoscl_dist.errors import JojoInputError
 
 RUN_MARKER = ".jojoscl-run"  # written last into a finished run: lists what the run wrote (see is_our_run)
-# Present while the committed outputs still wait for their MLflow logging: a run directory holding it is not
-# finished, so the same command may replace it without --overwrite (a failed tracking step never blocks a retry).
+# While the outputs wait for their MLflow logging the run is not finished: the same command may replace it.
 PENDING_MARKER = ".tracking-pending"
-# Written into the run folder after the commit (the default sqlite MLflow store under --output).
-LATE_ENTRIES = ("mlflow.db", "mlartifacts", PENDING_MARKER, RUN_MARKER)
+LATE_ENTRIES = ("mlflow.db", "mlartifacts", PENDING_MARKER, RUN_MARKER)  # written after the commit
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ def staging_dir(output: str | Path) -> Path:
 
 
 def write_marker(stage: Path, entries: list[str] | None = None) -> None:
-    """The last file staged: what this run wrote (or, for a sweep, may write), so --overwrite can tell our folder
-    from a user's."""
+    """The last file staged: what this run wrote (a sweep: may write), so --overwrite tells our folder from a user's."""
     from jojoscl_dist import __version__
 
     entries = sorted(entries if entries is not None else (p.name for p in stage.iterdir())) + [RUN_MARKER]
@@ -101,8 +100,7 @@ def write_marker(stage: Path, entries: list[str] | None = None) -> None:
 
 
 def commit(stage: Path, output: str | Path) -> Path:
-    """Move the staged run into place; an earlier run there (checked again to be ours) is moved aside first and
-    deleted only once the new one is in place."""
+    """Move the staged run into place; an earlier run (ours, checked again) is deleted once the new one is in place."""
     out = Path(output)
     old = None
     if out.exists() and any(out.iterdir()):
@@ -121,20 +119,101 @@ def commit(stage: Path, output: str | Path) -> Path:
 
 
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=_default))
-
-
-def _default(o):
-    import numpy as np
-
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    numeric = (np.integer, np.floating, np.ndarray)  # as numbers and lists; anything else as text
+    path.write_text(json.dumps(obj, indent=2, default=lambda o: o.tolist() if isinstance(o, numeric) else str(o)))
 
 
 def mark_finished(output: str | Path) -> None:
     (Path(output) / PENDING_MARKER).unlink(missing_ok=True)
+
+
+HEARTBEAT_S = 15.0
+STALE_AFTER_S = 120.0
+
+
+class RunLock:
+    def __init__(self, path: str | Path, what: str):
+        self.path = Path(path)
+        self.what = what  # e.g. "--output runs/pbmc", for the message
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._token: str | None = None  # set while held
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):  # a takeover races with at most a few other takers
+            if self._try_create():
+                self._thread = threading.Thread(target=self._beat, name="jojoscl-lock-heartbeat", daemon=True)
+                self._thread.start()
+                return self
+            holder = _read(self.path)
+            if not _is_stale(self.path, holder):
+                who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}" if holder
+                       else "holder unknown")
+                raise JojoInputError(f"{self.what} is in use by another run ({who}; lock {self.path}): "
+                                     f"wait for it to finish, or choose another --output / --run-name")
+            # Moved aside (an atomic rename: of several takers, one wins), then deleted.
+            aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}-{time.time_ns()}")
+            try:
+                self.path.rename(aside)
+                aside.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
+        raise JojoInputError(f"could not take the lock {self.path} for {self.what}: another run keeps taking it")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._token is not None and _read(self.path).get("token") == self._token:
+            self.path.unlink(missing_ok=True)
+        self._token = None
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _try_create(self) -> bool:
+        token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(),
+                       "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "token": token}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        self._token = token
+        return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:  # the folder went away; the run will fail on its own
+                return
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_stale(path: Path, holder: dict) -> bool:
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return True  # released meanwhile
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, owned by another user
+            pass
+        return False
+    return age > STALE_AFTER_S

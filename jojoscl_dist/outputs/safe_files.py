@@ -1,16 +1,15 @@
-"""Files we write and read back (model bundles, checkpoints) without pickle, with a checksum, durably.
+"""Files we write and read back (model bundles, checkpoints): no pickle, a checksum, durable writes.
 
-- Arrays are stored as torch tensors (numpy arrays tagged so they come back as numpy), everything else as plain
-  types, and every load uses ``torch.load(weights_only=True)``: a crafted file cannot run code, it is refused.
-- Beside each file ``<name>.sha256`` holds its SHA-256 (``sha256sum`` format); a file whose bytes disagree is
-  refused, so a truncated or altered checkpoint is never trained on or predicted with.
-- Writes go to a temporary name, are fsynced, then renamed, and the folder is fsynced: a crash leaves the old file
-  or the new one, never half of one.
+Arrays are stored as torch tensors (numpy ones tagged to come back as numpy) and every load uses
+``torch.load(weights_only=True)``, so a crafted file is refused instead of running code. ``<name>.sha256`` beside
+each file (``sha256sum`` format) must match its bytes, so a truncated or altered file is never used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import pickle
 from pathlib import Path
@@ -46,7 +45,7 @@ def to_plain(obj: Any) -> Any:
 
 
 def from_plain(obj: Any) -> Any:
-    """The inverse of ``to_plain`` (tagged tensors -> numpy arrays)."""
+    """The inverse of ``to_plain``."""
     if isinstance(obj, dict):
         if set(obj) == {_ND}:
             return obj[_ND].numpy()
@@ -60,49 +59,33 @@ def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save(obj: Any, path: str | Path) -> Path:
     """``obj`` (tensors, numpy arrays, plain types) to ``path`` and its checksum file, atomically and durably."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(to_plain(obj), f)
-        f.flush()
-        os.fsync(f.fileno())
-    digest = sha256_of(tmp)
-    write_durably(checksum_path(path), f"{digest}  {path.name}\n")
-    tmp.replace(path)
+    path, buf = Path(path), io.BytesIO()
+    torch.save(to_plain(obj), buf)
+    write_durably(checksum_path(path), f"{hashlib.sha256(buf.getvalue()).hexdigest()}  {path.name}\n")
+    write_durably(path, buf.getvalue())
     fsync_dir(path.parent)
     return path
 
 
-def write_durably(path: Path, text: str) -> None:
+def write_durably(path: Path, data: str | bytes) -> None:
+    """Through a temporary file, fsynced, then renamed: a crash leaves the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
 
 
 def fsync_dir(directory: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # some filesystems do not open folders; the rename is still atomic there
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some filesystems do not open folders; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def verify(path: Path, what: str) -> None:
@@ -110,9 +93,9 @@ def verify(path: Path, what: str) -> None:
     cs = checksum_path(path)
     if not cs.is_file():
         return
-    expected = (cs.read_text().split() or [""])[0]
-    actual = sha256_of(path)
-    if expected != actual:
+    with open(path, "rb") as f:
+        actual = hashlib.file_digest(f, "sha256").hexdigest()
+    if (cs.read_text().split() or [""])[0] != actual:
         raise JojoInputError(f"{what} {path} does not match its checksum in {cs.name}: the file is damaged or was "
                              f"altered; restore it, or retrain")
 
@@ -135,8 +118,7 @@ def load(path: str | Path, what: str) -> Any:
 
 
 def _pickled_globals(path: Path) -> list[str]:
-    """The Python objects a torch file would import when unpickled, found by reading its opcodes (nothing runs);
-    [] when the file cannot be parsed at all."""
+    """What a torch file would import when unpickled, read from its opcodes (nothing runs); [] if unparseable."""
     try:
         return sorted(g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
                       if g not in {f"{o.__module__}.{o.__qualname__}" for o in _LEGACY_GLOBALS})

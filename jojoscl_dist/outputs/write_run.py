@@ -1,8 +1,7 @@
-"""Everything a finished training run writes, staged and committed atomically (see run_dir.py for the layout)."""
+"""Everything a finished training run writes, staged and committed atomically (run_dir.py)."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,6 @@ from jojoscl_dist.cluster.input_pca import InputPCA
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.dataset import PreparedData
 from jojoscl_dist.outputs import anndata_out, bundle, report, run_dir
-
-log = logging.getLogger(__name__)
-
-
-def annotated_name(cfg: JojoConfig) -> str:
-    """<input stem>.jojoscl.h5ad (.zarr for Zarr input); 'demo.jojoscl.h5ad' for the synthetic demo."""
-    return anndata_out.default_path(cfg.data.path or "demo.h5ad").name
 
 
 def write_run(cfg: JojoConfig, data: PreparedData, state: dict, chosen: dict, emb: dict[str, np.ndarray],
@@ -46,7 +38,8 @@ def write_run(cfg: JojoConfig, data: PreparedData, state: dict, chosen: dict, em
                                        config=cfg, versions=bundle.versions(), input_pca=input_pca), stage / "model")
         cfg.save(stage / "config.yaml")
 
-        ann_name = annotated_name(cfg)
+        # <input stem>.jojoscl.h5ad (.zarr for Zarr input); demo.jojoscl.h5ad for the synthetic demo
+        ann_name = anndata_out.default_path(cfg.data.path or "demo.h5ad").name
         params = {"n_clusters": data.n_clusters, "label_method": cfg.eval.label_method,
                   "selection": cfg.eval.selection, "epochs": metrics["epochs"], "seed": cfg.run.seed,
                   "source": data.source, "k_rule": (data.k_info or {}).get("rule", "given")}
@@ -61,14 +54,10 @@ def write_run(cfg: JojoConfig, data: PreparedData, state: dict, chosen: dict, em
                                 cfg_dict=cfg.to_dict(), k_info=data.k_info, annotated=ann_name)
         if cfg.run.tracking:  # cleared by run_dir.mark_finished once MLflow has the run
             (stage / run_dir.PENDING_MARKER).write_text("MLflow logging not finished\n")
-        run_dir.write_json(stage / "metrics.json", {"final": metrics, "history": history_clean(state["history"]),
+        run_dir.write_json(stage / "metrics.json", {"final": metrics, "history": state["history"],
                                                     "k_selection": data.k_info})
         run_dir.write_marker(stage)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     run_dir.commit(stage, out)
-
-
-def history_clean(history: list[dict]) -> list[dict]:
-    return [{k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in h.items()} for h in history]

@@ -1,20 +1,15 @@
-"""MLflow logging of a finished run: params (flattened config), per-epoch metrics, final metrics, artifacts.
-
-Default store: ``sqlite:///<output>/mlflow.db`` (no server; the file store is deprecated in MLflow 3), artifacts
-beside it. ``--tracking-uri`` (or MLFLOW_TRACKING_URI) points at a real server.
-"""
+"""MLflow logging of a finished run: params (flattened config), per-epoch and final metrics, artifacts. Default
+store: ``sqlite:///<output>/mlflow.db`` with artifacts beside it; ``--tracking-uri`` or MLFLOW_TRACKING_URI for a
+server."""
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from jojoscl_dist.config import JojoConfig
-
-log = logging.getLogger(__name__)
 
 NUMERIC = (int, float)
 
@@ -23,15 +18,12 @@ def tracking_uri(cfg: JojoConfig, output: Path) -> str:
     return cfg.run.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(output).resolve() / 'mlflow.db'}"
 
 
-HEALTH_TIMEOUT_S = 5.0  # a tracking server that does not answer /health within this is taken as unreachable
+HEALTH_TIMEOUT_S = 5.0  # seconds for /health before a tracking server counts as unreachable
 
 
 def check_tracking(cfg: JojoConfig, output: Path) -> None:
-    """Fail fast, before any training, when the MLflow store cannot be reached.
-
-    http(s): GET <uri>/health (MLflow servers answer 'OK'); sqlite: the database folder must exist or be creatable
-    (the default one under --output always is). Other schemes (databricks, ...) are left to MLflow.
-    """
+    """Fail before any training when the MLflow store cannot be reached: an http(s) server must answer 'OK' on
+    /health; a sqlite database's folder must be creatable. Other schemes are left to MLflow."""
     from urllib.error import HTTPError, URLError
     from urllib.request import urlopen
 
@@ -42,16 +34,16 @@ def check_tracking(cfg: JojoConfig, output: Path) -> None:
     if uri.startswith(("http://", "https://")):
         try:
             with urlopen(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S) as resp:
-                if resp.status != 200:
-                    raise JojoInputError(f"MLflow tracking server {uri} answered HTTP {resp.status} on /health ({fix})")
+                status = resp.status
         except HTTPError as e:
-            raise JojoInputError(f"MLflow tracking server {uri} answered HTTP {e.code} on /health ({fix})") from e
+            status = e.code
         except (URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
             raise JojoInputError(f"MLflow tracking server {uri} is unreachable ({reason}); {fix}") from e
+        if status != 200:
+            raise JojoInputError(f"MLflow tracking server {uri} answered HTTP {status} on /health ({fix})")
     elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
-        probe = folder
+        folder = probe = Path(uri[len("sqlite:///"):]).parent
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
         if not probe.is_dir() or not os.access(probe, os.W_OK):
@@ -91,10 +83,7 @@ def log_run(cfg: JojoConfig, final: dict[str, Any], history: list[dict], output:
                for i, h in enumerate(history) for k, v in h.items() if isinstance(v, NUMERIC) and k != "epoch"]
     metrics += [Metric(f"final_{k}", float(v), now, 0) for k, v in final.items()
                 if isinstance(v, NUMERIC) and not isinstance(v, bool)]
-    for i in range(0, len(params), 100):
-        client.log_batch(rid, params=params[i:i + 100])
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(rid, metrics=metrics[i:i + 1000])
+    client.log_batch(rid, metrics=metrics, params=params)  # MLflow splits it into batches within its limits
     for name in ("config.yaml", "metrics.json", "labels.csv", "model/model.pt", "umap.png", "curves.png", "summary.md"):
         p = Path(output) / name
         if p.exists():

@@ -1,8 +1,4 @@
-"""`python -m jojoscl_dist.train`: parse arguments into a JojoConfig and run it.
-
-Every default lives in jojoscl_dist/config.py; an argument left out keeps the default (or the value from
---config FILE).
-"""
+"""`python -m jojoscl_dist.train`: arguments -> JojoConfig (defaults: config.py, or --config FILE) -> run."""
 
 from __future__ import annotations
 
@@ -14,6 +10,7 @@ import warnings
 from jojoscl_dist.config import ConfigValueError, JojoConfig
 from jojoscl_dist.data.preprocess import TARGET_SUM_HELP, target_sum_arg
 from jojoscl_dist.errors import JojoInputError, TrackingError, TrainingFailed
+
 
 def n_clusters_arg(v: str) -> int | str:
     if v == "auto":
@@ -92,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: list[str] | None = None) -> JojoConfig:
     args = vars(build_parser().parse_args(argv))
-    cfg = JojoConfig.load(args.pop("config")) if args.get("config") else JojoConfig()
-    args.pop("config", None)
+    path = args.pop("config")
+    cfg = JojoConfig.load(path) if path else JojoConfig()
     return cfg.override({k: v for k, v in args.items() if v is not None})
 
 
@@ -119,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     except JojoInputError as e:  # only our input errors; anything else is a bug and keeps its traceback
         print(f"jojoscl: error: {input_error_line(e)}", file=sys.stderr)
         return 2
-    except TrainingFailed as e:  # Ray's own error (with the worker's traceback) is in the message; the run resumes
-        print(f"jojoscl: error: {e}", file=sys.stderr)
-        return 1
-    except TrackingError as e:  # outputs are complete; the same command retries the logging
+    except (TrainingFailed, TrackingError) as e:  # the same command resumes the run, or retries the logging
         print(f"jojoscl: error: {e}", file=sys.stderr)
         return 1
     m = result.metrics

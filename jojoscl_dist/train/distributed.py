@@ -1,9 +1,6 @@
-"""torch.distributed helpers (no Ray): gathering with gradient, broadcasting, world info.
-
-With every worker computing the loss on the gathered global batch, the backward of the gather sums the incoming
-gradients over workers and keeps this worker's slice; DDP then averages over workers, so N workers at local
-batch b get exactly the gradient of one worker at batch N*b.
-"""
+"""torch.distributed helpers (no Ray). Every worker computes the loss on the gathered global batch: the gather's
+backward sums the gradients over workers and keeps this worker's slice, and DDP then averages, so N workers at
+local batch b get exactly the gradient of one worker at batch N*b."""
 
 from __future__ import annotations
 
@@ -13,14 +10,6 @@ import torch.distributed as dist
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -39,20 +28,11 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate x (n, ...) from every worker in rank order; gradients flow back to each worker's slice.
-    Every worker must pass the same n (the loader guarantees equal local batch sizes)."""
-    if not is_distributed():
-        return x
-    return _GatherWithGrad.apply(x)
+    """x (n, ...) of every worker in rank order, gradients flowing back to each worker's slice (equal n on all)."""
+    return _GatherWithGrad.apply(x) if is_distributed() else x
 
 
-@torch.no_grad()
-def gather(x: torch.Tensor) -> torch.Tensor:
-    if not is_distributed():
-        return x
-    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out, dim=0)
+gather = torch.no_grad()(gather_with_grad)
 
 
 def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
@@ -62,14 +42,13 @@ def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
 
 
 def all_mean(values: dict[str, float]) -> dict[str, float]:
-    """Average scalar metrics over workers (for per-epoch reporting)."""
+    """Scalar metrics averaged over workers."""
     if not is_distributed() or not values:
         return values
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist()))
+    return dict(zip(keys, (t / dist.get_world_size()).tolist()))
 
 
 def all_gather_object(obj) -> list:

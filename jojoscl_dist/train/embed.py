@@ -1,10 +1,5 @@
-"""Embedding all cells with a trained model: the one place for evaluations, final labels and prediction.
-
-In memory (``embed``: arrays of every cell), or for atlases on disk (``embed_to_zarr``: blocks written to a Zarr
-group as they are computed and read back as Dask arrays), so the driver's memory does not grow with the number of
-cells. ``cluster.final.final_labels`` takes either: on Dask arrays, k-means fits its centroids on a seeded sample
-and then assigns every cell block by block.
-"""
+"""Every cell embedded with a trained model (evaluations, final labels, prediction): in memory (``embed``), or for
+atlases block by block into a Zarr group read back as Dask arrays (``embed_to_zarr``), so memory stays flat."""
 
 from __future__ import annotations
 
@@ -19,9 +14,7 @@ from jojoscl_dist.model.jojoscl import JojoSCL
 
 @torch.no_grad()
 def _blocks_out(model: JojoSCL, source, device, batch: int, project=None):
-    """Eval-mode forward over ``source`` in row blocks: yields (start, {'h','z','y'} as NumPy float32), plus
-    ``PCA_KEY`` = ``project(rows)`` when given (the input PCA coordinates of the final space: ``InputPCA.coords``),
-    computed while the rows are read."""
+    """Eval-mode forward in row blocks: (start, {'h','z','y'} and with ``project`` ``PCA_KEY``, as float32 NumPy)."""
     was_training = model.training
     model.eval()
     n = source.shape[0]
@@ -38,8 +31,7 @@ def _blocks_out(model: JojoSCL, source, device, batch: int, project=None):
 
 def embed(model: JojoSCL, source, device: torch.device | str = "cpu", batch: int = 8192,
           project=None) -> dict[str, np.ndarray]:
-    """Eval-mode forward over every row of ``source`` -> {'h': (n,128), 'z': (n,192), 'y': (n,K)}, and
-    ``PCA_KEY``: (n, n_components) with ``project`` (see ``_blocks_out``)."""
+    """{'h': (n,128), 'z': (n,192), 'y': (n,K)} of every row, and ``PCA_KEY`` with ``project``."""
     outs: dict[str, list[np.ndarray]] = {"h": [], "z": [], "y": []} | ({PCA_KEY: []} if project is not None else {})
     for _, block in _blocks_out(model, source, device, batch, project):
         for k, v in block.items():
@@ -49,12 +41,8 @@ def embed(model: JojoSCL, source, device: torch.device | str = "cpu", batch: int
 
 def embed_to_zarr(model: JojoSCL, source, path: str | Path, device: torch.device | str = "cpu",
                   batch: int | None = None, project=None) -> dict:
-    """``embed`` for atlases: each block of rows goes straight into a Zarr group at ``path`` (arrays h, z, y,
-    chunked ``batch`` rows), so memory holds one block. Returns {'h','z','y'} (and ``PCA_KEY`` with ``project``)
-    as Dask arrays over that group.
-
-    ``batch`` defaults to the source's chunk rows (one stored chunk per block; 2048 for a prepared store): an
-    8192-row block held ~4 decoded chunks plus their activations, and raised the driver's peak by ~250 MB."""
+    """``embed`` into a Zarr group at ``path`` (chunks of ``batch`` rows), returned as Dask arrays. ``batch``
+    defaults to the source's chunk rows: one stored chunk per block keeps the driver's peak low."""
     import dask.array as da
     import zarr
 
@@ -68,4 +56,3 @@ def embed_to_zarr(model: JojoSCL, source, path: str | Path, device: torch.device
                 arrays[k] = group.create_array(k, shape=(n, v.shape[1]), chunks=(batch, v.shape[1]), dtype="float32")
             arrays[k][start:start + len(v)] = v
     return {k: da.from_zarr(a) for k, a in arrays.items()}
-

@@ -1,17 +1,15 @@
-"""The per-worker training loop (runtime-agnostic: see ``session.py``; its state: ``state.py``).
+"""The per-worker training loop, the same code under Ray Train and in-process (``session.py``).
 
-One step (``train_step``): two augmented views -> query encoder (view a, with gradient) and momentum key encoder
-(view b, no gradient) -> heads on both -> gather across workers with gradient -> per-batch k-means on the gathered
-h_a (rank 0, broadcast) -> the objective (``losses/objective.py``) -> backward, Adam step -> momentum update.
-Per epoch (``train_epoch``): mean losses reported; every ``eval_every`` epochs and at the end, rank 0 embeds the
-cells and scores them label-free (``evaluate``: the selection rule keeps the best weights); a checkpoint with the
-full state every ``checkpoint_every`` epochs and at the end.
-A NaN/Inf loss stops every worker within a few steps (``divergence.py``); the loop then reports a 'diverged'
-message and returns normally, so that Ray Train does not retry a run that cannot succeed.
+A step: two augmented views -> query encoder (view a) and momentum key encoder (view b, no gradient) -> heads ->
+gather across workers with gradient -> per-batch k-means on rank 0, broadcast -> objective -> Adam -> momentum
+update. Rank 0 evaluates label-free every ``eval_every`` epochs and at the end; a NaN/Inf loss stops every worker,
+which then report it and return normally (an exception would make Ray Train retry into the same divergence).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 import tempfile
 import time
@@ -20,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from jojoscl_dist.cluster.final import final_space
 from jojoscl_dist.cluster.input_pca import InputPCA
@@ -32,11 +31,9 @@ from jojoscl_dist.losses.objective import LossTerms, jojoscl_objective, needs_as
 from jojoscl_dist.model import NoisePool, augment, build_model, momentum_update
 from jojoscl_dist.model.jojoscl import make_key_encoder
 from jojoscl_dist.train import distributed as D
-from jojoscl_dist.train.checkpoint import load_state, save_state
-from jojoscl_dist.train.divergence import NONFINITE_CHECK_EVERY, Divergence, NonFiniteWatch, divergence_message
+from jojoscl_dist.train.checkpoint import TrainState, load_state, save_state
 from jojoscl_dist.train.embed import embed
 from jojoscl_dist.train.session import Session
-from jojoscl_dist.train.state import TrainState
 
 EVAL_KMEANS_RESTARTS = 3  # in-loop evaluations; the final labels use cfg.eval.kmeans_restarts
 LOSS_NAMES = ("loss", "l_ins", "l_clu", "l_sure")  # the reported names of the LossTerms fields, in their order
@@ -65,17 +62,16 @@ def resolve_epochs(cfg: JojoConfig, n_cells: int) -> int:
     return epochs
 
 
+def wants_gpu(cfg: JojoConfig) -> bool:
+    return torch.cuda.is_available() if cfg.run.use_gpu is None else cfg.run.use_gpu
+
+
 def make_adam(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Adam:
-    """Fused Adam (one kernel over all parameters; on CPU ~3x faster than foreach here), foreach as fallback."""
+    """Fused Adam (on CPU ~3x faster than foreach here), foreach where the fused kernel does not run."""
     try:
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, ValueError):  # a device/dtype the fused kernel does not support
+    except (RuntimeError, ValueError):
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast of the forward passes when asked (GPU speed option); a no-op context for fp32."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
@@ -85,9 +81,8 @@ def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
 
 
 def new_state(cfg: JojoConfig, data: WorkerData, session: Session) -> TrainState:
-    """A fresh state on the session's device. Call ``seed_everything`` first: the weights are then identical on
-    every worker."""
-    rank, world, seed = session.rank, session.world_size, cfg.run.seed
+    """A fresh state on the session's device; after ``seed_everything`` the weights are the same on every worker."""
+    rank, seed = session.rank, cfg.run.seed
     mc, oc, lc = cfg.model, cfg.optim, cfg.loss
     n_cells, n_genes = data.source.shape
     epochs = resolve_epochs(cfg, n_cells)
@@ -99,7 +94,7 @@ def new_state(cfg: JojoConfig, data: WorkerData, session: Session) -> TrainState
     net = session.prepare_model(model)  # DDP when distributed
     model = model.to(session.device)
     opt = make_adam(model, oc.lr, oc.weight_decay, session.device)
-    steps_per_epoch = epoch_batch_count(data.source, oc.batch_size, world, rank, seed)
+    steps_per_epoch = epoch_batch_count(data.source, oc.batch_size, session.world_size, rank, seed)
     return TrainState(
         cfg=cfg, rank=rank, epochs=epochs, n_genes=n_genes, n_clusters=data.n_clusters,
         fingerprint=data.fingerprint, device=session.device, model=model, net=net, key_encoder=key_encoder,
@@ -113,8 +108,7 @@ def new_state(cfg: JojoConfig, data: WorkerData, session: Session) -> TrainState
 
 
 class Views:
-    """Augmented views of a batch, drawn from this worker's augmentation stream. The noise is read from a pool
-    that is redrawn at every epoch start, so an epoch resumed from a checkpoint reads the same noise."""
+    """Augmented views from this worker's stream; the noise pool is redrawn at each epoch start (so on resume)."""
 
     def __init__(self, cfg: JojoConfig, generator: torch.Generator, n_genes: int, session: Session):
         mc = cfg.model
@@ -131,24 +125,53 @@ class Views:
         return augment(x, self.keep, self.noise_std, self.generator, self.pool)
 
 
-def batch_assignment(state: TrainState, h: torch.Tensor) -> torch.Tensor:
-    """Per-batch k-means of the gathered h on rank 0, broadcast: every worker uses the same clusters."""
-    assign = torch.empty(h.shape[0], dtype=torch.long, device=h.device)
-    if state.rank == 0:
-        assign = state.kmeans(h.detach())
-    D.broadcast(assign)
-    return assign
-
-
 def global_batch_objective(state: TrainState, h_a, z_a, y_a, z_b, y_b, h_b) -> LossTerms:
-    """The objective on every worker's batch together (gathered with gradient: each worker's backward then
-    yields its share of the global-batch gradient)."""
+    """The objective on every worker's batch gathered with gradient (each worker's backward then yields its share
+    of the global-batch gradient); the per-batch k-means runs on rank 0 and is broadcast."""
     lc = state.cfg.loss
-    H_a, Z_a, Y_a = (D.gather_with_grad(t) for t in (h_a, z_a, y_a))
-    Z_b, Y_b = D.gather_with_grad(z_b), D.gather_with_grad(y_b)
-    assign = batch_assignment(state, H_a) if needs_assignment(lc) else None
+    H_a, Z_a, Y_a, Z_b, Y_b = (D.gather_with_grad(t) for t in (h_a, z_a, y_a, z_b, y_b))
+    assign = None
+    if needs_assignment(lc):
+        assign = torch.empty(H_a.shape[0], dtype=torch.long, device=H_a.device)
+        if state.rank == 0:
+            assign = state.kmeans(H_a.detach())
+        D.broadcast(assign)
     H_b = D.gather(h_b) if needs_key_prior(lc) else None
     return jojoscl_objective(Z_a, Z_b, Y_a, Y_b, H_a, H_b, assign, lc)
+
+
+# Each read of the NaN/Inf flag is a host sync (and an all-reduce): a diverged run stops at most this many steps late.
+NONFINITE_CHECK_EVERY = 4
+
+
+@dataclass
+class Divergence:
+    step: int  # the first optimiser step whose loss was NaN/Inf
+    value: float  # its loss (NaN on a worker that did not see it itself)
+
+
+class NonFiniteWatch:
+    """The first NaN/Inf step, recorded on the device (no host sync) and read every ``every`` steps with one MIN
+    all-reduce, so every worker stops at the same step (DDP hangs when one leaves its collectives)."""
+
+    def __init__(self, device: torch.device, every: int):
+        self.every = every
+        self.step = torch.full((), math.inf, dtype=torch.float64, device=device)  # inf: none yet
+        self.value = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach().double()
+        new = ~torch.isfinite(loss) & torch.isinf(self.step)
+        self.step = torch.where(new, float(step), self.step)
+        self.value = torch.where(new, loss, self.value)
+
+    def poll(self) -> Divergence | None:
+        """Collective: the first bad step once any worker saw one, else None."""
+        first = self.step.clone()
+        if D.is_distributed():
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        step, own, value = torch.stack([first, self.step, self.value]).tolist()
+        return None if math.isinf(step) else Divergence(int(step), value if own == step else math.nan)
 
 
 def train_step(state: TrainState, x: torch.Tensor, views: Views, amp) -> LossTerms:
@@ -160,8 +183,7 @@ def train_step(state: TrainState, x: torch.Tensor, views: Views, amp) -> LossTer
             h_b = state.key_encoder(xb)
         h_a, z_a, y_a, z_b, y_b = state.net(xa, h_b)
     # Losses and k-means in fp32 (no-op casts unless precision is bf16).
-    h_a, z_a, y_a, z_b, y_b, h_b = (t.float() for t in (h_a, z_a, y_a, z_b, y_b, h_b))
-    terms = global_batch_objective(state, h_a, z_a, y_a, z_b, y_b, h_b)
+    terms = global_batch_objective(state, *(t.float() for t in (h_a, z_a, y_a, z_b, y_b, h_b)))
     state.optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
     state.optimizer.step()
@@ -173,18 +195,17 @@ def train_step(state: TrainState, x: torch.Tensor, views: Views, amp) -> LossTer
 
 def train_epoch(state: TrainState, source, session: Session, views: Views, watch: NonFiniteWatch,
                 epoch: int) -> dict[str, Any] | Divergence:
-    """One pass over this worker's share of the data: the epoch's metrics (mean losses over every worker, speed,
-    lr), or the divergence when a loss became NaN/Inf (every worker stops at the same step)."""
+    """One pass over this worker's share: the epoch's metrics (averaged over workers), or the divergence."""
     cfg = state.cfg
     t0 = time.perf_counter()
     state.net.train()
     state.key_encoder.train()
-    amp = autocast(session.device, cfg.optim.precision)
+    amp = torch.autocast(device_type=session.device.type, dtype=torch.bfloat16, enabled=cfg.optim.precision == "bf16")
     sums = torch.zeros(len(LOSS_NAMES), dtype=torch.float64, device=session.device)
     n_seen, n_steps, polled = 0, 0, 0
     diverged: Divergence | None = None
     views.start_epoch()
-    # Streamed sources (prepared Zarr stores) read whole chunks ahead in a background thread (closed on a stop).
+    # Prepared stores are read ahead in a background thread (closed on a stop).
     batches = iter_epoch(source, cfg.optim.batch_size, session.world_size, session.rank, cfg.run.seed, epoch,
                          cfg.data.shuffle_buffer_chunks, cfg.data.prefetch_batches)
     for rows in batches:
@@ -192,8 +213,7 @@ def train_epoch(state: TrainState, source, session: Session, views: Views, watch
         terms = train_step(state, x, views, amp)
         n_seen += len(x)
         n_steps += 1
-        # Accumulated on the device: one host sync per epoch instead of four per step.
-        sums += torch.stack([t.detach() for t in terms]).double()
+        sums += torch.stack([t.detach() for t in terms]).double()  # on the device: one host sync per epoch
         watch.update(terms.total, state.step)
         if n_steps % watch.every == 0:
             polled = n_steps
@@ -213,83 +233,54 @@ def train_epoch(state: TrainState, source, session: Session, views: Views, watch
 
 
 class EvalCells:
-    """The cells the in-training evaluations embed: every cell, or a fixed seeded sample of large atlases (the
-    final labels still cover every cell)."""
+    """The cells in-training evaluations embed: every cell, or a seeded sample of a large atlas."""
 
     def __init__(self, cfg: JojoConfig, data: WorkerData):
         idx = eval_subset(data.source, cfg.eval.max_eval_cells, cfg.run.seed)
         self.source = data.source if idx is None else SubsetSource(data.source, idx)
         self.truth = data.labels if (idx is None or data.labels is None) else data.labels[idx]
         self.seed = cfg.run.seed
-        self._reference: np.ndarray | None = None
 
-    @property
+    @functools.cached_property
     def reference(self) -> np.ndarray:
-        """PCA of these cells' input: model-independent coordinates for the selection, computed once per run."""
-        if self._reference is None:
-            self._reference = input_reference(self.source.rows(slice(0, self.source.shape[0])), self.seed)
-        return self._reference
-
-
-def evaluation_due(cfg: JojoConfig, epoch: int, epochs: int) -> bool:
-    return (epoch + 1) % cfg.eval.eval_every == 0 or epoch == epochs - 1
-
-
-def scores_against_truth(cfg: JojoConfig, cells: EvalCells, emb: dict[str, np.ndarray], labels: np.ndarray,
-                         k: int) -> dict[str, float]:
-    """Logged only, never used for selection: the k-means labels, the cluster head's argmax, and what the final
-    labels would be at this epoch, each against the truth."""
-    metrics = {f"eval_{n}": v for n, v in score_labels(cells.truth, labels).items()}
-    metrics["eval_head_ari"] = score_labels(cells.truth, emb["y"].argmax(1))["ari"]
-    if cfg.eval.input_pca_weight > 0 and cfg.eval.label_method == "kmeans":
-        # The final labels cluster [z, PCA of the input]; the oracle column only: selection scores z's clustering.
-        space = final_space(emb["z"], cells.reference[:, :cfg.eval.input_pca_components], cfg.eval.input_pca_weight)
-        final = fit_kmeans(space, k, seed=cfg.run.seed, restarts=EVAL_KMEANS_RESTARTS)
-        metrics.update({f"eval_final_{n}": v for n, v in score_labels(cells.truth, final).items()})
-    return metrics
+        """PCA of these cells' input: model-independent coordinates for the selection."""
+        return input_reference(self.source.rows(slice(0, self.source.shape[0])), self.seed)
 
 
 def evaluate(state: TrainState, cells: EvalCells, session: Session, epoch: int) -> dict[str, float]:
-    """Rank 0: embed the evaluated cells, cluster z and score that label-free; the selection rule keeps the
-    weights of its best evaluation. The session's ``on_evaluation`` sees every evaluation."""
+    """Rank 0: cluster z of the evaluated cells and score it label-free (the selection keeps its best weights);
+    scores against the truth are logged only."""
     t1 = time.perf_counter()
+    cfg, k = state.cfg, state.n_clusters
     emb = embed(state.model, cells.source, session.device)
-    labels = fit_kmeans(emb["z"], state.n_clusters, seed=state.cfg.run.seed, restarts=EVAL_KMEANS_RESTARTS)
+    labels = fit_kmeans(emb["z"], k, seed=cfg.run.seed, restarts=EVAL_KMEANS_RESTARTS)
     scores, is_best = state.selector.update(epoch, emb["z"], labels, cells.reference)
     metrics = {f"select_{n}": v for n, v in scores.items()}
     if is_best:
         state.keep_best()
     if cells.truth is not None:
-        metrics.update(scores_against_truth(state.cfg, cells, emb, labels, state.n_clusters))
+        metrics.update({f"eval_{n}": v for n, v in score_labels(cells.truth, labels).items()})
+        metrics["eval_head_ari"] = score_labels(cells.truth, emb["y"].argmax(1))["ari"]
+        if cfg.eval.input_pca_weight > 0 and cfg.eval.label_method == "kmeans":  # what the final labels would be
+            space = final_space(emb["z"], cells.reference[:, :cfg.eval.input_pca_components],
+                                cfg.eval.input_pca_weight)
+            final = fit_kmeans(space, k, seed=cfg.run.seed, restarts=EVAL_KMEANS_RESTARTS)
+            metrics.update({f"eval_final_{n}": v for n, v in score_labels(cells.truth, final).items()})
     metrics["eval_time_s"] = time.perf_counter() - t1
     session.on_evaluation(epoch, emb, labels, scores)
     return metrics
 
 
-def checkpoint_due(cfg: JojoConfig, epoch: int, epochs: int) -> bool:
-    return (epoch + 1) % max(1, cfg.run.checkpoint_every) == 0 or epoch == epochs - 1
-
-
 def report_epoch(state: TrainState, session: Session, metrics: dict[str, Any]) -> None:
-    """Report the epoch's metrics, with a checkpoint of the full state when one is due (written by rank 0)."""
-    if not checkpoint_due(state.cfg, state.epoch, state.epochs):
-        session.report(metrics)
-        return
-    checkpoint = state.state_dict()  # every worker: it gathers the RNG streams
-    if state.rank != 0:
+    """Report the epoch, with a checkpoint (written by rank 0) every ``checkpoint_every`` epochs and at the end."""
+    due = (state.epoch + 1) % max(1, state.cfg.run.checkpoint_every) == 0 or state.epoch == state.epochs - 1
+    checkpoint = state.state_dict() if due else None  # every worker: it gathers the RNG streams
+    if checkpoint is None or state.rank != 0:
         session.report(metrics)
         return
     with tempfile.TemporaryDirectory(prefix="jojoscl-ckpt-") as tmp:
         save_state(tmp, checkpoint)
         session.report(metrics, checkpoint_dir=tmp)
-
-
-def report_divergence(state: TrainState, session: Session, epoch: int, diverged: Divergence) -> None:
-    # Returned, not raised: Ray Train would retry an exception (FailureConfig) into the same divergence. The driver
-    # raises TrainingDiverged from this report and records it for relaunches.
-    session.report({"epoch": epoch, "step": diverged.step, "loss": diverged.value,
-                    "diverged": divergence_message(diverged.value, epoch, state.epochs, diverged.step,
-                                                   state.cfg.optim.lr)})
 
 
 def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
@@ -304,10 +295,13 @@ def train_worker(cfg: JojoConfig, data: WorkerData, session: Session) -> None:
     watch = NonFiniteWatch(session.device, 1 if cfg.loss.kmeans_backend == "faiss" else NONFINITE_CHECK_EVERY)
     for epoch in range(state.epoch + 1, state.epochs):
         metrics = train_epoch(state, data.source, session, views, watch, epoch)
-        if isinstance(metrics, Divergence):
-            report_divergence(state, session, epoch, metrics)
+        if isinstance(metrics, Divergence):  # the driver raises TrainingDiverged from this report
+            session.report({"epoch": epoch, "step": metrics.step, "loss": metrics.value, "diverged": (
+                f"training diverged: the loss became {metrics.value} at epoch {epoch + 1}/{state.epochs}, step "
+                f"{metrics.step}, with --lr {cfg.optim.lr:g}: lower --lr (a relaunch with these settings stops here; "
+                f"--overwrite tries them again)")})
             return
-        if session.rank == 0 and evaluation_due(cfg, epoch, state.epochs):
+        if session.rank == 0 and ((epoch + 1) % cfg.eval.eval_every == 0 or epoch == state.epochs - 1):
             metrics.update(evaluate(state, cells, session, epoch))
         metrics["best_epoch"] = state.selector.best_epoch
         state.history.append(metrics)

@@ -1,4 +1,4 @@
-"""Ray Train plumbing: the worker-side session and the TorchTrainer assembly (no math here)."""
+"""Ray Train plumbing: the worker-side session and the TorchTrainer of a run or a sweep trial (no math here)."""
 
 from __future__ import annotations
 
@@ -22,57 +22,48 @@ from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.zarr_store import ZarrSource
 from jojoscl_dist.errors import TrainingDiverged, TrainingFailed
-from jojoscl_dist.train.checkpoint import STATE_FILE
-from jojoscl_dist.train.divergence import DIVERGED_FILE
-from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
-from jojoscl_dist.train.progress import EpochProgress
-from jojoscl_dist.train.session import Session
-
-log = logging.getLogger(__name__)
+from jojoscl_dist.train.checkpoint import DIVERGED_FILE, STATE_FILE
+from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker, wants_gpu
+from jojoscl_dist.train.session import EpochProgress, Session
 
 # ray.train.report is throttled by the controller's health-check interval (default 2 s per report).
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")}
+# A JSON object of faults for tests/faults (see inject_faults), passed to a run's workers in its train_loop_config.
+FAULT_ENV = "JOJOSCL_FAULT_INJECT"
 
 
 class RaySession(Session):
+    on_report = None  # rank 0: one progress line per epoch in the worker log
+
     def __init__(self, resume_from: str | None = None) -> None:
         self.resume_from = resume_from  # the checkpoint the driver announced (see resume_dir)
         ctx = ray.train.get_context()
-        self.rank = ctx.get_world_rank()
-        self.world_size = ctx.get_world_size()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        # DDP (gloo on CPU, nccl on GPU) when there is more than one worker; a plain move otherwise.
-        return ray.train.torch.prepare_model(model)
-
-    on_report = None  # rank 0: one progress line per epoch in the worker log
+        return ray.train.torch.prepare_model(model)  # DDP (gloo on CPU, nccl on GPU) above one worker
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
         if "diverged" in metrics and checkpoint_dir is None and self.rank == 0:
-            # Ray Train hands the driver (Result.metrics) only metrics that came with a checkpoint: rank 0 attaches
-            # one that holds the message and no state.pt (resume_dir and latest_loadable skip it).
+            # The driver gets (Result.metrics) only metrics reported with a checkpoint: one with the message and
+            # no state.pt, which resume_dir and latest_loadable skip.
             with tempfile.TemporaryDirectory(prefix="jojoscl-diverged-") as tmp:
                 (Path(tmp) / DIVERGED_FILE).write_text(json.dumps({"message": metrics["diverged"]}))
                 self.report(metrics, checkpoint_dir=tmp)
             return
-        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
+                         if checkpoint_dir else None)
         if self.on_report is not None:
             self.on_report(metrics)
 
     @contextlib.contextmanager
     def resume_dir(self) -> Iterator[str | None]:
-        """The newer of Ray's checkpoint and the driver's.
-
-        Ray Train restores the last checkpoint its controller *registered* (its snapshot in storage); a driver
-        killed between a worker's upload and that registration leaves a newer complete checkpoint on disk, which
-        the driver found and announced. Within one fit (a worker restarted) Ray's is the newer one. Both layouts
-        name folders checkpoint_<timestamp>, so name order is time order. A diverged run's last one holds no
-        state.pt (see report): the driver's, from before the divergence, is used then.
-        """
+        """The newer of Ray's checkpoint and the driver's. Ray restores the last one its controller registered; a
+        driver killed between a worker's upload and that registration leaves a newer complete one, which the
+        driver announces. Both are named checkpoint_<timestamp>; a diverged run's last one holds no state.pt."""
         ckpt = ray.train.get_checkpoint()
         own = self.resume_from
         if ckpt is not None and (own is None or Path(ckpt.path).name >= Path(own).name):
@@ -84,13 +75,8 @@ class RaySession(Session):
 
 
 def quiet_worker_logs() -> None:
-    """Silence Ray Train's per-report INFO line in worker logs.
-
-    "Reporting training result N: ..." comes from the logger named by the *file path* of
-    ray/train/v2/_internal/execution/context.py (``logging.getLogger(__file__)``), not from 'ray.train', so neither
-    LoggingConfig(log_level) nor the 'ray.train' level reaches it; it propagates to the worker's root logger,
-    which Ray Train sets to INFO. Raise that one logger's level instead.
-    """
+    """Silence Ray Train's per-report INFO line in worker logs: its logger is named by the file path of Ray's
+    train context module, which neither LoggingConfig nor the 'ray.train' level reaches."""
     from ray.train.v2._internal.execution import context as train_context
 
     for name in (train_context.__file__, "ray.train", "faiss", "faiss.loader"):
@@ -99,7 +85,7 @@ def quiet_worker_logs() -> None:
 
 def ray_train_loop(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
-    quiet_worker_logs()  # one plain line per epoch is enough in worker logs
+    quiet_worker_logs()
     cfg = JojoConfig.from_dict(config["cfg"])
     # A prepared store is opened by path (shared storage on a cluster); small data comes through the object store.
     source = ZarrSource(config["data_path"]) if config.get("data_path") else ArraySource(ray.get(config["data_ref"]))
@@ -107,22 +93,15 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     if session.rank == 0 and not cfg.run.quiet:
         session.on_report = EpochProgress(resolve_epochs(cfg, source.shape[0]), mode="lines", stream=sys.stdout,
                                           prefix="")
-    data = WorkerData(source, config["n_clusters"], config.get("labels"), config.get("fingerprint"))
     if config.get("faults"):
         inject_faults(session, json.loads(config["faults"]))
-    train_worker(cfg, data, session)
-
-
-# Faults for the fault tests (tests/faults): a JSON object in this variable of the driver's environment when
-# build_trainer runs reaches that run's workers (through its train_loop_config, so a Ray cluster started under
-# other values does not leak them).
-FAULT_ENV = "JOJOSCL_FAULT_INJECT"
+    train_worker(cfg, WorkerData(source, config["n_clusters"], config.get("labels"), config.get("fingerprint")),
+                 session)
 
 
 def inject_faults(session: RaySession, spec: dict) -> None:
-    """'starts': append this worker's rank to that file (counts worker starts). 'nan_step': the loss becomes NaN
-    from that optimiser step on (counted from this worker's start). 'epoch' (with 'rank', default 1, and 'marker'):
-    that rank's process exits after reporting that epoch, once (the marker file guards)."""
+    """'starts': append this worker's rank to that file. 'nan_step': the loss becomes NaN from that step of this
+    worker on. 'epoch' (with 'rank', default 1, and 'marker'): that rank exits after reporting that epoch, once."""
     if spec.get("starts"):
         with open(spec["starts"], "a") as f:
             f.write(f"{session.rank}\n")
@@ -139,8 +118,7 @@ def inject_faults(session: RaySession, spec: dict) -> None:
         objective.instance_contrastive_loss = nan_loss
     if "epoch" not in spec:
         return
-    marker = Path(spec["marker"])
-    original = session.report
+    marker, original = Path(spec["marker"]), session.report
 
     def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
         original(metrics, checkpoint_dir)
@@ -151,24 +129,20 @@ def inject_faults(session: RaySession, spec: dict) -> None:
     session.report = report  # type: ignore[method-assign]
 
 
-def ensure_ray(num_workers: int, use_gpu: bool) -> None:
+def ensure_ray(num_workers: int) -> None:
     if ray.is_initialized():
         return
     for k, v in RAY_ENV.items():
         os.environ.setdefault(k, v)
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": RAY_ENV})  # an existing cluster (ray job submit)
+        ray.init(runtime_env={"env_vars": RAY_ENV})  # an existing cluster (ray job submit) keeps its settings
         return
-    # Our own local cluster: keep the GCS's task-event table small. The Train controller polls every worker each
-    # health-check interval (0.1 s above), and the GCS kept ~3 KB of events per poll up to Ray's default of
-    # 100,000 tasks: +29 MB over a 7-minute run, so its memory grew with a run's duration. With 1,000 it levels
-    # off after ~1 minute at +5 MB (docs/benchmarks.md "Scale"); the dashboard still lists the latest 1,000 tasks.
-    # A cluster we join (RAY_ADDRESS) keeps its own settings.
+    # The controller's frequent health checks filled the GCS task-event table, growing its memory with a run's
+    # duration; 1,000 tasks bound it (docs/benchmarks.md "Scale").
     os.environ.setdefault("RAY_task_events_max_num_task_in_gcs", "1000")
-    cpus = os.cpu_count() or 1
     # Logical CPUs above physical: the Train controller needs a slot beside the workers.
-    ray.init(num_cpus=max(cpus, num_workers) + 1, log_to_driver=True, runtime_env={"env_vars": RAY_ENV},
-             logging_level=logging.WARNING)
+    ray.init(num_cpus=max(os.cpu_count() or 1, num_workers) + 1, log_to_driver=True,
+             runtime_env={"env_vars": RAY_ENV}, logging_level=logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -178,7 +152,7 @@ class TrainInputs:
     x: Any  # np.ndarray (put in the object store), a ray.ObjectRef to one (a sweep's trials share it) or a ZarrSource
     n_clusters: int
     labels: np.ndarray | None = None  # int32 codes: 4 bytes a cell in every worker
-    fingerprint: dict | None = None  # saved in every checkpoint (data/fingerprint.py)
+    fingerprint: dict | None = None
 
     @classmethod
     def of(cls, data) -> "TrainInputs":
@@ -190,29 +164,19 @@ class TrainInputs:
 def build_trainer(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name: str, *,
                   resume_from: str | None = None, resources_per_worker: dict[str, float] | None = None,
                   keep_checkpoints: int = 2, callbacks: Sequence[Any] = ()) -> ray.train.torch.TorchTrainer:
-    """The TorchTrainer of one Ray Train run, for the CLI and for every sweep trial.
-
-    Workers: ``cfg.run.num_workers``; each gets ``resources_per_worker`` when given (a sweep's per-trial share,
-    GPU fractions included: a GPU is used when it names one), else ``cfg.run.cpus_per_worker`` CPUs (default: the
-    cluster's CPUs less the controller's, shared out) and a GPU per ``cfg.run.use_gpu`` (None: when CUDA is here).
-    Retries: ``cfg.run.max_failures``. ``resume_from``: the newest complete checkpoint the driver found under
-    storage_path/name (see RaySession.resume_dir). ``callbacks``: Train UserCallbacks (a trial's
-    TuneReportCallback).
-    """
+    """The TorchTrainer of a CLI run or a sweep trial. Each worker gets ``resources_per_worker`` (a trial's share;
+    a GPU when it names one), else ``cfg.run.cpus_per_worker`` CPUs (default: the cluster's shared out, which
+    sets torch's threads) and a GPU per ``cfg.run.use_gpu``. ``resume_from``: see RaySession.resume_dir."""
     n = cfg.run.num_workers
-    if resources_per_worker:
-        use_gpu = resources_per_worker.get("GPU", 0) > 0
-    else:
-        use_gpu = torch.cuda.is_available() if cfg.run.use_gpu is None else cfg.run.use_gpu
-    ensure_ray(n, use_gpu)
+    use_gpu = resources_per_worker.get("GPU", 0) > 0 if resources_per_worker else wants_gpu(cfg)
+    ensure_ray(n)
     if not resources_per_worker:
         total_cpu = int(ray.cluster_resources().get("CPU", 1))
-        # torch threads follow the CPUs Ray grants a worker
         resources_per_worker = {"CPU": cfg.run.cpus_per_worker or max(1, (total_cpu - 1) // n)}
     x = inputs.x
-    if isinstance(x, ZarrSource):  # opened by path (shared storage on a cluster)
+    if isinstance(x, ZarrSource):
         data = {"data_path": x.path}
-    else:  # small data through the object store
+    else:
         data = {"data_ref": x if isinstance(x, ray.ObjectRef) else ray.put(x)}
     return ray.train.torch.TorchTrainer(
         ray_train_loop,
@@ -234,11 +198,7 @@ def build_trainer(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name:
 
 def fit_ray(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name: str,
             resume_from: str | None = None) -> Path:
-    """Train on Ray; return the path of the final checkpoint.
-
-    Raises TrainingDiverged when the workers stopped on a NaN/Inf loss (they return normally then, so
-    FailureConfig does not retry them), TrainingFailed when Ray Train gave up (its error as the cause).
-    """
+    """Train on Ray -> the final checkpoint's path; TrainingDiverged on a NaN/Inf loss, TrainingFailed on Ray's."""
     trainer = build_trainer(cfg, inputs, storage_path, name, resume_from=resume_from)
     try:
         result = trainer.fit()

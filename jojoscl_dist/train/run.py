@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import shutil
 import tempfile
 import time
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from jojoscl_dist.cluster.final import fit_input_pca, final_labels
 from jojoscl_dist.cluster.input_pca import InputPCA
@@ -25,16 +23,12 @@ from jojoscl_dist.data.zarr_store import ZarrSource
 from jojoscl_dist.errors import JojoInputError, TrackingError, TrainingDiverged
 from jojoscl_dist.model import build_model
 from jojoscl_dist.outputs import run_dir
-from jojoscl_dist.outputs.lock import RunLock
 from jojoscl_dist.outputs.write_run import write_run
-from jojoscl_dist.train.checkpoint import config_differences, latest_loadable, load_state
-from jojoscl_dist.train.divergence import clear_divergence, read_divergence, record_divergence
+from jojoscl_dist.train.checkpoint import (clear_divergence, config_differences, latest_loadable, load_state,
+                                           read_divergence, record_divergence)
 from jojoscl_dist.train.embed import embed, embed_to_zarr
-from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
-from jojoscl_dist.train.progress import EpochProgress
-from jojoscl_dist.train.session import LocalSession
-
-log = logging.getLogger(__name__)
+from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker, wants_gpu
+from jojoscl_dist.train.session import EpochProgress, LocalSession
 
 
 @dataclass
@@ -66,8 +60,6 @@ def run_folder(cfg: JojoConfig) -> Path:
 
 @dataclass
 class TrainResult:
-    """What train() hands back."""
-
     state: dict  # the final checkpoint's state (see checkpoint.py)
     checkpoint: Path  # where that state was loaded from
     epochs_run: int  # epochs trained by this call: 0 when an earlier launch had finished them all
@@ -75,54 +67,45 @@ class TrainResult:
 
 
 def train(cfg: JojoConfig, data: PreparedData) -> TrainResult:
-    """Train in-process (num_workers 0) or on Ray, resuming from this run's newest complete checkpoint.
-
-    Raises TrainingDiverged on a NaN/Inf loss (recorded, so that a relaunch stops at once), TrainingFailed when
-    Ray Train gave up, JojoInputError when the checkpoints found belong to another config or other data.
-    """
+    """Train in-process (num_workers 0) or on Ray, resuming from this run's newest complete checkpoint. Raises
+    TrainingDiverged on a NaN/Inf loss (recorded: a relaunch stops at once), TrainingFailed when Ray Train gave up,
+    JojoInputError when the checkpoints found belong to another config or other data."""
     cfg = resolve_for_data(cfg, data)
-    storage = default_storage(cfg)
-    name = default_run_name(cfg)
-    resume = check_resume(cfg, storage / name, data.fingerprint)
+    root = run_folder(cfg)
+    resume = check_resume(cfg, root, data.fingerprint)
     start = resume[1]["epoch"] + 1 if resume else 0
-
-    def result(ckpt: Path, state: dict | None = None) -> TrainResult:
-        state = state if state is not None else load_state(ckpt)
-        return TrainResult(state, Path(ckpt), state["epoch"] + 1 - start, resume is not None)
-
-    if resume and resume[1]["epoch"] >= resolve_epochs(cfg, data.x.shape[0]) - 1:
-        return result(*resume)  # finished earlier (e.g. its tracking step failed): no workers to start
-    if cfg.run.num_workers <= 0:  # in-process, no Ray (tests, benchmarks, debugging); same checkpoint layout
-        progress = EpochProgress(resolve_epochs(cfg, data.x.shape[0]), mode="off" if cfg.run.quiet else "auto")
-        session = LocalSession(storage / name, on_report=progress, resume_from=resume[0] if resume else None,
-                               discover=False,
-                               device=("cuda" if (cfg.run.use_gpu or (cfg.run.use_gpu is None and torch.cuda.is_available())) else "cpu"))
-        try:
-            train_worker(cfg, WorkerData(as_source(data.x), data.n_clusters, data.labels, data.fingerprint), session)
-        finally:
-            progress.close()
-        diverged = session.metrics[-1].get("diverged") if session.metrics else None
-        if diverged:
-            record_divergence(storage / name, diverged, cfg.to_dict())  # a relaunch stops in check_resume
-            raise TrainingDiverged(diverged)
-        return result(session.checkpoint)
-    from jojoscl_dist.train.ray_session import TrainInputs, fit_ray
-
-    if data.x.shape[0] < cfg.run.num_workers:
+    epochs = resolve_epochs(cfg, data.x.shape[0])
+    if resume and resume[1]["epoch"] >= epochs - 1:  # finished earlier (e.g. its tracking step failed)
+        return TrainResult(resume[1], resume[0], 0, True)
+    if cfg.run.num_workers > 0 and data.x.shape[0] < cfg.run.num_workers:
         raise JojoInputError(f"{data.x.shape[0]} cells cannot be shared among {cfg.run.num_workers} workers")
     try:
-        path = fit_ray(cfg, TrainInputs.of(data), str(storage), name,
-                       resume_from=str(resume[0]) if resume else None)
+        if cfg.run.num_workers <= 0:  # in-process, no Ray (tests, benchmarks, debugging); same checkpoint layout
+            progress = EpochProgress(epochs, mode="off" if cfg.run.quiet else "auto")
+            session = LocalSession(root, "cuda" if wants_gpu(cfg) else "cpu", progress,
+                                   resume[0] if resume else None, discover=False)
+            try:
+                train_worker(cfg, WorkerData(as_source(data.x), data.n_clusters, data.labels, data.fingerprint),
+                             session)
+            finally:
+                progress.close()
+            if session.metrics and session.metrics[-1].get("diverged"):
+                raise TrainingDiverged(session.metrics[-1]["diverged"])
+            ckpt = session.checkpoint
+        else:
+            from jojoscl_dist.train.ray_session import TrainInputs, fit_ray
+
+            ckpt = fit_ray(cfg, TrainInputs.of(data), str(root.parent), root.name,
+                           resume_from=str(resume[0]) if resume else None)
     except TrainingDiverged as e:
-        record_divergence(storage / name, str(e), cfg.to_dict())
+        record_divergence(root, str(e), cfg.to_dict())  # a relaunch stops in check_resume
         raise
-    return result(path)
+    state = load_state(ckpt)
+    return TrainResult(state, Path(ckpt), state["epoch"] + 1 - start, resume is not None)
 
 
 def oracle(history: list[dict]) -> dict[str, float]:
-    """The evaluation with the best ARI against the truth (what the paper reports): {'oracle_epoch',
-    'oracle_ari', 'oracle_nmi'} of the final label method when it was logged (``eval_final_*``: input PCA
-    appended), else of k-means on z; {} without labelled evaluations."""
+    """The evaluation with the best ARI against the truth (the paper's figure), of the final labels where logged."""
     evals = [h for h in history if "eval_ari" in h]
     if not evals:
         return {}
@@ -133,8 +116,7 @@ def oracle(history: list[dict]) -> dict[str, float]:
 
 
 def chosen_weights(cfg: JojoConfig, state: dict) -> dict:
-    """The label-free pick: the weights the selection rule kept (the last epoch's for rule 'last', or when no
-    evaluation was kept)."""
+    """The weights the selection rule kept (the last epoch's for rule 'last', or when no evaluation was kept)."""
     if state.get("best_model") is not None and cfg.eval.selection != "last":
         return state["best_model"]
     return state["model"]
@@ -142,10 +124,8 @@ def chosen_weights(cfg: JojoConfig, state: dict) -> dict:
 
 def label_cells(cfg: JojoConfig, data: PreparedData, state: dict, weights: dict, input_pca: InputPCA | None,
                 scratch: Path | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
-    """The post-training path: every cell of ``data`` embedded with ``weights`` and given its final label ->
-    (embedding, labels, centroids). ``input_pca``: the run's one fit (``cluster.final.fit_input_pca``), its
-    coordinates computed alongside the embedding. With ``scratch`` a prepared store (an atlas) is embedded into a
-    Zarr group there, so memory stays flat in cells."""
+    """Every cell embedded with ``weights`` (and projected on ``input_pca``) and given its final label ->
+    (embedding, labels, centroids). With ``scratch`` a prepared store is embedded into a Zarr group there."""
     model = build_model(cfg.model, state["n_genes"], state["n_clusters"])
     model.load_state_dict(weights)
     project = input_pca.coords if input_pca is not None else None
@@ -160,8 +140,8 @@ def label_cells(cfg: JojoConfig, data: PreparedData, state: dict, weights: dict,
 
 
 def check_resume(cfg: JojoConfig, root: Path, data_fp: dict | None = None) -> tuple[Path, dict] | None:
-    """Before training: stop a relaunch of settings that diverged (until --overwrite or a changed config), say when
-    a run resumes from a checkpoint (returned with its state), refuse one of a different config or of other data."""
+    """Stop a relaunch of settings that diverged (until --overwrite or a changed config); return the checkpoint to
+    resume from, with its state; refuse one of another config or of other data."""
     diverged = read_divergence(root)
     if diverged is not None:
         if not cfg.run.overwrite and not config_differences(diverged.get("config", {}), cfg.to_dict()):
@@ -191,27 +171,20 @@ def check_resume(cfg: JojoConfig, root: Path, data_fp: dict | None = None) -> tu
 def run(cfg: JojoConfig) -> RunResult:
     t_start = time.perf_counter()
     cfg.validate()  # refused before any output or hours of training
-    with contextlib.ExitStack() as locks:
-        for lock in run_locks(cfg):
-            locks.enter_context(lock)
-        return _run_locked(cfg, t_start)
-
-
-def run_locks(cfg: JojoConfig) -> list[RunLock]:
-    """One run at a time per output folder and, with --storage-path, per run name on that storage."""
     out = Path(cfg.run.output).resolve()
-    locks = [RunLock(out.parent / f".{out.name}.lock", f"--output {cfg.run.output}")]
-    if cfg.run.storage_path:
-        name = default_run_name(cfg)
-        locks.append(RunLock(default_storage(cfg) / f".{name}.lock", f"run {name} on --storage-path "
-                                                                      f"{cfg.run.storage_path}"))
-    return locks
+    with contextlib.ExitStack() as locks:  # one run per output folder and per run name on a --storage-path
+        locks.enter_context(run_dir.RunLock(out.parent / f".{out.name}.lock", f"--output {cfg.run.output}"))
+        if cfg.run.storage_path:
+            name = default_run_name(cfg)
+            locks.enter_context(run_dir.RunLock(default_storage(cfg) / f".{name}.lock",
+                                        f"run {name} on --storage-path {cfg.run.storage_path}"))
+        return _run_locked(cfg, t_start)
 
 
 def _run_locked(cfg: JojoConfig, t_start: float) -> RunResult:
     out = run_dir.check_output(cfg.run.output, cfg.run.overwrite, [cfg.data.path] if cfg.data.path else [])
     if cfg.run.tracking:  # an unreachable MLflow store fails here, not after hours of training
-        from jojoscl_dist.tracking.mlflow_log import check_tracking
+        from jojoscl_dist.tracking.mlflow_log import check_tracking, log_run, tracking_uri
 
         check_tracking(cfg, out)
     data = prepare_data(cfg, run_folder(cfg))
@@ -221,54 +194,44 @@ def _run_locked(cfg: JojoConfig, t_start: float) -> RunResult:
         print(f"jojoscl: no --data given: training on the {data.source}", flush=True)
     state = train(cfg, data).state
     t_train = time.perf_counter() - t_start - t_prep
+    history = state["history"]
 
     chosen = chosen_weights(cfg, state)
     input_pca = fit_input_pca(cfg.eval, as_source(data.x), cfg.run.seed)  # the run's one fit: labels and bundle
-    scratch = None
+    # An atlas: embeddings go to disk, so memory stays flat in cells.
+    scratch = (Path(tempfile.mkdtemp(prefix=f".{out.name}.embedding-", dir=out.parent))
+               if isinstance(data.x, ZarrSource) else None)
     try:
-        if isinstance(data.x, ZarrSource):  # an atlas: embeddings go to disk, so memory stays flat in cells
-            scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.embedding-", dir=out.parent))
         emb, labels, centroids = label_cells(cfg, data, state, chosen, input_pca, scratch)
-        return _finish(cfg, data, state, chosen, emb, labels, centroids,
-                       metrics_base={"time_prepare_s": t_prep, "time_train_s": t_train}, out=out, t_start=t_start,
-                       input_pca=input_pca)
+        metrics: dict[str, Any] = {
+            "n_cells": int(data.x.shape[0]), "n_genes": int(data.x.shape[1]), "n_clusters": data.n_clusters,
+            "n_clusters_found": int(len(np.unique(labels))), "epochs": int(state["epochs"]),
+            "selected_epoch": int(state["selector"]["best_epoch"] if cfg.eval.selection != "last" else state["epoch"]),
+            "selection_rule": cfg.eval.selection, "label_method": cfg.eval.label_method,
+            "kmeans_restarts": cfg.eval.kmeans_restarts, "kmeans_select": cfg.eval.kmeans_select,
+            "input_pca_weight": float(input_pca.weight) if input_pca is not None else 0.0,
+            "input_pca_components": int(input_pca.components.shape[0]) if input_pca is not None else 0,
+            "num_workers": cfg.run.num_workers, "seed": cfg.run.seed,
+            "k_rule": data.k_info["rule"] if data.k_info else "given", "time_prepare_s": t_prep,
+            "time_train_s": t_train,
+        }
+        if data.labels is not None:
+            metrics.update(score_labels(data.labels, labels))
+            metrics.update(oracle(history))  # reported for comparison with the paper only; never used to pick
+        metrics["time_total_s"] = time.perf_counter() - t_start
+        write_run(cfg, data, state, chosen, emb, labels, centroids, metrics, out, input_pca)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _finish(cfg: JojoConfig, data: PreparedData, state: dict, chosen: dict, emb: dict, labels: np.ndarray,
-            centroids: np.ndarray, metrics_base: dict, out: Path, t_start: float,
-            input_pca: InputPCA | None = None) -> RunResult:
-    """Metrics, outputs and tracking of a trained and labelled run."""
-    history = state["history"]
-    metrics: dict[str, Any] = {
-        "n_cells": int(data.x.shape[0]), "n_genes": int(data.x.shape[1]), "n_clusters": data.n_clusters,
-        "n_clusters_found": int(len(np.unique(labels))), "epochs": int(state["epochs"]),
-        "selected_epoch": int(state["selector"]["best_epoch"]) if cfg.eval.selection != "last" else int(state["epoch"]),
-        "selection_rule": cfg.eval.selection, "label_method": cfg.eval.label_method,
-        "kmeans_restarts": cfg.eval.kmeans_restarts, "kmeans_select": cfg.eval.kmeans_select,
-        "input_pca_weight": float(input_pca.weight) if input_pca is not None else 0.0,
-        "input_pca_components": int(input_pca.components.shape[0]) if input_pca is not None else 0,
-        "num_workers": cfg.run.num_workers, "seed": cfg.run.seed,
-        "k_rule": data.k_info["rule"] if data.k_info else "given", **metrics_base,
-    }
-    if data.labels is not None:
-        metrics.update(score_labels(data.labels, labels))
-        metrics.update(oracle(history))  # reported for comparison with the paper only; never used to pick
-    metrics["time_total_s"] = time.perf_counter() - t_start
-    write_run(cfg, data, state, chosen, emb, labels, centroids, metrics, out, input_pca)
     if cfg.run.tracking:
-        from jojoscl_dist.tracking.mlflow_log import log_run, tracking_uri
-
         try:
             log_run(cfg, metrics, history, out)
         except Exception as e:
             # The outputs stay valid and marked pending, the checkpoints stay: the same command retries the
             # logging without retraining (it resumes from the final checkpoint).
             raise TrackingError(f"training finished and outputs are in {out}, but MLflow logging to "
-                               f"{tracking_uri(cfg, out)} failed: {e.__class__.__name__}: {e}; rerun the same "
-                               f"command to retry (no retraining), or add --no-tracking") from e
+                                f"{tracking_uri(cfg, out)} failed: {e.__class__.__name__}: {e}; rerun the same "
+                                f"command to retry (no retraining), or add --no-tracking") from e
     run_dir.mark_finished(out)
     if not cfg.run.storage_path:
         shutil.rmtree(default_storage(cfg), ignore_errors=True)  # finished: nothing left to resume

@@ -520,7 +520,7 @@ def test_second_run_on_the_same_output_is_refused(tmp_path, capsys):
     p = write(counts(), tmp_path / "ok.h5ad")
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from jojoscl_dist.outputs.lock import RunLock; "
+        "import sys, time; from jojoscl_dist.outputs.run_dir import RunLock; "
         f"RunLock({str(tmp_path / '.out.lock')!r}, 'x').acquire(); print('held', flush=True); time.sleep(600)")],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     try:

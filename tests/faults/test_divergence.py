@@ -13,8 +13,8 @@ from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.errors import TrainingDiverged
 from jojoscl_dist.losses import objective
 from jojoscl_dist.train.__main__ import main as train_main
-from jojoscl_dist.train.checkpoint import latest_checkpoint, load_state
-from jojoscl_dist.train.divergence import DIVERGED_FILE, NONFINITE_CHECK_EVERY
+from jojoscl_dist.train.checkpoint import DIVERGED_FILE, latest_checkpoint, load_state
+from jojoscl_dist.train.loop import NONFINITE_CHECK_EVERY
 from jojoscl_dist.train.run import default_run_name, default_storage, run
 
 BATCH = 32  # Human_brain: 420 cells -> 13 steps per epoch

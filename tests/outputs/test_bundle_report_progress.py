@@ -14,7 +14,7 @@ from jojoscl_dist.data.preprocess import compute_stats
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.model import JojoSCL, build_model
 from jojoscl_dist.outputs import bundle, report
-from jojoscl_dist.train.progress import EpochProgress, epoch_line
+from jojoscl_dist.train.session import EpochProgress, epoch_line
 
 
 def small_bundle():

@@ -12,7 +12,7 @@ from ray.util.state.api import StateApiClient
 from ray.util.state.common import ListApiOptions, StateResource
 from jojoscl_dist.train.ray_session import ensure_ray
 
-ensure_ray(1, False)
+ensure_ray(1)
 
 @ray.remote(num_cpus=1)
 def f(i):
@@ -49,7 +49,7 @@ def local_ray():
 
     from jojoscl_dist.train.ray_session import ensure_ray
 
-    ensure_ray(1, False)
+    ensure_ray(1)
     yield ray
     ray.shutdown()
 

@@ -14,10 +14,9 @@ import torch
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import compute_stats, materialize
-from jojoscl_dist.train.checkpoint import load_state, save_state
+from jojoscl_dist.train.checkpoint import augment_seed, load_state, restore_generator, resume_scheduler, save_state
 from jojoscl_dist.train.loop import WorkerData, make_scheduler, train_worker
 from jojoscl_dist.train.session import LocalSession
-from jojoscl_dist.train.state import augment_seed, restore_generator, resume_scheduler
 
 STEPS = 13  # Human_brain, 420 cells at batch 32
 
@@ -105,7 +104,7 @@ def test_more_epochs_on_resume_move_the_selection_window(brain, monkeypatch):
 def test_restore_generator_reseeds_a_state_from_another_device(caplog):
     gen = torch.Generator(device="cpu").manual_seed(1)
     cuda_state = torch.zeros(16, dtype=torch.uint8)  # a CUDA (Philox) generator state: seed and offset
-    with caplog.at_level(logging.WARNING, logger="jojoscl_dist.train.state"):
+    with caplog.at_level(logging.WARNING, logger="jojoscl_dist.train.checkpoint"):
         assert not restore_generator(gen, cuda_state, "cuda", seed=3, epoch=2, rank=1)
     ref = torch.Generator(device="cpu").manual_seed(augment_seed(3, 2, 1))
     assert torch.equal(gen.get_state(), ref.get_state())
@@ -143,7 +142,7 @@ def test_checkpoint_from_a_gpu_resumes_on_cpu(brain, tmp_path, caplog):
             opt_devices.extend({t.device.type for s_ in self.state.values() for t in s_.values()
                                 if isinstance(t, torch.Tensor)})
 
-        with caplog.at_level(logging.WARNING, logger="jojoscl_dist.train.state"), \
+        with caplog.at_level(logging.WARNING, logger="jojoscl_dist.train.checkpoint"), \
                 pytest.MonkeyPatch.context() as mp:
             mp.setattr(torch.optim.Optimizer, "load_state_dict", load_and_look)
             train(cfg_for(4, "constant"), x, session=session)

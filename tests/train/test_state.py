@@ -8,9 +8,8 @@ import torch
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource, epoch_batch_count
 from jojoscl_dist.train.checkpoint import load_state
-from jojoscl_dist.train.divergence import NonFiniteWatch
-from jojoscl_dist.train.loop import (LOSS_NAMES, EvalCells, Views, WorkerData, evaluate, new_state, seed_everything,
-                                     train_epoch, train_worker)
+from jojoscl_dist.train.loop import (LOSS_NAMES, EvalCells, NonFiniteWatch, Views, WorkerData, evaluate, new_state,
+                                     seed_everything, train_epoch, train_worker)
 from jojoscl_dist.train.session import LocalSession
 
 CHECKPOINT_KEYS = {"schema", "epoch", "step", "epochs", "model", "key_encoder", "optimizer", "scheduler", "rng",
