@@ -358,34 +358,24 @@ def _env_source(container: dict, name: str) -> Any:
 def invariant_errors(doc: dict, ctx: Context) -> list[str]:
     """Project rules for one RayJob/RayCluster (empty list = all hold)."""
     kind, name = doc.get("kind"), doc.get("metadata", {}).get("name", "")
-    where, ray = f"{kind}/{name}", ray_version()
-    errs: list[str] = []
+    where, ray, max_name = f"{kind}/{name}", ray_version(), MAX_NAME_LENGTH.get(kind, 63)
     spec, groups = cluster_spec(doc), ray_groups(doc)
     head, workers = groups[0], groups[1:]
+    names, images = [g.name for g in workers], sorted({g.container.get("image", "") for g in groups})
+    rules = {  # KubeRay rejects the first three before creating anything
+        f"name must be a DNS-1035 label of at most {max_name} characters": DNS1035.match(name) and len(name) <= max_name,
+        f"duplicate worker groupName in {names}": len(set(names)) == len(names),
+        "no worker group": workers,
+        f"rayVersion {spec.get('rayVersion')!r} != ray pin in pyproject.toml {ray!r}": spec.get("rayVersion") == ray,
+        "authOptions.mode must be 'token' (Ray >= 2.59 expects token auth; KubeRay manages the token)":
+            spec.get("authOptions", {}).get("mode") == "token",
+        f"all Ray containers must use one image, found {images}": len(images) == 1,
+        f"head must have no GPU (no {GPU_RESOURCE}, rayStartParams num-gpus '0')":
+            not head.gpus and (head.spec.get("rayStartParams") or {}).get("num-gpus") == "0",
+    }
+    errs = [f"{where}: {msg}" for msg, ok in rules.items() if not ok]
 
-    # names (KubeRay rejects these before creating anything), Ray version, auth
-    if not DNS1035.match(name) or len(name) > MAX_NAME_LENGTH.get(kind, 63):
-        errs.append(f"{where}: name must be a DNS-1035 label of at most {MAX_NAME_LENGTH.get(kind, 63)} characters")
-    if spec.get("rayVersion") != ray:
-        errs.append(f"{where}: rayVersion {spec.get('rayVersion')!r} != ray pin in pyproject.toml {ray!r}")
-    if spec.get("authOptions", {}).get("mode") != "token":
-        errs.append(f"{where}: authOptions.mode must be 'token' (Ray >= 2.59 expects token auth; KubeRay manages the token)")
-
-    # worker groups (KubeRay validation)
-    names = [g.name for g in workers]
-    if len(set(names)) != len(names):
-        errs.append(f"{where}: duplicate worker groupName in {names}")
-    if not workers:
-        errs.append(f"{where}: no worker group")
-    for g in workers:
-        lo, hi = g.spec.get("minReplicas", 0), g.spec.get("maxReplicas", 2**31 - 1)
-        if not lo <= g.spec.get("replicas", lo) <= hi:
-            errs.append(f"{where}/{g.name}: need minReplicas <= replicas <= maxReplicas, got {lo}/{g.spec.get('replicas')}/{hi}")
-
-    # images: our image, one per cluster, tag carries the Ray version, GPU <-> CUDA flavour
-    images = sorted({g.container.get("image", "") for g in groups})
-    if len(images) != 1:
-        errs.append(f"{where}: all Ray containers must use one image, found {images}")
+    # images: ours, the tag carries the Ray version, GPU <-> CUDA flavour
     any_gpu = any(g.gpus for g in workers)
     for g in groups:
         image = g.container.get("image", "")
@@ -394,30 +384,27 @@ def invariant_errors(doc: dict, ctx: Context) -> list[str]:
         if not repo.endswith("/jojoscl-dist") or not m:
             errs.append(f"{where}/{g.name}: image {image!r} is not jojoscl-dist:<ver>-ray<X.Y.Z>-{PYTHON_TAG}-<cpu|cuNNN>")
             continue
-        if m["ray"] != ray:
-            errs.append(f"{where}/{g.name}: image {image!r} is built for Ray {m['ray']}, pyproject pins {ray}")
-        if m["py"] != PYTHON_TAG:
-            errs.append(f"{where}/{g.name}: image {image!r} is not a {PYTHON_TAG} image")
-        if any_gpu and m["flavor"] == "cpu":
-            errs.append(f"{where}/{g.name}: cluster has GPU workers but image {image!r} is the CPU build")
+        rules = {f"is built for Ray {m['ray']}, pyproject pins {ray}": m["ray"] == ray,
+                 f"is not a {PYTHON_TAG} image": m["py"] == PYTHON_TAG,
+                 "is the CPU build but the cluster has GPU workers": not any_gpu or m["flavor"] != "cpu"}
+        errs += [f"{where}/{g.name}: image {image!r} {msg}" for msg, ok in rules.items() if not ok]
 
-    # head: no GPU, schedules nothing; GPU groups: limits, toleration, consistent rayStartParams
-    if head.gpus or (head.spec.get("rayStartParams") or {}).get("num-gpus") != "0":
-        errs.append(f"{where}: head must have no GPU (no {GPU_RESOURCE}, rayStartParams num-gpus '0')")
+    # worker groups: replicas in range; GPU groups with limits, a toleration and consistent rayStartParams
     for g in workers:
+        lo, hi = g.spec.get("minReplicas", 0), g.spec.get("maxReplicas", 2**31 - 1)
         lim, req = g.resource("limits", GPU_RESOURCE), g.resource("requests", GPU_RESOURCE)
-        if req and lim != req:
-            errs.append(f"{where}/{g.name}: {GPU_RESOURCE} requests ({req}) must equal limits ({lim})")
-        if not g.gpus:
-            continue
-        if not lim:
-            errs.append(f"{where}/{g.name}: GPU group must set {GPU_RESOURCE} in resources.limits")
-        if not any(t.get("key") == GPU_RESOURCE and t.get("effect") in (None, "", "NoSchedule")
-                   for t in g.pod.get("tolerations") or []):
-            errs.append(f"{where}/{g.name}: GPU group needs a toleration for the {GPU_RESOURCE} taint")
         ngpus = (g.spec.get("rayStartParams") or {}).get("num-gpus")
-        if ngpus is not None and Decimal(ngpus) != lim:
-            errs.append(f"{where}/{g.name}: rayStartParams num-gpus {ngpus} != {GPU_RESOURCE} limit {lim}")
+        tolerated = any(t.get("key") == GPU_RESOURCE and t.get("effect") in (None, "", "NoSchedule")
+                        for t in g.pod.get("tolerations") or [])
+        rules = {
+            f"need minReplicas <= replicas <= maxReplicas, got {lo}/{g.spec.get('replicas')}/{hi}":
+                lo <= g.spec.get("replicas", lo) <= hi,
+            f"{GPU_RESOURCE} requests ({req}) must equal limits ({lim})": not req or lim == req,
+            f"GPU group must set {GPU_RESOURCE} in resources.limits": not g.gpus or lim,
+            f"GPU group needs a toleration for the {GPU_RESOURCE} taint": not g.gpus or tolerated,
+            f"rayStartParams num-gpus {ngpus} != {GPU_RESOURCE} limit {lim}": not g.gpus or ngpus is None or Decimal(ngpus) == lim,
+        }
+        errs += [f"{where}/{g.name}: {msg}" for msg, ok in rules.items() if not ok]
 
     # resources: CPU/memory limits set (Ray sizes itself from them), requests <= limits
     for g in groups:
@@ -459,39 +446,29 @@ def invariant_errors(doc: dict, ctx: Context) -> list[str]:
 
 def _rayjob_errors(doc: dict, where: str, workers: list[RayGroup], shared_path: str | None) -> list[str]:
     """RayJob lifecycle, retry => resume, entrypoint against its CLI and the cluster."""
-    job, errs = doc.get("spec", {}), []
-    if job.get("clusterSelector"):
-        errs.append(f"{where}: uses clusterSelector; these jobs must bring their own rayClusterSpec")
-    if not job.get("shutdownAfterJobFinishes"):
-        errs.append(f"{where}: shutdownAfterJobFinishes must be true (a finished job must not hold GPUs)")
-    if job.get("ttlSecondsAfterFinished", 0) < 0:
-        errs.append(f"{where}: ttlSecondsAfterFinished must be >= 0")
-    if job.get("activeDeadlineSeconds", 1) <= 0:
-        errs.append(f"{where}: activeDeadlineSeconds must be > 0")
-    backoff = job.get("backoffLimit", 0)
-    ep = parse_entrypoint(job.get("entrypoint", ""))
-    errs += [f"{where}: {e}" for e in ep.errors]
-    if ep.module == "jojoscl_dist.train" and backoff < 1:
-        errs.append(f"{where}: training job needs backoffLimit >= 1 so a failed run is retried (and resumed)")
-    if backoff >= 1:
-        errs += [f"{where}: backoffLimit {backoff} but no {f}: a retry would not resume"
-                 for f in ("--storage-path", "--run-name") if f not in ep.args]
-    if shared_path:
-        errs += [f"{where}: {f} {ep.args[f]} is not on the shared PVC ({shared_path})" for f in PATH_FLAGS
-                 if isinstance(ep.args.get(f), str) and not ep.args[f].startswith(shared_path.rstrip("/") + "/")]
+    job, ep = doc.get("spec", {}), parse_entrypoint(doc.get("spec", {}).get("entrypoint", ""))
+    backoff, use_gpu = job.get("backoffLimit", 0), ep.args.get("--use-gpu") is True
     gpu_capacity = sum(g.gpus * g.pods for g in workers)
-    use_gpu = ep.args.get("--use-gpu") is True
-    if use_gpu and not gpu_capacity:
-        errs.append(f"{where}: --use-gpu but no worker group with {GPU_RESOURCE}")
-    if gpu_capacity and not use_gpu:
-        errs.append(f"{where}: GPU workers requested but the entrypoint does not pass --use-gpu")
-    if isinstance(ep.args.get("--num-workers"), int):
-        n = ep.args["--num-workers"]
-        capacity, unit = (gpu_capacity, "GPUs") if use_gpu else (
-            int(sum(g.resource("limits", "cpu") * g.pods for g in workers)), "worker CPUs")
-        if not 1 <= n <= capacity:
-            errs.append(f"{where}: --num-workers {n} does not fit the {capacity} {unit} of the workers")
-    return errs
+    cpu_capacity = int(sum(g.resource("limits", "cpu") * g.pods for g in workers))
+    capacity, unit = (gpu_capacity, "GPUs") if use_gpu else (cpu_capacity, "worker CPUs")
+    n = ep.args.get("--num-workers")
+    rules = {
+        "uses clusterSelector; these jobs must bring their own rayClusterSpec": not job.get("clusterSelector"),
+        "shutdownAfterJobFinishes must be true (a finished job must not hold GPUs)": job.get("shutdownAfterJobFinishes"),
+        "ttlSecondsAfterFinished must be >= 0": job.get("ttlSecondsAfterFinished", 0) >= 0,
+        "activeDeadlineSeconds must be > 0": job.get("activeDeadlineSeconds", 1) > 0,
+        "training job needs backoffLimit >= 1 so a failed run is retried (and resumed)":
+            ep.module != "jojoscl_dist.train" or backoff >= 1,
+        **{f"backoffLimit {backoff} but no {f}: a retry would not resume": backoff < 1 or f in ep.args
+           for f in ("--storage-path", "--run-name")},
+        **{f"{f} {ep.args.get(f)} is not on the shared PVC ({shared_path})":
+           not shared_path or not isinstance(ep.args.get(f), str) or ep.args[f].startswith(shared_path.rstrip("/") + "/")
+           for f in PATH_FLAGS},
+        f"--use-gpu but no worker group with {GPU_RESOURCE}": not use_gpu or gpu_capacity,
+        "GPU workers requested but the entrypoint does not pass --use-gpu": not gpu_capacity or use_gpu,
+        f"--num-workers {n} does not fit the {capacity} {unit} of the workers": not isinstance(n, int) or 1 <= n <= capacity,
+    }
+    return [f"{where}: {e}" for e in ep.errors] + [f"{where}: {msg}" for msg, ok in rules.items() if not ok]
 
 
 # --------------------------------------------------------------------------- pod security, image pins
@@ -648,8 +625,7 @@ def dockerfile_pins(df: DockerfileParser) -> dict[str, str]:
 
 def dockerfile_errors(df: DockerfileParser, flavour: str) -> list[str]:
     """Pins of an infra Dockerfile against pyproject.toml (empty list = consistent)."""
-    errs: list[str] = []
-    extras_wanted, faiss_wanted, faiss_forbidden = DOCKER_FLAVOURS[flavour]  # project extras, faiss wanted/forbidden
+    extras, faiss_wanted, faiss_forbidden = DOCKER_FLAVOURS[flavour]
     ray, torch, reqs, pins = ray_version(), exact_pin("torch"), requirements(), dockerfile_pins(df)
     if len(df.parent_images) != 1:
         return [f"expected one FROM, found {df.parent_images}"]
@@ -657,40 +633,35 @@ def dockerfile_errors(df: DockerfileParser, flavour: str) -> list[str]:
     m = re.fullmatch(r"(?P<ray>\d+\.\d+\.\d+)-(?P<py>py\d+)-(?P<flavor>cpu|cu\d+)", tag)
     if repo != "rayproject/ray" or not m:
         return [f"base {df.parent_images[0]!r} is not rayproject/ray:<ray>-py<xy>-<cpu|cuNNN>"]
-    if m["ray"] != ray:
-        errs.append(f"base image is Ray {m['ray']}, pyproject pins ray=={ray}")
-    py = f"{m['py'][2]}.{m['py'][3:]}"
-    if m["py"] != PYTHON_TAG or not SpecifierSet(pyproject()["requires-python"]).contains(py):
-        errs.append(f"base image Python {py} is not the project's {PYTHON_TAG}")
-    if df.args.get("TORCH_VERSION") != torch:
-        errs.append(f"ARG TORCH_VERSION={df.args.get('TORCH_VERSION')} != pyproject torch=={torch}")
-    pinned = pins.get("torch", "")
+    py, pinned, index = f"{m['py'][2]}.{m['py'][3:]}", pins.get("torch", ""), df.args.get("TORCH_INDEX_URL", "")
     local = pinned.partition("+")[2]
-    if not pinned or not reqs["torch"].contains(pinned):
-        errs.append(f"torch=={pinned} does not satisfy pyproject torch=={torch}")
-    index = df.args.get("TORCH_INDEX_URL", "")
-    if not index.startswith("https://download.pytorch.org/whl/") or index.rsplit("/", 1)[-1] != local:
-        errs.append(f"torch index {index!r} does not serve the +{local} build")
-    if flavour == "cpu" and (m["flavor"] != "cpu" or local != "cpu"):
-        errs.append(f"CPU image must use the -cpu base and torch +cpu (got {m['flavor']}, +{local})")
-    if flavour == "cuda" and (not re.fullmatch(r"cu12\d", local) or local != m["flavor"]):
-        errs.append(f"torch +{local} and base -{m['flavor']} must be the same CUDA 12 build (faiss-gpu links CUDA 12)")
     installs = re.findall(r'pip install [^\n]*?"\./\[([a-z,]+)\]"', df.content)
-    if installs != [extras_wanted]:
-        errs.append(f'must install the project once as "./[{extras_wanted}]", found {installs}')
     chosen = {canonicalize_name(Requirement(r).name)
-              for e in extras_wanted.split(",") for r in pyproject()["optional-dependencies"].get(e, [])}
-    if faiss_wanted not in chosen or faiss_forbidden in chosen:
-        errs.append(f"extras {extras_wanted} must bring {faiss_wanted} and not {faiss_forbidden}")
-    if faiss_forbidden in pins or re.search(rf"pip install[^\n]*\b{faiss_forbidden}\b", df.content):
-        errs.append(f"{faiss_forbidden} must never be installed in the {flavour} image")
-    errs += [f"pins {name}=={version}, which pyproject.toml does not list" if name not in reqs else
-             f"{name}=={version} violates pyproject's {name}{reqs[name]}"
-             for name, version in pins.items() if name not in reqs or not reqs[name].contains(version)]
-    errs += [f"build-time sanity check lacks {needle!r}" for needle in
-             (f"v['ray'] == '{ray}'", "sys.version_info[:2] == (3, 11)", "pip check", f"'{faiss_forbidden}' not in")
-             if needle not in df.content]
-    return errs
+              for e in extras.split(",") for r in pyproject()["optional-dependencies"].get(e, [])}
+    rules = {
+        f"base image is Ray {m['ray']}, pyproject pins ray=={ray}": m["ray"] == ray,
+        f"base image Python {py} is not the project's {PYTHON_TAG}":
+            m["py"] == PYTHON_TAG and SpecifierSet(pyproject()["requires-python"]).contains(py),
+        f"ARG TORCH_VERSION={df.args.get('TORCH_VERSION')} != pyproject torch=={torch}": df.args.get("TORCH_VERSION") == torch,
+        f"torch=={pinned} does not satisfy pyproject torch=={torch}": pinned and reqs["torch"].contains(pinned),
+        f"torch index {index!r} does not serve the +{local} build":
+            index.startswith("https://download.pytorch.org/whl/") and index.rsplit("/", 1)[-1] == local,
+        f"CPU image must use the -cpu base and torch +cpu (got {m['flavor']}, +{local})":
+            flavour != "cpu" or m["flavor"] == local == "cpu",
+        f"torch +{local} and base -{m['flavor']} must be the same CUDA 12 build (faiss-gpu links CUDA 12)":
+            flavour != "cuda" or re.fullmatch(r"cu12\d", local) and local == m["flavor"],
+        f'must install the project once as "./[{extras}]", found {installs}': installs == [extras],
+        f"extras {extras} must bring {faiss_wanted} and not {faiss_forbidden}":
+            faiss_wanted in chosen and faiss_forbidden not in chosen,
+        f"{faiss_forbidden} must never be installed in the {flavour} image":
+            faiss_forbidden not in pins and not re.search(rf"pip install[^\n]*\b{faiss_forbidden}\b", df.content),
+        **{f"pins {name}=={version}, which pyproject.toml does not list" if name not in reqs else
+           f"{name}=={version} violates pyproject's {name}{reqs[name]}": name in reqs and reqs[name].contains(version)
+           for name, version in pins.items()},
+        **{f"build-time sanity check lacks {needle!r}": needle in df.content for needle in
+           (f"v['ray'] == '{ray}'", "sys.version_info[:2] == (3, 11)", "pip check", f"'{faiss_forbidden}' not in")},
+    }
+    return [msg for msg, ok in rules.items() if not ok]
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience CLI
