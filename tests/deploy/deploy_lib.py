@@ -71,13 +71,11 @@ def pyproject() -> dict:
 @functools.cache
 def requirements() -> dict[str, SpecifierSet]:
     """canonical name -> specifier, over dependencies and every extra."""
-    out: dict[str, SpecifierSet] = {}
-    for line in [*pyproject()["dependencies"], *sum(pyproject()["optional-dependencies"].values(), [])]:
-        req = Requirement(line)
-        name = canonicalize_name(req.name)
-        if name in out and str(out[name]) != str(req.specifier):
-            raise ValueError(f"pyproject.toml pins {name} twice differently: {out[name]} / {req.specifier}")
-        out[name] = req.specifier
+    reqs = [Requirement(r) for r in [*pyproject()["dependencies"], *sum(pyproject()["optional-dependencies"].values(), [])]]
+    out = {canonicalize_name(r.name): r.specifier for r in reqs}
+    twice = [str(r) for r in reqs if str(r.specifier) != str(out[canonicalize_name(r.name)])]
+    if twice:
+        raise ValueError(f"pyproject.toml pins a package twice differently: {twice}")
     return out
 
 
@@ -179,8 +177,10 @@ def _list_map_keys(validator, keys, instance, schema):
     defaults = {k: schema.get("items", {}).get("properties", {}).get(k, {}).get("default") for k in keys}
     seen: dict[tuple, int] = {}
     for i, item in enumerate(instance):
-        key = tuple(item.get(k, defaults[k]) for k in keys) if isinstance(item, dict) else None
-        if key is not None and key in seen:
+        if not isinstance(item, dict):
+            continue  # the items schema reports it
+        key = tuple(item.get(k, defaults[k]) for k in keys)
+        if key in seen:
             yield ValidationError(f"duplicate list-map key {dict(zip(keys, key))} (items {seen[key]} and {i})")
         seen.setdefault(key, i)
 
@@ -290,12 +290,8 @@ def split_image(image: str) -> tuple[str, str]:
 PATH_FLAGS = ("--data", "--output", "--storage-path")
 
 
-class _ArgError(Exception):
-    pass
-
-
 def _raise(message: str):
-    raise _ArgError(message)
+    raise argparse.ArgumentError(None, message)
 
 
 @dataclass
@@ -324,7 +320,7 @@ def parse_entrypoint(entrypoint: str) -> Entrypoint:
     parser.error = _raise  # an error line instead of sys.exit(2)
     try:
         values = vars(parser.parse_args(argv))
-    except _ArgError as exc:
+    except argparse.ArgumentError as exc:
         return Entrypoint(module, errors=[f"{module}: {exc}"])
     given = Counter(t.split("=", 1)[0] for t in argv if t.startswith("-"))
     ep = Entrypoint(module, errors=[f"{module}: {f} given twice" for f, n in given.items() if n > 1])
