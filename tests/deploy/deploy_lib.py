@@ -398,7 +398,8 @@ def invariant_errors(doc: dict, ctx: Context) -> list[str]:
             f"{GPU_RESOURCE} requests ({req}) must equal limits ({lim})": not req or lim == req,
             f"GPU group must set {GPU_RESOURCE} in resources.limits": not g.gpus or lim,
             f"GPU group needs a toleration for the {GPU_RESOURCE} taint": not g.gpus or tolerated,
-            f"rayStartParams num-gpus {ngpus} != {GPU_RESOURCE} limit {lim}": not g.gpus or ngpus is None or Decimal(ngpus) == lim,
+            f"rayStartParams num-gpus {ngpus} != {GPU_RESOURCE} limit {lim}":
+                not g.gpus or ngpus is None or Decimal(ngpus) == lim,
         }
         errs += [f"{where}/{g.name}: {msg}" for msg, ok in rules.items() if not ok]
 

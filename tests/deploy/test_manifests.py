@@ -372,7 +372,8 @@ def test_check_rejects_broken_manifest(ctx, check, case):
     spec = BREAKS[check][case]
     workload, ops, expected = spec if len(spec) == 3 else ("train", *spec)
     docs = rendered("overlays/gpu")
-    i = docs.index(L.find(docs, "NetworkPolicy", f"jojoscl-{workload}") if check == "network" else L.find(docs, *WORKLOADS[workload]))
+    target = ("NetworkPolicy", f"jojoscl-{workload}") if check == "network" else WORKLOADS[workload]
+    i = docs.index(L.find(docs, *target))
     assert CHECKS[check](docs, docs[i], ctx) == []
     doc = None if ops is None else broken(docs[i], ops)
     docs[i:i + 1] = [] if doc is None else [doc]
