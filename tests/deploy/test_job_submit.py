@@ -1,9 +1,8 @@
-"""`ray job submit --working-dir . -- python -m jojoscl_dist.train` against a real head started by the test.
+"""`ray job submit --working-dir .` of the trainer and of a sweep, against a real head started by the test.
 
-The head runs in its own process group (`ray start --head --block`) with its own temp dir and free loopback
-ports, and is stopped by killing that group: never `ray stop`, which would stop every Ray on the machine.
-Ray 2.60 enables token auth by default; a plain submit then fails, so both sides run with RAY_AUTH_MODE=disabled
-(docs/deploy.md explains the token alternative).
+The head has its own process group, temp dir and free loopback ports, and is stopped by killing that group (never
+`ray stop`, which stops every Ray on the machine). Both sides run with RAY_AUTH_MODE=disabled: with Ray 2.60's
+default token auth a plain submit fails (docs/deploy.md explains the token setup).
 """
 
 import json
@@ -57,26 +56,25 @@ def ray_head():
         os.killpg(head.pid, signal.SIGKILL)
 
 
-def submit(address: str, env: dict, entrypoint: list[str]) -> subprocess.CompletedProcess:
+def submit(address: str, env: dict, entrypoint: list[str]) -> None:
+    """`ray job submit`, which must succeed."""
     cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--", *entrypoint]
     deadline = time.time() + 240
     while True:
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
         # The head answers `job list` before its node's job agent has registered; a loaded machine can take minutes.
         if "No available agent" not in r.stdout + r.stderr or time.time() > deadline:
-            return r
+            break
         time.sleep(3)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert "succeeded" in (r.stdout + r.stderr).lower()
 
 
 @pytest.mark.ray
 def test_job_submit_trains(ray_head, data_dir, tmp_path):
-    address, env = ray_head
     out = tmp_path / "job-run"
-    r = submit(address, env, ["python", "-m", "jojoscl_dist.train", "--data", str(data_dir / "Yan.h5ad"),
-                              "--label-key", "cell_type", "--num-workers", "2", "--epochs", "5", "--output",
-                              str(out), "--no-tracking"])
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
-    assert "succeeded" in (r.stdout + r.stderr).lower()
+    submit(*ray_head, ["python", "-m", "jojoscl_dist.train", "--data", str(data_dir / "Yan.h5ad"), "--label-key",
+                       "cell_type", "--num-workers", "2", "--epochs", "5", "--output", str(out), "--no-tracking"])
     final = json.loads((out / "metrics.json").read_text())["final"]
     assert final["num_workers"] == 2 and final["n_clusters_found"] == 7 and final["epochs"] == 5
 
@@ -84,15 +82,10 @@ def test_job_submit_trains(ray_head, data_dir, tmp_path):
 @pytest.mark.ray
 def test_job_submit_sweep(ray_head, data_dir, tmp_path):
     """A short sweep as a Ray job: the driver joins the head's cluster (RAY_ADDRESS), trials run as Train runs there."""
-    address, env = ray_head
     out = tmp_path / "sweep"
-    r = submit(address, env, ["python", "-m", "tune.sweep", "--data", str(data_dir / "Yan.h5ad"), "--label-key",
-                              "cell_type", "--num-samples", "2", "--epochs", "3", "--scheduler", "fifo",
-                              "--output", str(out)])
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
-    assert "succeeded" in (r.stdout + r.stderr).lower()
-    summary = json.loads((out / "summary.json").read_text())
+    submit(*ray_head, ["python", "-m", "tune.sweep", "--data", str(data_dir / "Yan.h5ad"), "--label-key", "cell_type",
+                       "--num-samples", "2", "--epochs", "3", "--scheduler", "fifo", "--output", str(out)])
     assert (out / "best.yaml").exists() and (out / "best_run" / "labels.csv").exists()
     trials = (out / "trials.csv").read_text().strip().splitlines()
     assert len(trials) == 1 + 2, trials  # header + one row per trial
-    assert summary["best_run_n_clusters_found"] == 7
+    assert json.loads((out / "summary.json").read_text())["best_run_n_clusters_found"] == 7
