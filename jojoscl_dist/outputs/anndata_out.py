@@ -1,6 +1,6 @@
-"""Results back into the user's AnnData: a copy of the input with obs[key] (categorical clusters; missing for
-cells the run could not use), obsm['X_jojoscl'] (z; NaN rows for those) and uns['jojoscl'] (parameters and
-metrics). Written as h5ad, or Zarr for Zarr input; never over the input, nor over a file we did not write."""
+"""Results back into the user's AnnData: a copy of the input with obs[key] (categorical clusters; 'unassigned'
+for cells the run could not use), obsm['X_jojoscl'] (z; zero rows for those, so that scanpy's neighbours and UMAP
+take it as it is) and uns['jojoscl'] (parameters and metrics). Written as h5ad, or Zarr for Zarr input; never over the input, nor over a file we did not write."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from jojoscl_dist.errors import JojoInputError
 DEFAULT_KEY = "jojoscl_cluster"
 EMBEDDING_KEY = "X_jojoscl"
 SUFFIX = ".jojoscl"
+UNASSIGNED = "unassigned"  # cells with no counts after gene filtering: no embedding to cluster
 
 
 def is_zarr(path: str | Path) -> bool:
@@ -73,15 +74,16 @@ def _plain(v: Any) -> Any:
 
 
 def cluster_categorical(labels: np.ndarray, cell_mask: np.ndarray | None = None) -> pd.Categorical:
-    """Cluster ids as a categorical '0', '1', ..., '10' in numeric order, missing outside ``cell_mask``; built from
-    codes, so no Python string per cell (atlases)."""
+    """Cluster ids as a categorical '0', '1', ..., '10' in numeric order, 'unassigned' outside ``cell_mask``; built
+    from codes, so no Python string per cell (atlases)."""
     labels = np.asarray(labels)
     ids, codes = np.unique(labels, return_inverse=True)
-    if cell_mask is not None:
-        full = np.full(len(cell_mask), -1, dtype=np.int64)
+    categories = [str(v) for v in ids]
+    if cell_mask is not None and not np.all(cell_mask):
+        full = np.full(len(cell_mask), len(ids), dtype=np.int64)
         full[np.asarray(cell_mask, dtype=bool)] = codes
-        codes = full
-    return pd.Categorical.from_codes(codes, categories=[str(v) for v in ids])
+        codes, categories = full, categories + [UNASSIGNED]
+    return pd.Categorical.from_codes(codes, categories=categories)
 
 
 def annotate(adata: ad.AnnData, cell_mask: np.ndarray, labels: np.ndarray, embedding: np.ndarray,
@@ -98,7 +100,7 @@ def annotate(adata: ad.AnnData, cell_mask: np.ndarray, labels: np.ndarray, embed
     if cell_mask.all():  # every cell kept (always so for a prepared store): the embedding as given, maybe Dask
         emb = embedding
     else:
-        emb = np.full((adata.n_obs, embedding.shape[1]), np.nan, dtype=np.float32)
+        emb = np.zeros((adata.n_obs, embedding.shape[1]), dtype=np.float32)
         emb[cell_mask] = np.asarray(embedding)
     out.obsm[EMBEDDING_KEY] = emb
     out.uns["jojoscl"] = _plain({"obs_key": key, "embedding_key": EMBEDDING_KEY,

@@ -32,11 +32,12 @@ def test_annotate_places_results_and_leaves_input_alone():
     assert out.n_obs == a.n_obs and "clu" not in a.obs and "X_jojoscl" not in a.obsm  # input untouched
     col = out.obs["clu"]
     assert isinstance(col.dtype, pd.CategoricalDtype)
-    assert col.isna().sum() == 2 and pd.isna(col.iloc[3]) and pd.isna(col.iloc[17])
-    np.testing.assert_array_equal(col[mask].astype(int).to_numpy(), labels)
+    assert col.notna().all() and (col == "unassigned").sum() == 2 and col.iloc[3] == col.iloc[17] == "unassigned"
+    np.testing.assert_array_equal(col[mask].astype(str).astype(int).to_numpy(), labels)
     assert list(col.cat.categories[:3]) == ["0", "1", "2"]  # numeric order, not "0","1","10"
+    assert col.cat.categories[-1] == "unassigned"
     emb = out.obsm["X_jojoscl"]
-    assert np.isnan(emb[~mask]).all() and np.allclose(emb[mask], z)
+    assert np.isfinite(emb).all() and (emb[~mask] == 0).all() and np.allclose(emb[mask], z)
     assert out.uns["jojoscl"]["n_unassigned"] == 2 and out.uns["jojoscl"]["params"]["none"] == "None"
     with pytest.raises(ValueError, match="shape mismatch"):
         anndata_out.annotate(a, mask, labels[:-1], z[:-1])
@@ -57,12 +58,13 @@ def test_write_h5ad_roundtrip_and_scanpy(tmp_path):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary left behind
 
 
-def test_dropped_cells_subset_works_with_scanpy(tmp_path):
+def test_a_copy_with_dropped_cells_takes_scanpy_neighbours_and_umap_whole(tmp_path):
     a, mask, labels, z = toy()
     out = anndata_out.annotate(a, mask, labels, z)
-    kept = out[out.obs["jojoscl_cluster"].notna()].copy()
-    sc.pp.neighbors(kept, use_rep="X_jojoscl", n_neighbors=5)
-    assert kept.n_obs == a.n_obs - 2
+    sc.pp.neighbors(out, use_rep="X_jojoscl", n_neighbors=5)
+    sc.tl.umap(out, random_state=0)
+    assert np.isfinite(out.obsm["X_umap"]).all() and out.obsm["X_umap"].shape == (a.n_obs, 2)
+    assert (out.obs["jojoscl_cluster"] != "unassigned").sum() == a.n_obs - 2
 
 
 def test_write_refuses_input_and_existing(tmp_path):
@@ -89,4 +91,4 @@ def test_zarr_input_gives_zarr_output(tmp_path):
     assert target.name == "in.jojoscl.zarr"
     anndata_out.write(anndata_out.annotate(a, mask, labels, z), target, input_path=src)
     back = ad.read_zarr(target)
-    assert back.obs["jojoscl_cluster"].isna().sum() == 2
+    assert (back.obs["jojoscl_cluster"] == "unassigned").sum() == 2
