@@ -23,6 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata.utils import make_index_unique
 
+from jojoscl_dist import __version__
 from jojoscl_dist.cluster.final import final_labels
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import PreprocessStats, as_float, iter_row_chunks
@@ -132,6 +133,7 @@ def predict(b: ModelBundle, adata: ad.AnnData, chunk_size: int = 4096, *,
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jojoscl_dist.predict",
                                 description="Assign new cells to the clusters of a trained JojoSCL run.")
+    p.add_argument("--version", action="version", version=f"jojoscl-dist {__version__}")
     p.add_argument("--model", required=True, help="run directory (the --output of training), its model/ folder "
                    "or model.pt")
     p.add_argument("--data", required=True, help="new cells: .h5ad, .h5, .zarr, 10x (same gene identifiers)")

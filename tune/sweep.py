@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from jojoscl_dist import __version__
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.outputs import run_dir
@@ -42,6 +43,7 @@ LABEL_FREE_SCORES = ("select_silhouette", "select_input_silhouette", "select_sta
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tune.sweep", description="Ray Tune sweep of JojoSCL "
                                 "hyper-parameters; every trial is tracked in MLflow.")
+    p.add_argument("--version", action="version", version=f"jojoscl-dist {__version__}")
     p.add_argument("--data", required=True, help="input data set (.h5ad, .h5, 10x, .zarr)")
     p.add_argument("--num-samples", type=int, required=True, help="number of trials")
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha", help="asha stops weak trials early")

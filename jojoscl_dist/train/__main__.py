@@ -7,6 +7,7 @@ import logging
 import sys
 import warnings
 
+from jojoscl_dist import __version__
 from jojoscl_dist.config import ConfigValueError, JojoConfig
 from jojoscl_dist.data.preprocess import TARGET_SUM_HELP, target_sum_arg
 from jojoscl_dist.errors import JojoInputError, TrackingError, TrainingFailed
@@ -69,6 +70,7 @@ OPTIONS: list[tuple[str, str, type, str]] = [
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jojoscl_dist.train", description="Train JojoSCL on Ray Train and "
                                 "write label-free clusters.")
+    p.add_argument("--version", action="version", version=f"jojoscl-dist {__version__}")
     p.add_argument("--config", help="YAML/JSON config file (e.g. a sweep's best.yaml); flags override it")
     for flag, key, tp, help_ in OPTIONS:
         p.add_argument(flag, dest=key, type=tp, default=None, help=help_)
