@@ -46,7 +46,7 @@ class DataConfig:
     target_sum: float | str = "auto"
     scale_clip: float | None = None  # per-gene z-score clipping (reference: none; 10 measured: docs/decisions.md)
     chunk_size: int = 4096  # rows per streaming chunk for preprocessing statistics
-    # Atlas scale (prepared Zarr stores; see jojoscl_dist/prepare.py and docs/benchmarks.md "Scale")
+    # Atlas scale (prepared Zarr stores; see jojoscl_dist/data/zarr_store.py and docs/benchmarks.md "Scale")
     store_chunk_rows: int = 2048  # ours: rows per chunk of a prepared store's X (16 MB at 2000 HVG)
     shuffle_buffer_chunks: int = 8  # ours: chunks whose rows are shuffled together when streaming a store
     prefetch_batches: int = 4  # batches read ahead in a background thread
