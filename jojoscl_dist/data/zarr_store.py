@@ -101,42 +101,36 @@ class ZarrSource:
                                  f"--overwrite to rebuild the store")
 
     def read_range(self, start: int, stop: int) -> np.ndarray:
-        try:
-            block = self.x[start:stop]
-        except Exception as e:  # a corrupt chunk fails to decode: find and name it
-            self._raise_bad_chunk(start, stop, e)
-        if np.isnan(block).any():
-            bad = int(np.flatnonzero(np.isnan(block).any(axis=1))[0]) + start
-            raise JojoInputError(f"chunk {_chunk_key(self.x, (bad // self.chunk_rows, 0))} in {self.path} is "
-                                 f"missing or holds NaN (row {bad}); the store is damaged: rebuild it with python -m "
-                                 f"jojoscl_dist.prepare --overwrite")
-        return np.asarray(block, dtype=np.float32)
-
-    def _raise_bad_chunk(self, start: int, stop: int, err: Exception):
-        for i in range(start // self.chunk_rows, (stop - 1) // self.chunk_rows + 1):
-            try:
-                self.x[i * self.chunk_rows:min((i + 1) * self.chunk_rows, self.shape[0])]
-            except Exception as e:
-                raise JojoInputError(f"chunk {_chunk_key(self.x, (i, 0))} in {self.path} is corrupt "
-                                     f"({e.__class__.__name__}: {e}); rebuild the store with python -m "
-                                     f"jojoscl_dist.prepare --overwrite") from e
-        raise JojoInputError(f"could not read rows {start}-{stop} of {self.path}: {err}") from err
+        return self._read(slice(start, stop), np.arange(start, stop))
 
     def rows(self, idx: np.ndarray | slice) -> np.ndarray:
         if isinstance(idx, slice):
             start, stop, step = idx.indices(self.shape[0])
             return self.read_range(start, stop)[::step]
-        idx = np.asarray(idx)
-        lo, hi = (int(idx.min()), int(idx.max()) + 1) if idx.size else (0, 0)
-        if hi - lo <= 4 * idx.size:  # dense enough: one contiguous read, then pick
-            return self.read_range(lo, hi)[idx - lo]
-        out = np.empty((idx.size, self.shape[1]), np.float32)
-        chunk_of = idx // self.chunk_rows
-        for c in np.unique(chunk_of):  # each chunk decoded once
-            at = np.flatnonzero(chunk_of == c)
-            c0 = int(c) * self.chunk_rows
-            out[at] = self.read_range(c0, min(c0 + self.chunk_rows, self.shape[0]))[idx[at] - c0]
-        return out
+        idx = np.asarray(idx, dtype=np.int64)
+        return self._read(idx, idx)  # zarr decodes each chunk it needs once, whatever the order of idx
+
+    def _read(self, sel: slice | np.ndarray, row_ids: np.ndarray) -> np.ndarray:
+        """Rows ``sel`` of X (rows ``row_ids``), float32; a chunk that is corrupt, missing or holds NaN is named."""
+        try:
+            block = self.x.oindex[sel]
+        except Exception as err:  # a corrupt chunk fails to decode: find and name it
+            for i in np.unique(row_ids // self.chunk_rows):
+                try:
+                    self.x[i * self.chunk_rows:min((i + 1) * self.chunk_rows, self.shape[0])]
+                except Exception as e:
+                    raise JojoInputError(f"chunk {_chunk_key(self.x, (int(i), 0))} in {self.path} is corrupt "
+                                         f"({e.__class__.__name__}: {e}); rebuild the store with python -m "
+                                         f"jojoscl_dist.prepare --overwrite") from e
+            raise JojoInputError(f"could not read rows {row_ids.min()}-{row_ids.max() + 1} of {self.path}: "
+                                 f"{err}") from err
+        nan = np.isnan(block).any(axis=1)
+        if nan.any():
+            bad = int(row_ids[np.argmax(nan)])
+            raise JojoInputError(f"chunk {_chunk_key(self.x, (bad // self.chunk_rows, 0))} in {self.path} is "
+                                 f"missing or holds NaN (row {bad}); the store is damaged: rebuild it with python -m "
+                                 f"jojoscl_dist.prepare --overwrite")
+        return np.asarray(block, dtype=np.float32)
 
 
 @contextmanager
