@@ -166,14 +166,38 @@ def test_no_import_cycles(graph):
     assert not cycles, "import circles:\n" + "\n".join(describe(c, graph) for c in cycles)
 
 
+def package_graph(graph: dict[str, dict[str, int]], roots: tuple[str, ...] = ("jojoscl_dist",)) -> dict[str, dict]:
+    """The graph between packages: a module of ``roots`` belongs to its subpackage or is one (``jojoscl_dist.data``,
+    ``jojoscl_dist.prepare``), any other to its top-level package (``tune``); each edge names one module edge."""
+    def package(m: str) -> str:
+        parts = m.split(".")
+        return ".".join(parts[:2]) if parts[0] in roots else parts[0]
+
+    out: dict[str, dict] = {}
+    for a, targets in graph.items():
+        out.setdefault(package(a), {})
+        for b, line in targets.items():
+            if package(b) != package(a):
+                out[package(a)].setdefault(package(b), f"{a} (line {line}) imports {b}")
+    return out
+
+
+def test_no_package_import_cycles(graph):
+    """Packages are layers too: no circle through their modules even where no module imports itself back."""
+    pg = package_graph(graph)
+    cycles = find_cycles(pg)
+    assert not cycles, "package import circles:\n" + "\n".join(
+        "; ".join(pg[a][b] for a, b in zip(c, c[1:])) for c in cycles)
+
+
 def test_train_imports_nothing_from_bench_or_tune(graph):
     bad = edges_from(graph, "jojoscl_dist.train", ("bench", "tune"))
     assert not bad, "train/ imports from bench/ or tune/:\n" + "\n".join(bad)
 
 
-def test_data_imports_nothing_from_train(graph):
-    bad = edges_from(graph, "jojoscl_dist.data", ("jojoscl_dist.train",))
-    assert not bad, "data/ imports from train/:\n" + "\n".join(bad)
+def test_data_imports_nothing_from_train_or_outputs(graph):
+    bad = edges_from(graph, "jojoscl_dist.data", ("jojoscl_dist.train", "jojoscl_dist.outputs"))
+    assert not bad, "data/ imports from train/ or outputs/:\n" + "\n".join(bad)
 
 
 def private_imports(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> list[str]:
@@ -246,3 +270,13 @@ def test_a_deliberate_circle_is_found(tmp_path):
     assert edges_from(g, "pkg.b", ("pkg.c",)) == ["pkg.b -> pkg.c (line 2)"]
     assert private_imports(tmp_path, ("pkg",)) == ["pkg.peek imports pkg.sub.leaf._hidden (line 1)",
                                                    "pkg.peek imports pkg._c (line 2)"]
+
+
+def test_a_package_circle_without_a_module_circle_is_found(tmp_path):
+    _write_tree(tmp_path, {"pkg/__init__.py": "", "pkg/p1/__init__.py": "", "pkg/p1/a.py": "from pkg.p2 import b\n",
+                           "pkg/p2/__init__.py": "", "pkg/p2/b.py": "", "pkg/p2/c.py": "import pkg.p1.a\n"})
+    g = import_graph(tmp_path, ("pkg",))
+    assert find_cycles(g) == []
+    pg = package_graph(g, ("pkg",))
+    assert find_cycles(pg) == [["pkg.p1", "pkg.p2", "pkg.p1"]]
+    assert pg["pkg.p2"]["pkg.p1"] == "pkg.p2.c (line 1) imports pkg.p1.a"

@@ -1,9 +1,6 @@
 """A run's data set: the input (a file, a prepared store or the synthetic demo atlas) read, checked and
-preprocessed, K fixed, and the settings that depend on the data.
-
-Shared by the run driver, the sweep and the benchmarks; it knows nothing of training or of where a run keeps its
-files: the caller names the folder a large raw input is prepared into.
-"""
+preprocessed, K fixed, and the settings that depend on the data. Knows nothing of training or of where a run keeps
+its files: the caller names the folder a large raw input is prepared into."""
 
 from __future__ import annotations
 
@@ -16,16 +13,15 @@ import numpy as np
 import zarr
 
 from jojoscl_dist.cluster.k_select import choose_k
-from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.config import DataConfig, JojoConfig
 from jojoscl_dist.data.fingerprint import describe_change, fingerprint, same_data
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import PreprocessStats, compute_stats, materialize
-from jojoscl_dist.data.readers import get_labels, read_input
+from jojoscl_dist.data.readers import get_labels, raw_shape, read_input
 from jojoscl_dist.data.synthetic import demo_atlas
-from jojoscl_dist.data.zarr_store import ZarrSource, is_prepared_store, read_prepared_meta
+from jojoscl_dist.data.zarr_store import ZarrSource, is_prepared_store, prepare, read_prepared_meta
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.model.augment import effective_keep
-from jojoscl_dist.prepare import needs_prepare, prepare
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +50,33 @@ def as_source(x):
     return x if isinstance(x, ZarrSource) else ArraySource(x)
 
 
+def needs_prepare(path: str | Path, dc: DataConfig) -> bool:
+    """Raw input too large to materialise: prepare it into a store and stream it."""
+    p = Path(path)
+    if not p.exists():  # the reader raises the clear 'input not found' error
+        return False
+    shape = raw_shape(p)
+    if shape is not None and shape[0] > dc.prepare_above_cells:
+        return True
+    size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+    return size > dc.prepare_above_bytes
+
+
 def prepare_data(cfg: JojoConfig, store_dir: Path) -> PreparedData:
     """The data set of ``cfg.data``. ``store_dir`` is the run's own folder: a large raw input is prepared out of
     core into ``prepared_store_path(store_dir)`` (reused by a resumed run when it holds the same input)."""
     dc = cfg.data
-    if dc.path is not None:
-        if is_prepared_store(dc.path):  # stream it; never materialised
-            return _from_store(cfg, Path(dc.path), str(dc.path), fingerprint(dc.path))
-        if needs_prepare(dc.path, dc):  # an atlas: prepare out of core into the run's storage, then stream
-            raw_fp = fingerprint(dc.path)
-            store = prepared_store_path(store_dir)
-            if not _store_matches(store, raw_fp):  # a resumed run reuses its store, never another input's
-                print(f"jojoscl: {dc.path} is large: preparing it out of core into {store}", flush=True)
-                prepare(dc.path, store, n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
-                        hvg_flavor=dc.hvg_flavor, chunk_size=dc.chunk_size, chunk_rows=dc.store_chunk_rows,
-                        clip=dc.scale_clip, target_sum=dc.target_sum, overwrite=True, progress=not cfg.run.quiet)
-            return _from_store(cfg, store, str(dc.path), raw_fp)
+    if dc.path is not None and is_prepared_store(dc.path):  # stream it; never materialised
+        return _from_store(cfg, Path(dc.path), str(dc.path), fingerprint(dc.path))
+    if dc.path is not None and needs_prepare(dc.path, dc):  # an atlas: prepared into the run's storage, streamed
+        raw_fp = fingerprint(dc.path)
+        store = prepared_store_path(store_dir)
+        if not _store_matches(store, raw_fp):  # a resumed run reuses its store, never another input's
+            print(f"jojoscl: {dc.path} is large: preparing it out of core into {store}", flush=True)
+            prepare(dc.path, store, n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
+                    hvg_flavor=dc.hvg_flavor, chunk_size=dc.chunk_size, chunk_rows=dc.store_chunk_rows,
+                    clip=dc.scale_clip, target_sum=dc.target_sum, overwrite=True, progress=not cfg.run.quiet)
+        return _from_store(cfg, store, str(dc.path), raw_fp)
     if dc.path is None:
         adata = demo_atlas(dc.demo_cells, dc.demo_genes, dc.demo_types, seed=cfg.run.seed)
         source = f"synthetic demo atlas ({dc.demo_cells} cells, {dc.demo_genes} genes, {dc.demo_types} types)"
@@ -83,24 +90,22 @@ def prepare_data(cfg: JojoConfig, store_dir: Path) -> PreparedData:
     make_names_unique(adata)
     labels_all = get_labels(adata, label_key)
     k = _n_clusters(dc.n_clusters, labels_all)
-    auto = k == "auto"
     stats = compute_stats(adata.X, list(adata.var_names), n_top_genes=dc.n_top_genes, input_scale=dc.input_scale,
                           chunk_size=dc.chunk_size, clip=dc.scale_clip, hvg_flavor=dc.hvg_flavor,
                           target_sum=dc.target_sum)
     n_kept = int(stats.cell_mask.sum())
-    if not auto and k > n_kept:
+    if k != "auto" and k > n_kept:
         raise JojoInputError(f"--n-clusters {k} is larger than the number of usable cells ({n_kept}); "
                              f"choose K <= {n_kept}")
     x = materialize(adata.X, stats, chunk_size=dc.chunk_size)
     k_info = None
-    if auto:
+    if k == "auto":
         if n_kept < 3:
             raise JojoInputError(f"{n_kept} usable cells are too few to choose K: give --n-clusters K")
         k, k_info = _auto_k(cfg, x)
     labels = labels_all[stats.cell_mask] if labels_all is not None else None
-    fp = fingerprint(dc.path) if dc.path is not None else None
     return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names)[stats.cell_mask], source, k_info,
-                        fp)
+                        fingerprint(dc.path) if dc.path is not None else None)
 
 
 def prepared_store_path(store_dir: Path) -> Path:
@@ -121,17 +126,12 @@ def _store_matches(store: Path, raw_fp: dict) -> bool:
 
 
 def make_names_unique(adata: ad.AnnData) -> None:
-    """Duplicate cell or gene names are suffixed (-1, -2, ...) with a warning, in memory only (never the file).
-
-    Repeated gene symbols are common in 10x exports, so refusing them would block ordinary data; cell names must
-    be unique for labels.csv and results.h5ad to be joined back to the input.
-    """
+    """Duplicate cell or gene names are suffixed (-1, -2, ...) with a warning, in memory only (never the file):
+    repeated gene symbols are common in 10x exports, and cell names must be unique to join outputs to the input."""
     for axis, names in (("cell", adata.obs_names), ("gene", adata.var_names)):
         if not names.is_unique:
-            n_dup = int(names.duplicated().sum())
-            example = names[names.duplicated()][0]
             log.warning("%d duplicate %s names (e.g. %r): made unique by suffixing -1, -2, ... (outputs use the "
-                        "new names)", n_dup, axis, example)
+                        "new names)", int(names.duplicated().sum()), axis, names[names.duplicated()][0])
             (adata.obs_names_make_unique if axis == "cell" else adata.var_names_make_unique)()
 
 
@@ -152,12 +152,11 @@ def _n_clusters(k: int | str | None, labels: np.ndarray | None) -> int | str:
 
 
 def _auto_k(cfg: JojoConfig, x: np.ndarray) -> tuple[int, dict]:
-    dc = cfg.data
-    k, k_info = choose_k(x, dc.k_rule, seed=cfg.run.seed, resolution=dc.k_resolution)
+    k, k_info = choose_k(x, cfg.data.k_rule, seed=cfg.run.seed, resolution=cfg.data.k_resolution)
     k_info = {key: v for key, v in k_info.items() if key != "scores"} | (
         {"scores": {str(a): b for a, b in k_info["scores"].items()}} if "scores" in k_info else {})
     if not cfg.run.quiet:
-        print(f"jojoscl: --n-clusters auto: K = {k} (rule '{dc.k_rule}', label-free)", flush=True)
+        print(f"jojoscl: --n-clusters auto: K = {k} (rule '{cfg.data.k_rule}', label-free)", flush=True)
     return k, k_info
 
 
@@ -170,14 +169,13 @@ def _from_store(cfg: JojoConfig, path: Path, source: str, fp: dict | None) -> Pr
     labels = get_labels(adata, cfg.data.label_key)
     k = _n_clusters(cfg.data.n_clusters, labels)
     k_info = None
+    n = x.shape[0]
     if k == "auto":  # chosen on a seeded sample of the store: the Leiden rule needs cells in memory
-        n = x.shape[0]
         take = np.sort(np.random.default_rng(cfg.run.seed).choice(n, min(n, AUTO_K_MAX_CELLS), replace=False))
         k, k_info = _auto_k(cfg, x.rows(take))
         k_info["n_cells_used"] = int(len(take))
-    if k > x.shape[0]:
-        raise JojoInputError(f"--n-clusters {k} is larger than the number of cells ({x.shape[0]}); choose K <= "
-                             f"{x.shape[0]}")
+    if k > n:
+        raise JojoInputError(f"--n-clusters {k} is larger than the number of cells ({n}); choose K <= {n}")
     return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names), source, k_info, fp)
 
 

@@ -1,11 +1,7 @@
-"""The identity of an input file or store, cheap at a million cells: what a prepared store and every checkpoint
-record, so that neither is ever reused for other data.
-
-A fingerprint holds the resolved path, the size in bytes, the newest modification time and a SHA-256 over the
-first and last MiB of a file, or over a folder's metadata files (Zarr/JSON) and the list of its files with their
-sizes. Two inputs are the same data when size, mtime and hash agree; the path is kept for the message only (the
-same volume may be mounted elsewhere on another pod).
-"""
+"""The identity of an input file or store, cheap at a million cells, recorded by prepared stores and checkpoints so
+that neither is reused for other data: the resolved path (for messages only: a volume may be mounted elsewhere),
+the size, the newest modification time, and a SHA-256 over the first and last MiB of a file, or over a folder's
+metadata files and its list of files with their sizes."""
 
 from __future__ import annotations
 

@@ -1,18 +1,16 @@
 """Per-worker batches over a preprocessed matrix (no Ray, no torch).
 
-Each epoch draws one global permutation from (seed, epoch), truncates it so every worker gets the same number
-of cells, and gives each worker a contiguous block of it. Every worker therefore takes the same number of steps
-at the same local batch size, which the cross-worker gathers need. The leftover cells of a shard (fewer than a
-batch) are merged into its last batch rather than forming a tail batch smaller than K.
-
-On-disk sources (``ZarrSource``, prepared atlases) keep those guarantees but shuffle at chunk level plus a shuffle
-buffer of a few chunks, read ahead in a background thread (``iter_epoch``; see ``stream_plan``).
+Every worker gets the same number of cells, hence the same number of steps at the same batch size, which the
+cross-worker gathers need; a shard's leftover cells join its last batch instead of a tail batch smaller than K.
+In memory, an epoch is one global permutation from (seed, epoch), cut into contiguous per-worker blocks. On disk
+(``ZarrSource``), random rows are slow (each decodes a whole chunk), so an epoch shuffles whole row chunks, cuts the
+shuffled stream into per-worker shards and shuffles rows within a window of a few chunks, read ahead in a thread.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -33,31 +31,24 @@ class ArraySource:
         return self.x[idx]
 
 
-def local_batch_size(global_batch: int, world_size: int) -> int:
-    return max(1, global_batch // world_size)
+def _per_worker(n_cells: int, world_size: int) -> int:
+    if n_cells < world_size:
+        raise ValueError(f"{n_cells} cells cannot be shared among {world_size} workers")
+    return n_cells // world_size
+
+
+def _batch_bounds(per_worker: int, global_batch: int, world_size: int) -> list[int]:
+    """Batch i of a worker's ``per_worker`` cells is [bounds[i], bounds[i+1]); the leftover joins the last batch."""
+    b = max(1, global_batch // world_size)
+    return [i * b for i in range(max(1, per_worker // b))] + [per_worker]
 
 
 def epoch_batches(n_cells: int, global_batch: int, world_size: int, rank: int, seed: int, epoch: int) -> list[np.ndarray]:
     """Row indices of this worker's batches for one epoch (sorted within a batch for faster reads)."""
-    perm = np.random.default_rng([seed, epoch]).permutation(n_cells)
-    per_worker = n_cells // world_size
-    if per_worker == 0:
-        raise ValueError(f"{n_cells} cells cannot be shared among {world_size} workers")
-    shard = perm[rank * per_worker:(rank + 1) * per_worker]
-    b = local_batch_size(global_batch, world_size)
-    n_steps = max(1, per_worker // b)
-    batches = [shard[i * b:(i + 1) * b] for i in range(n_steps)]
-    leftover = shard[n_steps * b:]
-    if leftover.size:
-        batches[-1] = np.concatenate([batches[-1], leftover])
-    return [np.sort(bt) for bt in batches]
-
-
-# --- Streaming from chunked on-disk sources (ZarrSource) -------------------------------------------------------
-# Random rows read slowly from Zarr (every row decodes a whole chunk), so an epoch shuffles whole row chunks,
-# splits the shuffled stream into equal contiguous shards (one per worker, the same cell count as epoch_batches),
-# and shuffles rows within a window of a few chunks. Reads are whole contiguous ranges; the batches are the same
-# count and size on every worker.
+    per_worker = _per_worker(n_cells, world_size)
+    shard = np.random.default_rng([seed, epoch]).permutation(n_cells)[rank * per_worker:(rank + 1) * per_worker]
+    bounds = _batch_bounds(per_worker, global_batch, world_size)
+    return [np.sort(shard[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 @dataclass
@@ -77,11 +68,8 @@ class StreamPlan:
 
 def stream_plan(n_cells: int, chunk_rows: int, global_batch: int, world_size: int, rank: int, seed: int,
                 epoch: int, buffer_chunks: int = 8) -> StreamPlan:
-    per_worker = n_cells // world_size
-    if per_worker == 0:
-        raise ValueError(f"{n_cells} cells cannot be shared among {world_size} workers")
-    n_chunks = -(-n_cells // chunk_rows)
-    order = np.random.default_rng([seed, epoch]).permutation(n_chunks)
+    per_worker = _per_worker(n_cells, world_size)
+    order = np.random.default_rng([seed, epoch]).permutation(-(-n_cells // chunk_rows))
     lo, hi = rank * per_worker, (rank + 1) * per_worker  # this worker's part of the shuffled chunk stream
     ranges: list[tuple[int, int]] = []
     pos = 0
@@ -95,13 +83,9 @@ def stream_plan(n_cells: int, chunk_rows: int, global_batch: int, world_size: in
             break
     rng = np.random.default_rng([seed, epoch, rank, 1])
     step = max(1, buffer_chunks)
-    windows = []
-    for w in range(0, len(ranges), step):
-        part = ranges[w:w + step]
-        windows.append((part, rng.permutation(sum(e - s for s, e in part))))
-    b = local_batch_size(global_batch, world_size)
-    n_steps = max(1, per_worker // b)
-    return StreamPlan(windows, [i * b for i in range(n_steps)] + [per_worker])
+    windows = [(ranges[w:w + step], rng.permutation(sum(e - s for s, e in ranges[w:w + step])))
+               for w in range(0, len(ranges), step)]
+    return StreamPlan(windows, _batch_bounds(per_worker, global_batch, world_size))
 
 
 def _stream_batches(source, plan: StreamPlan) -> Iterator[np.ndarray]:
@@ -120,48 +104,18 @@ def _stream_batches(source, plan: StreamPlan) -> Iterator[np.ndarray]:
         raise RuntimeError(f"stream ended after {i} of {plan.n_batches} batches")  # a bug, never data
 
 
-class Prefetcher:
-    """Runs an iterator in a background thread, ``depth`` items ahead, so reading overlaps the training step."""
-
-    _END = object()
-
-    def __init__(self, it: Iterator, depth: int = 4):
-        self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(it,), daemon=True, name="jojoscl-prefetch")
-        self._thread.start()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, it: Iterator) -> None:
-        try:
-            for item in it:
-                if not self._put(item):
-                    return
-        except BaseException as e:  # handed to the consumer, raised there
-            self._put(e)
-            return
-        self._put(self._END)
-
-    def __iter__(self):
-        while True:
-            item = self._q.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
+def read_ahead(it: Iterator, depth: int = 4) -> Iterator:
+    """The items of ``it``, produced ``depth`` ahead in a background thread so reading overlaps the training step;
+    its errors are raised here, in order."""
+    end = object()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="jojoscl-prefetch")
+    try:
+        ahead = deque(pool.submit(next, it, end) for _ in range(max(1, depth)))
+        while (item := ahead.popleft().result()) is not end:
+            ahead.append(pool.submit(next, it, end))
             yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def epoch_batch_count(source, global_batch: int, world_size: int, rank: int, seed: int) -> int:
@@ -173,22 +127,15 @@ def epoch_batch_count(source, global_batch: int, world_size: int, rank: int, see
 
 def iter_epoch(source, global_batch: int, world_size: int, rank: int, seed: int, epoch: int,
                buffer_chunks: int = 8, prefetch: int = 4) -> Iterator[np.ndarray]:
-    """This worker's batches (float32 arrays) for one epoch.
-
-    In-memory sources keep ``epoch_batches`` (row-level shuffle); chunked on-disk sources stream whole chunks
-    through a shuffle buffer in a background thread.
-    """
+    """This worker's batches (float32 arrays) for one epoch: ``epoch_batches`` in memory, a ``stream_plan`` read
+    ahead in a background thread on disk."""
     n = source.shape[0]
     if not hasattr(source, "read_range"):
         for idx in epoch_batches(n, global_batch, world_size, rank, seed, epoch):
             yield source.rows(idx)
         return
     plan = stream_plan(n, source.chunk_rows, global_batch, world_size, rank, seed, epoch, buffer_chunks)
-    pre = Prefetcher(_stream_batches(source, plan), prefetch)
-    try:
-        yield from pre
-    finally:
-        pre.close()
+    yield from read_ahead(_stream_batches(source, plan), prefetch)
 
 
 class SubsetSource:
@@ -208,9 +155,8 @@ class SubsetSource:
 def eval_subset(source, max_cells: int, seed: int) -> np.ndarray | None:
     """Sorted indices of the cells that in-training evaluations embed, or None for all of them.
 
-    Above ``max_cells`` a seeded sample keeps rank 0's evaluation time and memory flat in the number of cells
-    (embeddings of every cell are ~1.3 KB each: 1.3 GB at 1M). On-disk sources sample whole chunks, so an
-    evaluation decodes ~max_cells rows instead of touching every chunk of the store.
+    Above ``max_cells`` a seeded sample keeps rank 0's evaluation time and memory flat (embeddings take ~1.3 KB a
+    cell); on-disk sources sample whole chunks, so an evaluation decodes ~max_cells rows, not every chunk.
     """
     n = source.shape[0]
     if max_cells <= 0 or n <= max_cells:

@@ -1,17 +1,10 @@
-"""Streaming preprocessing (docs/method.md), computed from statistics over row chunks.
+"""Streaming preprocessing (docs/method.md): statistics over row chunks; the raw matrix is never densified whole.
 
-1. Drop genes with zero total, then cells with zero total.
-2. Scale each cell to the median total count, at most ``TARGET_SUM_CAP`` (``target_sum="auto"``), then log1p.
-3. Keep the top-n highly variable genes (Seurat flavour: normalised dispersion within 20 mean bins). On sparse
-   count data (the Seurat genes leave fewer than 100 non-zero values per cell) rank by the Seurat v3 standardised
-   variance of the counts instead, or, where its mean-variance trend cannot be fitted, by the variance of analytic
-   Pearson residuals (``hvg_flavor="auto"``; one more pass over the rows each). ``hvg_flavor="cell_ranger"``
-   ranks by the dispersion of the log data, normalised by median and MAD within mean-percentile bins.
-4. Scale each gene to zero mean and unit variance (ddof=1, as scanpy), optional clipping.
-
-Two passes over row chunks collect everything (per-cell totals, per-gene sums and sums of squares); the raw
-matrix is never densified whole. ``PreprocessStats.transform`` then maps any raw row chunk to model input, so the
-same statistics serve training, evaluation, the Zarr ``prepare`` step and prediction on new cells.
+Zero-total genes, then cells, are dropped; counts are scaled to the median total (capped: ``target_sum="auto"``)
+and log1p'd; the top-n highly variable genes are kept (Seurat dispersion; on sparse counts the Seurat v3
+standardised variance or, where its trend cannot be fitted, the Pearson-residual variance: ``hvg_flavor="auto"``);
+each gene is scaled to zero mean and unit variance (ddof=1, as scanpy). ``PreprocessStats.transform`` maps any raw
+row chunk to model input, so the same statistics serve training, ``prepare`` and prediction on new cells.
 """
 
 from __future__ import annotations
@@ -31,19 +24,19 @@ from jojoscl_dist.errors import JojoInputError
 
 log = logging.getLogger(__name__)
 
-# Non-integer input whose maximum exceeds this is taken as normalised-but-not-logged (e.g. RPKM/TPM):
-# log1p of counts normalised to a median total stays far below it.
+# Non-integer input above this is normalised-but-not-logged (RPKM/TPM): log1p of median-scaled counts stays far below.
 LOG_SCALE_MAX = 30.0
-# hvg_flavor "auto": below this many non-zero Seurat-HVG values per cell, the genes chosen by dispersion are mostly
-# rare, noisy ones (worm_neuron: 24; the mask rule's threshold, 10 kept genes at the 10% keep rate).
+# hvg_flavor "auto": below this many non-zero Seurat-HVG values per cell, dispersion picks mostly rare, noisy genes
+# (worm_neuron: 24).
 SPARSE_NONZERO = 100.0
 PR_THETA = 100.0  # negative-binomial overdispersion of the Pearson residuals (Lause et al. 2021; scanpy's default)
 HVG_FLAVORS = ("auto", "seurat", "seurat_v3", "pearson_residuals", "cell_ranger")
-# target_sum "auto": the median total, but at most this. Deep full-length libraries (10^5-10^7 reads per cell)
-# scaled to their median give one read the weight log1p(1), so sampling noise in weak genes is as large as a real
-# expression step; at 10^5 it is log1p(0.01-0.1). Droplet data (medians 10^2-10^4) is left at its median.
+# target_sum "auto": the median total, at most this. Deep full-length libraries scaled to their median give one read
+# the weight log1p(1), so noise in weak genes rivals real expression steps; droplet medians (10^2-10^4) stay.
 TARGET_SUM_CAP = 1e5
 TARGET_SUM_RULES = ("auto", "median")  # the named totals; anything else must be a positive number
+TARGET_SUM_HELP = (f"counts: each cell's total before log1p: auto (the median, at most {TARGET_SUM_CAP:g}) | median "
+                   f"(scanpy's, the reference) | a number")
 V3_SPAN = 0.3  # loess span of the mean-variance trend (Seurat v3 and scanpy default)
 
 
@@ -72,8 +65,7 @@ class PreprocessStats:
         totals = np.asarray(x.sum(axis=1)).ravel()
         x = x[:, self.gene_index]
         x = x.toarray() if sp.issparse(x) else np.array(x, dtype=np.float64)
-        x = log_values(x, totals, self.input_scale, self.target_sum)
-        out = (x - self.mean) / self.std
+        out = (log_values(x, totals, self.input_scale, self.target_sum) - self.mean) / self.std
         if self.clip is not None:
             np.clip(out, -self.clip, self.clip, out=out)
         return out.astype(np.float32)
@@ -81,22 +73,21 @@ class PreprocessStats:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["cell_mask"] = None  # per-dataset; not needed to transform new cells
-        for k in ("gene_index", "mean", "std"):
-            d[k] = np.asarray(d[k]).tolist()
-        return d
+        return d | {k: np.asarray(d[k]).tolist() for k in ("gene_index", "mean", "std")}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessStats":
-        d = dict(d)
-        d["cell_mask"] = np.ones(d["n_input_cells"], dtype=bool) if d.get("cell_mask") is None else np.asarray(d["cell_mask"], bool)
-        d["gene_index"] = np.asarray(d["gene_index"], dtype=np.int64)
-        d["mean"] = np.asarray(d["mean"], dtype=np.float64)
-        d["std"] = np.asarray(d["std"], dtype=np.float64)
-        return cls(**d)
+        mask = d.get("cell_mask")
+        return cls(**(d | {"cell_mask": np.ones(d["n_input_cells"], bool) if mask is None else np.asarray(mask, bool),
+                           "gene_index": np.asarray(d["gene_index"], dtype=np.int64),
+                           "mean": np.asarray(d["mean"], dtype=np.float64),
+                           "std": np.asarray(d["std"], dtype=np.float64)}))
 
 
-def _positive_total(v: Any) -> float | None:
-    """``v`` as a finite positive number of counts, or None."""
+def _target_sum_value(v: Any) -> float | str | None:
+    """'auto', 'median', a finite positive number of counts, or None for anything else."""
+    if v in TARGET_SUM_RULES:
+        return v
     try:
         value = float(v)
     except (TypeError, ValueError):
@@ -105,27 +96,21 @@ def _positive_total(v: Any) -> float | None:
 
 
 def resolve_target_sum(target_sum: float | str, totals: np.ndarray) -> float:
-    """The total every cell of a count matrix is scaled to: "median", "auto" (the median, capped at
-    ``TARGET_SUM_CAP``) or a positive number."""
-    if target_sum in TARGET_SUM_RULES:
-        median = float(np.median(totals))
-        return min(median, TARGET_SUM_CAP) if target_sum == "auto" else median
-    value = _positive_total(target_sum)
+    """The total each cell of a count matrix is scaled to: the median of ``totals`` ("median"; "auto" caps it at
+    ``TARGET_SUM_CAP``) or the number given."""
+    value = _target_sum_value(target_sum)
     if value is None:
         raise JojoInputError(f"--target-sum must be 'auto', 'median' or a positive number of counts per cell; "
                              f"got {target_sum!r}")
+    if value in TARGET_SUM_RULES:
+        median = float(np.median(totals))
+        return min(median, TARGET_SUM_CAP) if value == "auto" else median
     return value
 
 
-TARGET_SUM_HELP = (f"counts: each cell's total before log1p: auto (the median, at most {TARGET_SUM_CAP:g}) | median "
-                   f"(scanpy's, the reference) | a number")
-
-
 def target_sum_arg(v: str) -> float | str:
-    """Command-line value of --target-sum: 'auto', 'median' or a positive number."""
-    if v in TARGET_SUM_RULES:
-        return v
-    value = _positive_total(v)
+    """Command-line value of --target-sum."""
+    value = _target_sum_value(v)
     if value is None:
         raise argparse.ArgumentTypeError(f"expected 'auto', 'median' or a positive number, got {v!r}")
     return value
@@ -133,9 +118,8 @@ def target_sum_arg(v: str) -> float | str:
 
 def iter_row_chunks(x: Any, chunk_size: int) -> Iterator[tuple[int, int, Any]]:
     """Yield (start, stop, rows) over a matrix, a backed AnnData dataset or a Zarr sparse dataset."""
-    n = x.shape[0]
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
+    for start in range(0, x.shape[0], chunk_size):
+        stop = min(start + chunk_size, x.shape[0])
         yield start, stop, x[start:stop]
 
 
@@ -149,68 +133,74 @@ def as_float(chunk: Any):
     return arr.astype(np.float64)
 
 
-def _values(chunk) -> np.ndarray:
-    return chunk.data if sp.issparse(chunk) else np.asarray(chunk).ravel()
+def _kept(rows: Any, keep: np.ndarray) -> Any:
+    return rows if keep.all() else rows[np.flatnonzero(keep)]
 
 
-def _first_row(chunk, flags: np.ndarray) -> int:
-    """Row (within the chunk) of the first flagged entry of ``_values(chunk)``."""
-    pos = int(np.argmax(flags))
-    if sp.issparse(chunk):
-        return int(np.searchsorted(chunk.indptr, pos, side="right") - 1)
-    return pos // chunk.shape[1]
+def _check_values(rows: Any, start: int) -> np.ndarray:
+    """The stored values of float rows starting at input row ``start``; NaN, Inf or negative ones are refused."""
+    v = rows.data if sp.issparse(rows) else np.asarray(rows).ravel()
+    for flags, what, fix in ((~np.isfinite(v), "NaN or Inf", "fix or drop those values before clustering"),
+                             (v < 0, "negative", "give raw counts or log-normalised values, not scaled/centred data")):
+        if flags.any():
+            pos = int(np.argmax(flags))
+            row = np.searchsorted(rows.indptr, pos, side="right") - 1 if sp.issparse(rows) else pos // rows.shape[1]
+            raise JojoInputError(f"expression matrix holds {int(flags.sum())} {what} value(s) (first in row "
+                                 f"{start + int(row)}); {fix}")
+    return v
 
 
-def log_values(x: np.ndarray, totals: np.ndarray, scale: str, target_sum: float) -> np.ndarray:
-    """Dense rows on the model's log scale: counts scaled to ``target_sum`` by their cell ``totals`` then log1p,
-    normalised values log1p, log values as they are."""
+def log_values(x: Any, totals: np.ndarray, scale: str, target_sum: float) -> Any:
+    """Rows (dense, or CSR) on the model's log scale: counts scaled to ``target_sum`` by their cell ``totals`` then
+    log1p, normalised values log1p, log values as they are."""
     if scale == "counts":
         with np.errstate(divide="ignore", invalid="ignore"):
             factor = np.where(totals > 0, target_sum / np.where(totals > 0, totals, 1.0), 0.0)
-        return np.log1p(x * factor[:, None])
-    if scale == "normalized":
-        return np.log1p(x)
-    return x
+        x = x.multiply(factor[:, None]).tocsr() if sp.issparse(x) else x * factor[:, None]
+    if scale == "log":
+        return x
+    return x.log1p() if sp.issparse(x) else np.log1p(x)
+
+
+def _col_sums(m: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column sums of ``m`` (dense or sparse) and of its squares."""
+    sq = m.multiply(m) if sp.issparse(m) else m * m
+    return np.asarray(m.sum(axis=0)).ravel(), np.asarray(sq.sum(axis=0)).ravel()
+
+
+def _mean_var(s: np.ndarray, ss: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    mean = s / n
+    var = (ss - n * mean * mean) / max(n - 1, 1)
+    return mean, np.maximum(var, 0.0)
 
 
 def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, input_scale: str = "auto",
                   chunk_size: int = 4096, clip: float | None = None, hvg_flavor: str = "auto",
                   progress=None, target_sum: float | str = "auto") -> PreprocessStats:
-    """Two streaming passes over the rows of ``x`` (cells x genes) -> PreprocessStats (a third one when the
-    genes are ranked by Pearson residuals)."""
+    """Two streaming passes over the rows of ``x`` (cells x genes) -> PreprocessStats (a third one when the genes
+    are ranked by Seurat v3 or Pearson-residual variance)."""
     if hvg_flavor not in HVG_FLAVORS:
         raise JojoInputError(f"unknown HVG flavour {hvg_flavor!r}: choose one of {', '.join(HVG_FLAVORS)}")
     n_cells, n_genes = x.shape
     if n_cells == 0 or n_genes == 0:
         raise JojoInputError(f"expression matrix is empty ({n_cells} cells x {n_genes} genes)")
     chunk_size = max(1, int(chunk_size))
+    progress = progress or (lambda n: None)
 
-    # Pass 1: totals, value checks, integrality.
-    cell_totals = np.zeros(n_cells)
-    gene_totals = np.zeros(n_genes)
-    gene_sq = np.zeros(n_genes)  # raw sums of squares (the seurat_v3 mean-variance trend)
+    # Pass 1: totals, value checks, integrality; raw sums of squares for the seurat_v3 mean-variance trend.
+    cell_totals, gene_totals, gene_sq = np.zeros(n_cells), np.zeros(n_genes), np.zeros(n_genes)
     integer, vmax = True, 0.0
     for start, stop, rows in iter_row_chunks(x, chunk_size):
         rows = as_float(rows)
-        v = _values(rows)
+        v = _check_values(rows, start)
         if v.size:
-            bad = ~np.isfinite(v)
-            if bad.any():
-                raise JojoInputError(f"expression matrix holds {int(bad.sum())} NaN or Inf value(s) (first in row "
-                                     f"{start + _first_row(rows, bad)}); fix or drop those values before clustering")
-            neg = v < 0
-            if neg.any():
-                raise JojoInputError(f"expression matrix holds {int(neg.sum())} negative value(s) (first in row "
-                                     f"{start + _first_row(rows, neg)}); give raw counts or log-normalised values, "
-                                     f"not scaled/centred data")
             vmax = max(vmax, float(v.max()))
             integer = integer and bool(np.all(v == np.round(v)))
         cell_totals[start:stop] = np.asarray(rows.sum(axis=1)).ravel()
-        gene_totals += np.asarray(rows.sum(axis=0)).ravel()
-        sq = rows.multiply(rows) if sp.issparse(rows) else rows * rows
-        gene_sq += np.asarray(sq.sum(axis=0)).ravel()
-        if progress is not None:
-            progress(stop - start)
+        s, ss = _col_sums(rows)
+        gene_totals += s
+        gene_sq += ss
+        progress(stop - start)
 
     scale = input_scale
     if scale == "auto":
@@ -219,7 +209,6 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
             log.warning("input has non-integer values (max %.3g): treating it as %s, skipping %s "
                         "(force with --input-scale counts|normalized|log)", vmax, scale,
                         "median normalisation" if scale == "normalized" else "normalisation and log1p")
-    gene_keep = gene_totals > 0
     cell_mask = cell_totals > 0
     if not cell_mask.any():
         raise JojoInputError("every cell has zero total counts (the matrix is all zeros): check the input file")
@@ -231,54 +220,44 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
                              f"use --hvg-flavor seurat (or auto)")
     target_sum = resolve_target_sum(target_sum, cell_totals[cell_mask]) if scale == "counts" else 0.0
 
-    # Pass 2: per-gene sums for the Seurat dispersion (on the de-logged values) and for scaling (log values).
-    s_norm = np.zeros(n_genes)
-    ss_norm = np.zeros(n_genes)
-    s_log = np.zeros(n_genes)
-    ss_log = np.zeros(n_genes)
+    # Pass 2: per-gene sums of the de-logged values (Seurat dispersion) and of the log values (cell_ranger, scaling).
+    s_norm, ss_norm, s_log, ss_log = (np.zeros(n_genes) for _ in range(4))
     nonzero = np.zeros(n_genes)  # cells with a non-zero value, per gene
     n_kept = int(cell_mask.sum())
     for start, stop, rows in iter_row_chunks(x, chunk_size):
-        rows = as_float(rows)
         keep = cell_mask[start:stop]
-        if not keep.all():
-            rows = rows[np.flatnonzero(keep)]
-        totals = cell_totals[start:stop][keep]
-        logged = _log_sparse_or_dense(rows, totals, scale, target_sum)
+        logged = log_values(_kept(as_float(rows), keep), cell_totals[start:stop][keep], scale, target_sum)
         normed = logged.expm1() if sp.issparse(logged) else np.expm1(logged)
         for acc_s, acc_ss, m in ((s_norm, ss_norm, normed), (s_log, ss_log, logged)):
-            acc_s += np.asarray(m.sum(axis=0)).ravel()
-            acc_ss += np.asarray(m.multiply(m).sum(axis=0) if sp.issparse(m) else (m * m).sum(axis=0)).ravel()
+            s, ss = _col_sums(m)
+            acc_s += s
+            acc_ss += ss
         nonzero += np.asarray((logged != 0).sum(axis=0)).ravel()
-        if progress is not None:
-            progress(stop - start)
+        progress(stop - start)
 
-    genes = np.flatnonzero(gene_keep)
+    genes = np.flatnonzero(gene_totals > 0)
     if len(genes) < 2:
         raise JojoInputError(f"only {len(genes)} gene(s) have non-zero counts: nothing to cluster on")
     n_top = min(n_top_genes, len(genes))
     if n_top < n_top_genes:
         log.warning("only %d genes have non-zero counts; using all of them instead of %d HVGs", n_top, n_top_genes)
-    mean_n, var_n = _mean_var(s_norm[genes], ss_norm[genes], n_kept)
     if hvg_flavor == "cell_ranger":
         flavor, hvg_local = "cell_ranger", cell_ranger_hvg(*_mean_var(s_log[genes], ss_log[genes], n_kept), n_top)
     else:
-        flavor, hvg_local = "seurat", seurat_hvg(mean_n, var_n, n_top)
+        flavor, hvg_local = "seurat", seurat_hvg(*_mean_var(s_norm[genes], ss_norm[genes], n_kept), n_top)
     seurat_nonzero = nonzero[genes[hvg_local]].sum() / n_kept
     sparse_counts = hvg_flavor == "auto" and scale == "counts" and seurat_nonzero < SPARSE_NONZERO
     if n_top < len(genes) and (hvg_flavor == "seurat_v3" or sparse_counts):
         mean_r, var_r = _mean_var(gene_totals[genes], gene_sq[genes], n_kept)
         nvar = seurat_v3_variance(x, cell_mask, genes, mean_r, var_r, chunk_size)
         if nvar is not None:
-            flavor = "seurat_v3"
-            hvg_local = _top_n(nvar, n_top)
+            flavor, hvg_local = "seurat_v3", _top_n(nvar, n_top)
         elif hvg_flavor == "seurat_v3":
             raise JojoInputError("--hvg-flavor seurat_v3: the loess fit of the genes' mean-variance trend failed "
                                  "on this data (too sparse?); use --hvg-flavor pearson_residuals or auto")
     if n_top < len(genes) and (hvg_flavor == "pearson_residuals" or (sparse_counts and flavor == "seurat")):
         flavor = "pearson_residuals"
-        rvar = pearson_residual_variance(x, cell_mask, cell_totals, gene_totals, genes, chunk_size)
-        hvg_local = _top_n(rvar, n_top)
+        hvg_local = _top_n(pearson_residual_variance(x, cell_mask, cell_totals, gene_totals, genes, chunk_size), n_top)
     if sparse_counts and flavor != "seurat":
         log.warning("sparse counts (%.0f non-zero values per cell in the Seurat HVGs): ranking genes by %s instead "
                     "(--hvg-flavor seurat to keep dispersion)", seurat_nonzero,
@@ -296,18 +275,13 @@ def compute_stats(x: Any, var_names: list[str], *, n_top_genes: int = 2000, inpu
 
 def pearson_residual_variance(x: Any, cell_mask: np.ndarray, cell_totals: np.ndarray, gene_totals: np.ndarray,
                               genes: np.ndarray, chunk_size: int, theta: float = PR_THETA) -> np.ndarray:
-    """Variance over the kept cells of each gene's analytic Pearson residuals (Lause et al. 2021, the ranking of
-    scanpy's ``flavor="pearson_residuals"``), for the columns ``genes``; one streaming pass over the rows.
-
-    r_cg = (x_cg - mu_cg) / sqrt(mu_cg + mu_cg^2 / theta), mu_cg = n_c * n_g / n (n_c: the cell's total, n_g: the
-    gene's total, n: all counts), clipped to +-sqrt(number of kept cells). Shapes: x (cells, all genes) raw
-    counts; cell_mask, cell_totals (cells,); gene_totals (all genes,); genes (G,) -> (G,).
-    """
+    """Variance over the kept cells of the analytic Pearson residuals of the columns ``genes`` (Lause et al. 2021;
+    scanpy's ``flavor="pearson_residuals"``), in one pass: r = (x - mu) / sqrt(mu + mu^2 / theta) with
+    mu = cell total * gene total / all counts, clipped to +-sqrt(kept cells)."""
     n_kept = int(cell_mask.sum())
     share = gene_totals[genes] / gene_totals.sum()
     bound = np.sqrt(n_kept)
-    s = np.zeros(len(genes))
-    ss = np.zeros(len(genes))
+    s, ss = np.zeros(len(genes)), np.zeros(len(genes))
     block = max(1, 2**22 // max(1, len(genes)))  # rows densified at once: ~32 MB of float64
     for start, stop, rows in iter_row_chunks(x, chunk_size):
         kept = np.flatnonzero(cell_mask[start:stop])
@@ -326,13 +300,11 @@ def pearson_residual_variance(x: Any, cell_mask: np.ndarray, cell_totals: np.nda
 
 def seurat_v3_variance(x: Any, cell_mask: np.ndarray, genes: np.ndarray, mean: np.ndarray, var: np.ndarray,
                        chunk_size: int, span: float = V3_SPAN) -> np.ndarray | None:
-    """Seurat v3 standardised variance of the raw counts (Stuart et al. 2019; scanpy's ``flavor="seurat_v3"``)
-    for the columns ``genes``; one streaming pass over the rows. None when the loess fit fails.
+    """Seurat v3 standardised variance of the raw counts of the columns ``genes`` (Stuart et al. 2019; scanpy's
+    ``flavor="seurat_v3"``), in one pass; ``mean``/``var`` are over the kept cells. None when the loess fails.
 
-    A loess (degree 2) of log10 var on log10 mean over the non-constant genes gives each gene an expected std
-    sigma_g; counts are clipped at mean_g + sigma_g * sqrt(n) and the standardised variance is
-    sum_c (min(x_cg, clip_g) - mean_g)^2 / ((n - 1) sigma_g^2). Shapes: x (cells, all genes) raw counts;
-    cell_mask (cells,); genes, mean, var (G,) (raw mean and ddof-1 variance over the n kept cells) -> (G,).
+    A loess (degree 2) of log10 var on log10 mean gives each gene an expected std sigma; counts are clipped at
+    mean + sigma * sqrt(n) and the result is sum_c (min(x, clip) - mean)^2 / ((n - 1) sigma^2).
     """
     from skmisc.loess import loess
 
@@ -348,11 +320,9 @@ def seurat_v3_variance(x: Any, cell_mask: np.ndarray, genes: np.ndarray, mean: n
     fit_log_var[varies] = model.outputs.fitted_values
     sigma = np.sqrt(10.0 ** fit_log_var)
     clip_at = mean + sigma * np.sqrt(n_kept)
-    s = np.zeros(len(genes))
-    ss = np.zeros(len(genes))
+    s, ss = np.zeros(len(genes)), np.zeros(len(genes))
     for start, stop, rows in iter_row_chunks(x, chunk_size):
-        kept = np.flatnonzero(cell_mask[start:stop])
-        sub = as_float(rows)[kept][:, genes]
+        sub = as_float(rows)[np.flatnonzero(cell_mask[start:stop])][:, genes]
         if sp.issparse(sub):
             sub = sub.tocsr()
             v = np.minimum(sub.data, clip_at[sub.indices])
@@ -365,62 +335,33 @@ def seurat_v3_variance(x: Any, cell_mask: np.ndarray, genes: np.ndarray, mean: n
     return (n_kept * mean * mean + ss - 2 * s * mean) / ((n_kept - 1) * sigma * sigma)
 
 
-def _log_sparse_or_dense(rows, totals: np.ndarray, scale: str, target_sum: float):
-    if sp.issparse(rows):
-        rows = rows.tocsr(copy=True)
-        if scale == "counts":
-            factor = target_sum / totals
-            rows.data *= np.repeat(factor, np.diff(rows.indptr))
-        if scale in ("counts", "normalized"):
-            rows.data = np.log1p(rows.data)
-        return rows
-    return log_values(np.asarray(rows, dtype=np.float64), totals, scale, target_sum)
-
-
-def _mean_var(s: np.ndarray, ss: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    mean = s / n
-    var = (ss - n * mean * mean) / max(n - 1, 1)
-    return mean, np.maximum(var, 0.0)
+def _dispersion(mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean with zeros lifted to 1e-12, var / mean with zeros as NaN), as scanpy."""
+    mean = np.where(mean == 0, 1e-12, mean)
+    disp = var / mean
+    disp[disp == 0] = np.nan
+    return mean, disp
 
 
 def cell_ranger_hvg(mean: np.ndarray, var: np.ndarray, n_top: int) -> np.ndarray:
-    """Indices of the top-n genes by normalised dispersion, Cell Ranger flavour (as scanpy's 'cell_ranger').
-
-    mean/var are of the log-normalised values (not de-logged, unlike 'seurat'). dispersion = var/mean; genes are
-    binned at the 10th, 15th, ..., 100th percentiles of the mean, and the dispersion is centred on its bin's median
-    and divided by its bin's median absolute deviation (scaled to a normal sd). Ties keep input order.
-    """
-    mean = mean.copy()
-    mean[mean == 0] = 1e-12
-    disp = var / mean
-    disp[disp == 0] = np.nan
+    """Sorted indices of the top-n genes by normalised dispersion, as scanpy's 'cell_ranger': var/mean of the log
+    values, centred on the median and divided by the normal-scaled MAD of its bin (mean percentiles 10, 15, ...)."""
+    mean, disp = _dispersion(mean, var)
     edges = np.r_[-np.inf, np.percentile(mean, np.arange(10, 105, 5)), np.inf]
-    df = pd.DataFrame({"disp": disp, "bin": pd.cut(mean, edges)})
-    grouped = df.groupby("bin", observed=False)["disp"]
-    median = grouped.transform("median").to_numpy()
+    grouped = pd.DataFrame({"disp": disp, "bin": pd.cut(mean, edges)}).groupby("bin", observed=False)["disp"]
     mad = grouped.transform(lambda d: scipy.stats.median_abs_deviation(d.dropna(), scale="normal")
                             if d.notna().any() else np.nan).to_numpy()
-    return _top_scores(disp - median, mad, n_top)
+    return _top_scores(disp - grouped.transform("median").to_numpy(), mad, n_top)
 
 
 def seurat_hvg(mean: np.ndarray, var: np.ndarray, n_top: int, n_bins: int = 20) -> np.ndarray:
-    """Indices of the top-n genes by normalised dispersion (Seurat flavour, as scanpy's 'seurat').
-
-    mean/var are of the de-logged (normalised) values. dispersion = log(var/mean); genes are binned by
-    log1p(mean) into ``n_bins`` equal-width bins and the dispersion is z-scored within its bin (a bin of one gene
-    gets normalised dispersion 1). Ties keep input order.
-    """
-    mean = mean.copy()
-    mean[mean == 0] = 1e-12
-    disp = var / mean
-    disp[disp == 0] = np.nan
+    """Sorted indices of the top-n genes by normalised dispersion, as scanpy's 'seurat': log(var/mean) of the
+    de-logged values, z-scored within ``n_bins`` equal-width bins of log1p(mean) (a bin of one gene scores 1)."""
+    mean, disp = _dispersion(mean, var)
     disp = np.log(disp)
-    log_mean = np.log1p(mean)
-    bins = pd.cut(log_mean, bins=n_bins)
-    df = pd.DataFrame({"disp": disp, "bin": bins})
-    grouped = df.groupby("bin", observed=False)["disp"]
-    bin_mean = grouped.transform("mean").to_numpy()
-    bin_std = grouped.transform("std").to_numpy()
+    grouped = pd.DataFrame({"disp": disp, "bin": pd.cut(np.log1p(mean), bins=n_bins)}).groupby("bin", observed=False)
+    bin_mean = grouped["disp"].transform("mean").to_numpy()
+    bin_std = grouped["disp"].transform("std").to_numpy()
     single = np.isnan(bin_std) & ~np.isnan(disp)
     bin_std[single] = bin_mean[single]
     bin_mean[single] = 0.0
@@ -428,8 +369,7 @@ def seurat_hvg(mean: np.ndarray, var: np.ndarray, n_top: int, n_bins: int = 20) 
 
 
 def _top_scores(centred: np.ndarray, spread: np.ndarray, n_top: int) -> np.ndarray:
-    """Sorted indices of the n_top largest centred / spread; a score that is NaN (no dispersion, or a bin without
-    spread) ranks last, ties keep input order."""
+    """``_top_n`` of centred / spread; a NaN score (no dispersion, or a bin without spread) ranks last."""
     with np.errstate(divide="ignore", invalid="ignore"):
         norm = centred / spread
     return _top_n(np.where(np.isnan(norm), -np.inf, norm), n_top)
@@ -440,23 +380,15 @@ def _top_n(score: np.ndarray, n_top: int) -> np.ndarray:
     return np.sort(np.argsort(-score, kind="stable")[:n_top])
 
 
-def materialize(x: Any, stats: PreprocessStats, chunk_size: int = 4096, progress=None) -> np.ndarray:
-    """The whole preprocessed matrix (kept cells x n_hvg, float32), built chunk by chunk.
-
-    For data that fits in memory; atlases go through ``jojoscl_dist.data.prepare`` into a Zarr store instead.
-    """
-    n_kept = int(stats.cell_mask.sum())
-    out = np.empty((n_kept, stats.n_genes), dtype=np.float32)
+def materialize(x: Any, stats: PreprocessStats, chunk_size: int = 4096) -> np.ndarray:
+    """The whole preprocessed matrix (kept cells x n_hvg, float32), chunk by chunk: for data that fits in memory
+    (an atlas is prepared into a Zarr store instead: ``zarr_store.prepare``)."""
+    out = np.empty((int(stats.cell_mask.sum()), stats.n_genes), dtype=np.float32)
     pos = 0
     for start, stop, rows in iter_row_chunks(x, chunk_size):
         keep = stats.cell_mask[start:stop]
-        if not keep.any():
-            continue
-        if not keep.all():
-            rows = rows[np.flatnonzero(keep)]
-        block = stats.transform(rows)
-        out[pos:pos + block.shape[0]] = block
-        pos += block.shape[0]
-        if progress is not None:
-            progress(stop - start)
+        if keep.any():
+            block = stats.transform(_kept(rows, keep))
+            out[pos:pos + len(block)] = block
+            pos += len(block)
     return out

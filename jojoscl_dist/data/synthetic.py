@@ -1,12 +1,10 @@
-"""Synthetic single-cell atlases: negative-binomial counts, K cell types with distinct gene programmes.
-
-Generated chunk by chunk from one seed, so an atlas of any size can be streamed to disk without holding the
-matrix (see ``jojoscl_dist.data.prepare``); ``demo_atlas`` builds the small in-memory demo used when no data is
-given.
-"""
+"""Synthetic single-cell atlases: negative-binomial counts, K cell types with distinct gene programmes, generated
+chunk by chunk from one seed, so an atlas of any size streams to disk (``write_raw_zarr``); ``demo_atlas`` is the
+small in-memory demo used when no data is given."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from dataclasses import dataclass
@@ -17,7 +15,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import zarr
+from tqdm import tqdm
 
+from jojoscl_dist.data.zarr_store import staged_store
 from jojoscl_dist.errors import JojoInputError
 
 
@@ -49,14 +50,11 @@ def _base_profile(spec: AtlasSpec) -> np.ndarray:
 def sample_nb(mu: np.ndarray, r: float, rng: np.random.Generator) -> sp.csr_matrix:
     """Negative-binomial counts (mean ``mu``, var = mu + mu^2 / r) for a (cells, genes) array, as CSR float32.
 
-    Inverse-CDF sampling with one float32 uniform per entry: an entry is zero when u < P(X = 0), which is most
-    entries in scRNA-seq, so the pmf recursion P(k) = P(k-1) * (k-1+r)/k * mu/(r+mu) only runs on the few
-    non-zero ones. Exact (up to float rounding) and ~20x faster than gamma-Poisson draws on every entry, which is
-    what makes million-cell atlases affordable to generate on a laptop.
+    Inverse-CDF sampling, one float32 uniform per entry: most entries are zero (u < P(X = 0)), so the pmf recursion
+    runs only on the few others; ~20x faster than gamma-Poisson draws, which makes million-cell atlases affordable.
     """
     u = rng.random(mu.shape, dtype=np.float32)
-    # zero iff u < P(X=0) = (1 + mu/r)^-r, i.e. u * (1 + mu/r)^r < 1: for the usual r = 2 that is plain arithmetic
-    # (no log/exp over every entry), computed in place in one scratch array.
+    # zero iff u * (1 + mu/r)^r < 1: for the usual r = 2 plain arithmetic, in place in one scratch array.
     t = np.multiply(mu, 1.0 / r, dtype=np.float32)
     t += 1.0
     if r == 2.0:
@@ -116,8 +114,6 @@ SYNTHETIC_SOURCE = "jojoscl_dist synthetic atlas"
 
 def is_synthetic_store(path: str | Path) -> bool:
     """A raw store written by ``write_raw_zarr`` (the only kind its --overwrite replaces)."""
-    import zarr
-
     try:
         uns = zarr.open_group(str(path), mode="r")["uns"]
         return str(ad.io.read_elem(uns).get("source", "")).startswith(SYNTHETIC_SOURCE)
@@ -127,33 +123,18 @@ def is_synthetic_store(path: str | Path) -> bool:
 
 def write_raw_zarr(spec: AtlasSpec, path: str | Path, chunk_size: int = 1000, progress: bool = True,
                    overwrite: bool = False) -> Path:
-    """Stream the atlas to a raw AnnData Zarr store (format 3, CSR counts) chunk by chunk.
-
-    The CSR arrays (data, indices, indptr) are appended to as chunks are generated, so memory holds one chunk
-    (dense chunk_size x n_genes while sampling), never the matrix. Written to a hidden sibling, renamed at the end.
-    """
-    import os
-    import shutil
-
-    import zarr
-    from tqdm import tqdm
-
-    from jojoscl_dist.data.zarr_store import commit_store
-
+    """Stream the atlas to a raw AnnData Zarr store (format 3, CSR counts, int64 indptr for any size): the CSR
+    arrays grow chunk by chunk, so memory holds one chunk, never the matrix; ``staged_store`` renames it into place."""
     out = Path(path).resolve()
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (pass --overwrite to replace it)")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with staged_store(out, replaceable=is_synthetic_store) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
         xg = root.create_group("X")
         xg.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
                          "shape": [spec.n_cells, spec.n_genes]})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # zarr's note on future auto-sharding
+        with warnings.catch_warnings(action="ignore", category=UserWarning):  # zarr's note on future auto-sharding
             data = xg.create_array("data", shape=(0,), chunks=(1 << 20,), dtype="float32")
             indices = xg.create_array("indices", shape=(0,), chunks=(1 << 20,), dtype="int32")
             indptr = xg.create_array("indptr", shape=(1,), chunks=(1 << 20,), dtype="int64", fill_value=0)
@@ -172,23 +153,16 @@ def write_raw_zarr(spec: AtlasSpec, path: str | Path, chunk_size: int = 1000, pr
         obs = pd.DataFrame({"cell_type": pd.Categorical.from_codes(types, [f"type{k}" for k in range(spec.n_types)])},
                            index=pd.Index([f"cell{i}" for i in range(spec.n_cells)]))
         var = pd.DataFrame(index=pd.Index([f"gene{j}" for j in range(spec.n_genes)]))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # the same zarr note, once per element
+        with warnings.catch_warnings(action="ignore", category=UserWarning):  # the same zarr note, once per element
             ad.io.write_elem(root, "obs", obs)
             ad.io.write_elem(root, "var", var)
             ad.io.write_elem(root, "uns", {"source": f"{SYNTHETIC_SOURCE} {spec}"})
             for empty in ("obsm", "varm", "obsp", "varp", "layers"):
                 ad.io.write_elem(root, empty, {})
-        commit_store(tmp, out, replaceable=is_synthetic_store)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     d = AtlasSpec()
     p = argparse.ArgumentParser(prog="python -m jojoscl_dist.data.synthetic",
                                 description="Write a synthetic negative-binomial atlas to a raw AnnData Zarr store.")

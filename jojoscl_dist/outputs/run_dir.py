@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jojoscl_dist.data.zarr_store import refuse_unsafe_target
 from jojoscl_dist.errors import JojoInputError
 
 RUN_MARKER = ".jojoscl-run"  # written last into a finished run: lists what the run wrote (see is_our_run)
@@ -28,26 +29,6 @@ PENDING_MARKER = ".tracking-pending"
 LATE_ENTRIES = ("mlflow.db", "mlartifacts", PENDING_MARKER, RUN_MARKER)  # written after the commit
 
 log = logging.getLogger(__name__)
-
-
-def refuse_unsafe_target(out: Path, inputs: list[str | Path], flag: str = "--output") -> None:
-    """Never write into or replace a root or home folder, the working directory (or a folder holding it), or a
-    folder that holds an input; never write inside an input."""
-    out = out.resolve()
-    home = Path.home().resolve()
-    if out == Path(out.anchor) or out == home or out in home.parents:
-        raise JojoInputError(f"{flag} {out} is a root or home folder: give a new folder for the run, e.g. "
-                             f"{flag} runs/{out.name or 'jojoscl'}")
-    cwd = Path.cwd().resolve()
-    if out == cwd or out in cwd.parents:
-        raise JojoInputError(f"{flag} {out} is the working directory or holds it: give a new folder, e.g. "
-                             f"{flag} runs/jojoscl")
-    for inp in inputs:
-        i = Path(inp).resolve()
-        if i == out or out in i.parents:
-            raise JojoInputError(f"{flag} {out} holds the input {i}: choose an output folder outside the input")
-        if i in out.parents:
-            raise JojoInputError(f"{flag} {out} lies inside the input {i}: choose an output folder outside it")
 
 
 def is_our_run(out: Path) -> tuple[bool, list[str]]:

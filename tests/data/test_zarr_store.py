@@ -16,9 +16,8 @@ from jojoscl_dist.data.loader import iter_epoch, stream_plan
 from jojoscl_dist.data.preprocess import PreprocessStats, compute_stats, materialize
 from jojoscl_dist.data.readers import read_input
 from jojoscl_dist.data.synthetic import AtlasSpec, iter_chunks, write_raw_zarr
-from jojoscl_dist.data.zarr_store import ZarrSource, is_prepared_store, read_prepared_meta
+from jojoscl_dist.data.zarr_store import ZarrSource, is_prepared_store, prepare, read_prepared_meta
 from jojoscl_dist.errors import JojoInputError
-from jojoscl_dist.prepare import prepare
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -559,7 +559,7 @@ def test_stale_on_the_fly_store_is_rebuilt(tmp_path, capsys):
     """A large input is prepared into the run's own folder; a store there from other data is rebuilt, never
     trained on."""
     from jojoscl_dist.config import JojoConfig
-    from jojoscl_dist.prepare import prepare
+    from jojoscl_dist.data.zarr_store import prepare
     from jojoscl_dist.data.dataset import prepared_store_path
     from jojoscl_dist.train.run import run_folder
 
