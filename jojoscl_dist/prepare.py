@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 
+from jojoscl_dist import __version__
 from jojoscl_dist.config import ConfigValueError, DataConfig, JojoConfig
 from jojoscl_dist.data.preprocess import HVG_FLAVORS, TARGET_SUM_HELP, target_sum_arg
 from jojoscl_dist.data.zarr_store import prepare
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     dc = DataConfig()
     p = argparse.ArgumentParser(prog="python -m jojoscl_dist.prepare",
                                 description="Preprocess a raw atlas out of core into a Zarr store for training.")
+    p.add_argument("--version", action="version", version=f"jojoscl-dist {__version__}")
     p.add_argument("--input", required=True, help=".h5ad (read backed), X/Y .h5, 10x, or raw AnnData .zarr")
     p.add_argument("--output", required=True, help="the prepared store (STORE.zarr)")
     p.add_argument("--n-top-genes", type=int, default=dc.n_top_genes)
