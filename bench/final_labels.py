@@ -1,7 +1,7 @@
 """Final-label methods compared on saved runs, cross-validated over two folds of the shared sets.
 
-    python -m bench.quality --datasets all --seed-list S --dump DIR     # train once per set and seed
-    python -m bench.final_labels DIR [--out bench/results/final_labels]
+    python -m bench.quality --datasets all --seed-list S --dump DIR > quality-sS.log   # train once per set, seed
+    python -m bench.final_labels DIR/full --cache ROWS --quality-logs quality-s*.log
 
 Each method labels the same picked model's embedding (and input PCA); a default is chosen on one fold by mean ARI
 and reported on the other. Nothing here sees the labels except the scoring.
@@ -108,7 +108,8 @@ def score_dir(dump: Path, cache: Path | None = None) -> list[dict]:
 
 def _read(path: Path) -> list[dict]:
     with open(path) as f:
-        return [dict(r, ari=float(r["ari"]), nmi=float(r["nmi"])) for r in csv.DictReader(f)]
+        return [dict(r, seed=int(r["seed"]), ari=float(r["ari"]), nmi=float(r["nmi"]), n_found=int(r["n_found"]))
+                for r in csv.DictReader(f)]
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -119,36 +120,72 @@ def _write(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def cross_validate(rows: list[dict]) -> None:
-    """Per fold: the method with the best mean ARI there, reported on the other fold."""
+# Baselines without the model: k-means on PCA(50) and Leiden at resolution 1 (bench.quality's rows), Leiden to K
+# on PCA(50), and the default final k-means on the input PCA alone.
+BASELINES = ("kmeans_pca", "leiden_1.0", "leiden_pca50", "km_pca20")
+NO_MODEL = ("km_pca20", "leiden_pca20")
+
+
+def baseline_rows(logs: list[Path]) -> list[dict]:
+    """k-means PCA(50) and Leiden r=1 from bench.quality's printed rows (one dict per line)."""
+    import ast
+
+    rows = []
+    for log in logs:
+        for line in log.read_text().splitlines():
+            if line.startswith("{") and "kmeans_pca_ari" in line:
+                r = ast.literal_eval(line)
+                rows += [{"dataset": r["dataset"], "seed": r["seed"], "method": m, "ari": r[f"{m}_ari"]}
+                         for m in ("kmeans_pca", "leiden_1.0")]
+    return rows
+
+
+def type_ratio(dump: Path) -> dict[str, float]:
+    """Largest over smallest annotated type, per set."""
+    out = {}
+    for f in sorted(dump.glob("*.npz")):
+        _, sizes = np.unique(np.load(f)["truth"], return_counts=True)
+        out[f.stem.rsplit("-s", 1)[0]] = sizes.max() / sizes.min()
+    return out
+
+
+def cross_validate(rows: list[dict], ratio: dict[str, float]) -> str:
+    """The method with the best mean ARI on one fold, reported on the other: a markdown table per set."""
     import pandas as pd
 
-    df = pd.DataFrame(rows)
-    per_set = df.groupby(["dataset", "method"]).ari.mean().unstack()
-    fold_of = {s: f for f, sets in FOLDS.items() for s in sets}
-    per_set["fold"] = per_set.index.map(fold_of)
-    ms = [c for c in per_set.columns if c != "fold"]
-    chosen = {}
-    for f in FOLDS:
-        inside = per_set[per_set.fold == f][ms].mean()
-        if inside.isna().all():
-            continue
-        chosen[f] = inside.idxmax()
-        print(f"fold {f}: in-fold means", inside.round(3).to_dict(), "-> chosen", chosen[f])
+    per_set = pd.DataFrame(rows).groupby(["dataset", "method"]).ari.mean().unstack()
+    fold = pd.Series({s: f for f, sets in FOLDS.items() for s in sets}).reindex(per_set.index)
+    candidates = [m for m in per_set.columns if m not in BASELINES + NO_MODEL]
+    chosen = {f: per_set.loc[fold == f, candidates].mean().idxmax() for f in FOLDS}
     other = {"A": "B", "B": "A"}
-    oof = {s: per_set.loc[s, chosen[other[f]]] if other[f] in chosen else np.nan
-           for s, f in per_set.fold.items()}
-    per_set["out_of_fold"] = pd.Series(oof)
-    print(per_set.round(3).to_string())
-    print("mean", per_set[ms + ["out_of_fold"]].mean().round(3).to_dict())
+    oof = pd.Series({s: per_set.loc[s, chosen[other[f]]] for s, f in fold.items()})
+    best = per_set[[m for m in BASELINES if m in per_set]].max(axis=1)
+    lines = [f"Chosen on fold A: `{chosen['A']}` (reported on B); on fold B: `{chosen['B']}` (reported on A).", "",
+             "| set | fold | largest / smallest type | out of fold | default (`km_w1.5`) | no model (`km_pca20`) | "
+             "k-means PCA(50) | Leiden r=1 | Leiden to K | best baseline | regret |", "|---" * 11 + "|"]
+    for s in per_set.index:
+        r = per_set.loc[s]
+        lines.append(f"| {s} | {fold[s]} | {ratio.get(s, np.nan):.1f} | {oof[s]:.3f} | {r['km_w1.5']:.3f} | "
+                     f"{r['km_pca20']:.3f} | {r.get('kmeans_pca', np.nan):.3f} | {r.get('leiden_1.0', np.nan):.3f} | "
+                     f"{r['leiden_pca50']:.3f} | {best[s]:.3f} | {oof[s] - best[s]:+.3f} |")
+    m = per_set.mean()
+    lines.append(f"| **mean** | | | {oof.mean():.3f} | {m['km_w1.5']:.3f} | {m['km_pca20']:.3f} | "
+                 f"{m.get('kmeans_pca', np.nan):.3f} | {m.get('leiden_1.0', np.nan):.3f} | {m['leiden_pca50']:.3f} | "
+                 f"{best.mean():.3f} | {(oof - best).mean():+.3f} |")
+    lines += ["", "Every candidate, mean ARI over the sets: " +
+              ", ".join(f"`{c}` {per_set[c].mean():.3f}" for c in sorted(per_set.columns))]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("dump", type=Path, help="folder of saved runs (bench.quality --dump)")
     p.add_argument("--cache", type=Path, default=None, help="folder of scored rows, one csv per saved run")
+    p.add_argument("--quality-logs", type=Path, nargs="*", default=[],
+                   help="bench.quality's printed rows of the same runs: the k-means PCA(50) and Leiden r=1 columns")
     a = p.parse_args(argv)
-    cross_validate(score_dir(a.dump, a.cache))
+    rows = score_dir(a.dump, a.cache) + baseline_rows(a.quality_logs)
+    print(cross_validate(rows, type_ratio(a.dump)))
 
 
 if __name__ == "__main__":

@@ -255,7 +255,7 @@ def main(argv=None) -> None:
                 continue
             for variant, ov in variants.items():
                 r, data = run_one(name, seed, ov, args.epochs, workdir,
-                                  Path(args.dump) / variant if args.dump else None)
+                                  dump=Path(args.dump) / variant if args.dump else None)
                 r["variant"] = variant
                 if variant == "full" and ov:
                     r["overrides"] = ",".join(args.set)

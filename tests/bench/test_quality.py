@@ -90,7 +90,7 @@ def test_set_as_full_runs_the_overrides_as_the_table_with_baselines(tmp_path, mo
 
     seen = []
 
-    def fake_run(name, seed, ov, epochs, workdir):
+    def fake_run(name, seed, ov, epochs, workdir, dump=None):
         seen.append(ov)
         data = types.SimpleNamespace(x=np.zeros((4, 2)), labels=np.array([0, 0, 1, 1]), n_clusters=2)
         return {"dataset": name, "seed": seed, "n_cells": 4, "k": 2, "pick_ari": 0.5, "pick_nmi": 0.5,
