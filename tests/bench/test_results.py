@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import defaults, k_selection, quality_report, scale, throughput
+from bench import defaults, final_labels, k_selection, quality_report, scale, throughput
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
@@ -24,6 +24,12 @@ def doc() -> str:
 def test_quality_tables_are_the_report_of_the_stored_rows(doc):
     text = quality_report.render([RESULTS / "quality" / "table.jsonl"], [RESULTS / "quality" / "baselines.jsonl"])
     assert "### Table II, label-free" in text and "**mean over 21 sets**" in text
+    assert text in doc
+
+
+def test_final_labels_table_is_the_report_of_the_stored_rows(doc):
+    text = final_labels.report(RESULTS / "final_labels")
+    assert "| **mean** |" in text and text.count("\n") > 21
     assert text in doc
 
 
