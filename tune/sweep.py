@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, help="logical CPUs for a local Ray (default: physical + 1)")
     p.add_argument("--output", default="runs/sweep", help="sweep output directory")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier sweep in --output")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under --output)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite under "
+                   "--output)")
     p.add_argument("--experiment", default="jojoscl-sweep", help="MLflow experiment name")
     p.add_argument("--storage-path", help="Ray storage for trials/checkpoints (default: <output>/ray)")
     p.add_argument("--label-key", help="obs column with true labels (reported; needed by --objective ari)")
@@ -177,9 +178,9 @@ def run_sweep(argv: list[str] | None = None) -> dict[str, Any]:
     started_ray = _init_ray(args.num_cpus)
     try:
         t0 = time.perf_counter()
-        uri = args.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
+        uri, artifacts = sweep_tracking(args.tracking_uri, out)
         client = MlflowClient(uri)
-        exp_id = ensure_experiment(client, args.experiment, None if args.tracking_uri else out / "mlartifacts")
+        exp_id = ensure_experiment(client, args.experiment, artifacts)
         pid = client.create_run(exp_id, run_name=f"sweep-{out.name}", tags={
             "jojoscl.kind": "sweep",
             "jojoscl.objective": f"{args.objective} ({metric}, {'SUPERVISED' if supervised else 'label-free'})",
@@ -363,6 +364,13 @@ def best_run(cfg: JojoConfig, out: Path, uri: str, experiment: str, parent_id: s
     return {**{f"best_run_{s}": _last(result.history, s, None) for s in LABEL_FREE_SCORES},
             **{f"best_run_{k}": result.metrics[k] for k in ("ari", "nmi", "acc", "n_clusters_found")
                if k in result.metrics}}
+
+
+def sweep_tracking(given: str | None, out: Path) -> tuple[str, Path | None]:
+    """(tracking URI, artifact folder): --tracking-uri, else MLFLOW_TRACKING_URI (a k8s job's server), else an
+    embedded sqlite store with its artifacts under the sweep folder; a server keeps its own artifact store."""
+    uri = given or os.environ.get("MLFLOW_TRACKING_URI")
+    return (uri, None) if uri else (f"sqlite:///{out / 'mlflow.db'}", out / "mlartifacts")
 
 
 def main(argv: list[str] | None = None) -> int:

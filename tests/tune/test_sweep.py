@@ -74,3 +74,13 @@ def test_asha_sweep_tracks_every_trial(data_dir, tmp_path):
     assert {"best.yaml", "trials.csv", "trials.md", "summary.json", "umap.png"} <= parent_arts
     assert parents[0].data.metrics[f"best_{METRIC}"] == pytest.approx(row[METRIC])
     assert yaml.safe_load((out / "space.yaml").read_text()).keys() >= {"loss.alpha", "model.mask_keep"}
+
+
+def test_sweep_tracks_to_the_flag_then_the_environment_then_its_own_store(tmp_path, monkeypatch):
+    from tune.sweep import sweep_tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert sweep_tracking(None, tmp_path) == (f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlartifacts")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert sweep_tracking(None, tmp_path) == ("http://mlflow:5000", None)  # the server's own artifact store
+    assert sweep_tracking("http://other:5000", tmp_path) == ("http://other:5000", None)
