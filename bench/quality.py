@@ -188,14 +188,14 @@ def run_one(name: str, seed: int, overrides: dict, epochs: int | None, workdir: 
     res["train_s"] = time.perf_counter() - t0
     res["torch_threads"] = torch.get_num_threads()
     if dump is not None:
-        _dump_embeddings(dump / f"{name}-s{seed}.npz", data, zs, seed, ev)
+        _dump_embeddings(dump / f"{name}-s{seed}.npz", data, zs, seed, ev, pca)
     return res, data
 
 
-def _dump_embeddings(path: Path, data, zs: dict, seed: int, ev: EvalConfig) -> None:
+def _dump_embeddings(path: Path, data, zs: dict, seed: int, ev: EvalConfig, pca: InputPCA | None) -> None:
     """The run's embeddings, input PCA and truth, so that final-label methods can be compared without training
-    again (bench.final_labels)."""
-    base = InputPCA.fit(ArraySource(data.x), 1.0, seed, ev.max_eval_cells, ev.input_pca_components)
+    again (bench.final_labels). The run's own PCA fit is reused: its coordinates do not depend on the weight."""
+    base = pca or InputPCA.fit(ArraySource(data.x), 1.0, seed, ev.max_eval_cells, ev.input_pca_components)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, truth=np.asarray(data.labels).astype(str), k=data.n_clusters,
                         pca50=input_reference(data.x, seed).astype(np.float32),
