@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jojoscl_dist.cluster.final import final_space
-from jojoscl_dist.cluster.graph import leiden_to_k
-from jojoscl_dist.cluster.kmeans import fit_kmeans
-from jojoscl_dist.cluster.metrics import score_labels
+from jojoscl_dist.clustering.final import final_space
+from jojoscl_dist.clustering.graph import leiden_to_k
+from jojoscl_dist.clustering.kmeans import fit_kmeans
+from jojoscl_dist.clustering.metrics import score_labels
 
 # Two folds of mixed kinds: droplet and plate-based, balanced and very unequal type sizes in each; the two
 # normalisations of the same cells (Yan, Yan_rpkm) stay in one fold.
@@ -60,7 +60,7 @@ def medoid_partition(parts: dict[str, np.ndarray]) -> str:
 
 
 def methods(d, seed: int) -> dict[str, np.ndarray]:
-    from jojoscl_dist.cluster.graph import knn_graph
+    from jojoscl_dist.clustering.graph import knn_graph
 
     z, k = d["z_pick"], int(d["k"])
     coords, scale = d["coords"], float(d["scale"])

@@ -1,4 +1,4 @@
-"""K selection benchmark: how well the label-free rules of jojoscl_dist.cluster.k_select recover the true K.
+"""K selection benchmark: how well the label-free rules of jojoscl_dist.clustering.k_select recover the true K.
 
 For every .h5ad in the data folder: the package's preprocessing (2000 HVG, log, z-score) -> PCA(50) -> each rule's
 K. Quality at a K is the ARI against obs['cell_type'] of k-means (k-means++, 10 restarts) on the same PCA(50):
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import load_labelled, machine, md_table
-from jojoscl_dist.cluster.k_select import choose_k, pca_embed
-from jojoscl_dist.cluster.kmeans import fit_kmeans
-from jojoscl_dist.cluster.metrics import score_labels
+from jojoscl_dist.clustering.k_select import choose_k, pca_embed
+from jojoscl_dist.clustering.kmeans import fit_kmeans
+from jojoscl_dist.clustering.metrics import score_labels
 
 RULES = {"leiden_r0.5": ("leiden", 0.5), "leiden_r1.0": ("leiden", 1.0), "silhouette": ("silhouette", 1.0)}
 

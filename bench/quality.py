@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from bench.defaults import parse_value, pick_index
-from jojoscl_dist.cluster.final import PCA_KEY, fit_input_pca, final_labels
-from jojoscl_dist.cluster.input_pca import InputPCA
-from jojoscl_dist.cluster.metrics import score_labels
-from jojoscl_dist.cluster.selection import input_reference
-from jojoscl_dist.cluster.kmeans import fit_kmeans
+from jojoscl_dist.clustering.final import PCA_KEY, fit_input_pca, final_labels
+from jojoscl_dist.clustering.input_pca import InputPCA
+from jojoscl_dist.clustering.metrics import score_labels
+from jojoscl_dist.clustering.selection import input_reference
+from jojoscl_dist.clustering.kmeans import fit_kmeans
 from jojoscl_dist.config import EvalConfig, JojoConfig
 from jojoscl_dist.data.dataset import prepare_data
 from jojoscl_dist.data.loader import ArraySource

@@ -101,8 +101,8 @@ def loop_throughput(data: str, batch: int, epochs: int, threads: int) -> dict:
 def profile_step(data: str, batch: int, steps: int, threads: int) -> dict[str, float]:
     """ms per step in each phase (and per-epoch costs), timed with the loop's own building blocks."""
     torch.set_num_threads(threads)
-    from jojoscl_dist.cluster.kmeans import BatchKMeans, fit_kmeans
-    from jojoscl_dist.cluster.selection import Selector
+    from jojoscl_dist.clustering.kmeans import BatchKMeans, fit_kmeans
+    from jojoscl_dist.clustering.selection import Selector
     from jojoscl_dist.config import JojoConfig
     from jojoscl_dist.data.loader import ArraySource, epoch_batches
     from jojoscl_dist.losses import cluster_contrastive_loss, instance_contrastive_loss, sure_loss

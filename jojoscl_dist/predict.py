@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from anndata.utils import make_index_unique
 
 from jojoscl_dist import __version__
-from jojoscl_dist.cluster.final import final_labels
+from jojoscl_dist.clustering.final import final_labels
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import PreprocessStats, as_float, iter_row_chunks
 from jojoscl_dist.data.readers import get_labels, read_input
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if (~pred.cell_mask).any():
         line += f"; {int((~pred.cell_mask).sum())} cells with zero counts unassigned"
     if truth is not None:
-        from jojoscl_dist.cluster.metrics import score_labels
+        from jojoscl_dist.clustering.metrics import score_labels
 
         s = score_labels(truth[pred.cell_mask], pred.labels)
         line += f"; vs {args.label_key}: ARI {s['ari']:.4f} NMI {s['nmi']:.4f} ACC {s['acc']:.4f}"

@@ -7,7 +7,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from jojoscl_dist.cluster.metrics import score_labels
+from jojoscl_dist.clustering.metrics import score_labels
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.preprocess import compute_stats
 from jojoscl_dist.outputs import bundle

@@ -12,7 +12,7 @@ import anndata as ad
 import numpy as np
 import zarr
 
-from jojoscl_dist.cluster.k_select import choose_k
+from jojoscl_dist.clustering.k_select import choose_k
 from jojoscl_dist.config import DataConfig, JojoConfig
 from jojoscl_dist.data.fingerprint import describe_change, fingerprint, same_data
 from jojoscl_dist.data.loader import ArraySource

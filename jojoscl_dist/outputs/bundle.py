@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from jojoscl_dist import __version__
-from jojoscl_dist.cluster.input_pca import InputPCA
+from jojoscl_dist.clustering.input_pca import InputPCA
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.preprocess import PreprocessStats
 from jojoscl_dist.errors import JojoInputError

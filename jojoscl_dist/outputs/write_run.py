@@ -10,7 +10,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from jojoscl_dist.cluster.input_pca import InputPCA
+from jojoscl_dist.clustering.input_pca import InputPCA
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.dataset import PreparedData
 from jojoscl_dist.outputs import anndata_out, bundle, report, run_dir

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from jojoscl_dist.cluster.kmeans import BatchKMeans
-from jojoscl_dist.cluster.selection import Selector
+from jojoscl_dist.clustering.kmeans import BatchKMeans
+from jojoscl_dist.clustering.selection import Selector
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.outputs import safe_files

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jojoscl_dist.cluster.final import PCA_KEY
+from jojoscl_dist.clustering.final import PCA_KEY
 from jojoscl_dist.model.jojoscl import JojoSCL
 
 

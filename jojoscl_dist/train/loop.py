@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from jojoscl_dist.cluster.final import final_space
-from jojoscl_dist.cluster.input_pca import InputPCA
-from jojoscl_dist.cluster.kmeans import BatchKMeans, fit_kmeans
-from jojoscl_dist.cluster.metrics import score_labels
-from jojoscl_dist.cluster.selection import Selector, input_reference
+from jojoscl_dist.clustering.final import final_space
+from jojoscl_dist.clustering.input_pca import InputPCA
+from jojoscl_dist.clustering.kmeans import BatchKMeans, fit_kmeans
+from jojoscl_dist.clustering.metrics import score_labels
+from jojoscl_dist.clustering.selection import Selector, input_reference
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import SubsetSource, epoch_batch_count, eval_subset, iter_epoch
 from jojoscl_dist.losses.objective import LossTerms, jojoscl_objective, needs_assignment, needs_key_prior

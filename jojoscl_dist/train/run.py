@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from jojoscl_dist.cluster.final import fit_input_pca, final_labels
-from jojoscl_dist.cluster.input_pca import InputPCA
-from jojoscl_dist.cluster.metrics import score_labels
+from jojoscl_dist.clustering.final import fit_input_pca, final_labels
+from jojoscl_dist.clustering.input_pca import InputPCA
+from jojoscl_dist.clustering.metrics import score_labels
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.dataset import PreparedData, as_source, prepare_data, resolve_for_data
 from jojoscl_dist.data.fingerprint import describe_change, same_data

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from jojoscl_dist.cluster.input_pca import InputPCA
+from jojoscl_dist.clustering.input_pca import InputPCA
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import compute_stats

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from jojoscl_dist.cluster.k_select import choose_k
+from jojoscl_dist.clustering.k_select import choose_k
 from jojoscl_dist.train.__main__ import config_from_args, main
 
 

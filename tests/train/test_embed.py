@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from jojoscl_dist.cluster.final import PCA_KEY
-from jojoscl_dist.cluster.input_pca import InputPCA
+from jojoscl_dist.clustering.final import PCA_KEY
+from jojoscl_dist.clustering.input_pca import InputPCA
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.model import JojoSCL
 from jojoscl_dist.train.embed import embed, embed_to_zarr

@@ -4,8 +4,8 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from jojoscl_dist.cluster.final import final_labels
-from jojoscl_dist.cluster.metrics import score_labels
+from jojoscl_dist.clustering.final import final_labels
+from jojoscl_dist.clustering.metrics import score_labels
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import compute_stats, materialize
@@ -128,7 +128,7 @@ def test_evaluations_on_a_capped_sample(cellbench):
 
 def test_input_pcs_projection_is_fitted_on_the_data_and_saved(cellbench):
     """model.input_pcs: the loop fits the input PCA once (seeded) and the encoder keeps it in its weights."""
-    from jojoscl_dist.cluster.input_pca import InputPCA
+    from jojoscl_dist.clustering.input_pca import InputPCA
 
     x, y = cellbench
     cfg = small_cfg(3)

@@ -87,7 +87,7 @@ def test_more_epochs_on_resume_move_the_selection_window(brain, monkeypatch):
     when the earlier pick scores higher."""
     x = brain
     scores = iter(np.linspace(1.0, 0.0, 200))  # every later evaluation scores lower
-    monkeypatch.setattr("jojoscl_dist.cluster.selection.silhouette_score", lambda *a, **k: next(scores))
+    monkeypatch.setattr("jojoscl_dist.clustering.selection.silhouette_score", lambda *a, **k: next(scores))
     cfg = cfg_for(2, "constant")
     cfg.eval.selection, cfg.eval.select_from, cfg.eval.eval_every = "silhouette", 0.5, 1
     s = train(cfg, x)

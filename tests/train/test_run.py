@@ -73,7 +73,7 @@ def test_final_kmeans_space_follows_input_pca_weight(tmp_path, weight):
 def test_final_kmeans_restart_selection_reaches_the_labels(tmp_path, monkeypatch):
     """eval.kmeans_select / kmeans_restarts (CLI --kmeans-select / --kmeans-restarts) reach the final k-means,
     and the run's metrics record them."""
-    import jojoscl_dist.cluster.kmeans as km
+    import jojoscl_dist.clustering.kmeans as km
     from jojoscl_dist.train.__main__ import config_from_args
 
     seen = []

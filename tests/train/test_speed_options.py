@@ -74,7 +74,7 @@ def test_fused_adam_matches_foreach():
 
 
 def test_kmeans_warm_start_seeds_once_and_a_fresh_start_every_step(monkeypatch):
-    import jojoscl_dist.cluster.kmeans as K
+    import jojoscl_dist.clustering.kmeans as K
 
     seeds, in_batch = [], []  # k-means++ calls made inside BatchKMeans (the evaluations' k-means use it too)
     real_pp, real_call = K.kmeans_plusplus, K.BatchKMeans.__call__

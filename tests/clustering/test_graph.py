@@ -1,12 +1,12 @@
-"""Leiden brought to K (cluster/graph.py) and its use as the final labels (cluster/final.py)."""
+"""Leiden brought to K (clustering/graph.py) and its use as the final labels (clustering/final.py)."""
 
 import dask.array as da
 import numpy as np
 
-from jojoscl_dist.cluster.final import final_labels
-from jojoscl_dist.cluster.graph import leiden_to_k
-from jojoscl_dist.cluster.kmeans import assign, fit_kmeans
-from jojoscl_dist.cluster.metrics import score_labels
+from jojoscl_dist.clustering.final import final_labels
+from jojoscl_dist.clustering.graph import leiden_to_k
+from jojoscl_dist.clustering.kmeans import assign, fit_kmeans
+from jojoscl_dist.clustering.metrics import score_labels
 
 
 def _unequal_blobs(sizes=(600, 25, 25), g=5, seed=0):

@@ -1,6 +1,6 @@
 """The input's principal components, appended to the embedding for the final k-means (``eval.input_pca_weight``).
 
-The final labels come from k-means on ``[z, p]`` per cell (``cluster/final.py``), where z (192,) is the
+The final labels come from k-means on ``[z, p]`` per cell (``clustering/final.py``), where z (192,) is the
 L2-normalised instance embedding and
 
     p = w * (x - mean) @ V^T / s        (n_components,)

@@ -3,7 +3,7 @@
 The final space of a cell is ``[z, w * c / s]`` (``final_space``): z its instance embedding, c its coordinates on
 the input's principal components (``InputPCA.coords``, or the in-training evaluations' own PCA of the evaluated
 cells), w = ``eval.input_pca_weight`` and s the coordinates' root mean squared norm, so that the PCA part weighs
-w^2 against ||z||^2 = 1 (cluster/input_pca.py says why both). With w = 0, or the head's labels, it is z alone.
+w^2 against ||z||^2 = 1 (clustering/input_pca.py says why both). With w = 0, or the head's labels, it is z alone.
 
 ``fit_input_pca`` fits that PCA once per run; the same fit gives the run's labels and goes into the model bundle.
 ``final_labels`` is the one labelling step: the run driver, ``predict`` (new cells, assigned to the saved
@@ -17,9 +17,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jojoscl_dist.cluster.graph import leiden_to_k
-from jojoscl_dist.cluster.input_pca import InputPCA, rms_norm
-from jojoscl_dist.cluster.kmeans import assign, fit_kmeans_centroids
+from jojoscl_dist.clustering.graph import leiden_to_k
+from jojoscl_dist.clustering.input_pca import InputPCA, rms_norm
+from jojoscl_dist.clustering.kmeans import assign, fit_kmeans_centroids
 from jojoscl_dist.config import EvalConfig
 
 PCA_KEY = "x_pca"  # the embedding's entry for the cells' input PCA coordinates c (unweighted)

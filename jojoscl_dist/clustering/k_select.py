@@ -22,7 +22,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 from sklearn.neighbors import NearestNeighbors
 
-from jojoscl_dist.cluster.kmeans import fit_kmeans
+from jojoscl_dist.clustering.kmeans import fit_kmeans
 
 log = logging.getLogger(__name__)
 

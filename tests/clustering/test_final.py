@@ -1,4 +1,4 @@
-"""The final clustering (cluster/final.py): its space, the run's input PCA, and the labels in memory, by blocks
+"""The final clustering (clustering/final.py): its space, the run's input PCA, and the labels in memory, by blocks
 and for new cells."""
 
 import dataclasses
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from jojoscl_dist.cluster.final import PCA_KEY, _take_rows, final_labels, final_space, fit_input_pca
-from jojoscl_dist.cluster.input_pca import InputPCA, rms_norm
-from jojoscl_dist.cluster.kmeans import assign
-from jojoscl_dist.cluster.metrics import score_labels
+from jojoscl_dist.clustering.final import PCA_KEY, _take_rows, final_labels, final_space, fit_input_pca
+from jojoscl_dist.clustering.input_pca import InputPCA, rms_norm
+from jojoscl_dist.clustering.kmeans import assign
+from jojoscl_dist.clustering.metrics import score_labels
 from jojoscl_dist.config import EvalConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.model import JojoSCL

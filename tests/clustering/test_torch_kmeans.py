@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from jojoscl_dist.cluster.kmeans import BatchKMeans, _lloyd, torch_lloyd
-from jojoscl_dist.cluster.metrics import score_labels
+from jojoscl_dist.clustering.kmeans import BatchKMeans, _lloyd, torch_lloyd
+from jojoscl_dist.clustering.metrics import score_labels
 
 
 def blobs(n_per=40, k=5, d=16, seed=0):
@@ -31,7 +31,7 @@ def test_empty_cluster_keeps_its_centroid():
 
 
 def test_kmeanspp_only_on_first_call_with_warm_start_and_state_round_trip(monkeypatch):
-    import jojoscl_dist.cluster.kmeans as K
+    import jojoscl_dist.clustering.kmeans as K
 
     calls = []
     real = K.kmeans_plusplus
@@ -49,7 +49,7 @@ def test_kmeanspp_only_on_first_call_with_warm_start_and_state_round_trip(monkey
 
 
 def test_fresh_start_seeds_every_batch_and_resumes_the_same(monkeypatch):
-    import jojoscl_dist.cluster.kmeans as K
+    import jojoscl_dist.clustering.kmeans as K
 
     seeds = []
     real = K.kmeans_plusplus

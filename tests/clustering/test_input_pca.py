@@ -1,10 +1,10 @@
-"""The input's PCA coordinates appended to z for the final k-means (cluster/input_pca.py)."""
+"""The input's PCA coordinates appended to z for the final k-means (clustering/input_pca.py)."""
 
 import numpy as np
 from sklearn.decomposition import PCA
 
-from jojoscl_dist.cluster.final import final_space
-from jojoscl_dist.cluster.input_pca import InputPCA
+from jojoscl_dist.clustering.final import final_space
+from jojoscl_dist.clustering.input_pca import InputPCA
 from jojoscl_dist.data.loader import ArraySource
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from jojoscl_dist.cluster.kmeans import BatchKMeans, consensus_index, fit_kmeans
-from jojoscl_dist.cluster.metrics import clustering_accuracy, score_labels
+from jojoscl_dist.clustering.kmeans import BatchKMeans, consensus_index, fit_kmeans
+from jojoscl_dist.clustering.metrics import clustering_accuracy, score_labels
 
 
 def blobs(n_per=50, k=4, d=8, seed=0):
@@ -70,7 +70,7 @@ def test_consensus_index_picks_the_medoid_partition():
 
 def test_consensus_select_keeps_an_agreed_restart_not_the_lowest_inertia(monkeypatch):
     # Three restarts: two land on partition A (higher objective), one on partition B (lowest objective).
-    import jojoscl_dist.cluster.kmeans as km
+    import jojoscl_dist.clustering.kmeans as km
 
     x, _ = blobs(n_per=20, k=2)
     ca, cb = np.array([[10.0] * 8, [-10.0] * 8], np.float32), np.array([[0.0] * 8, [50.0] * 8], np.float32)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from jojoscl_dist.cluster.selection import Selector, input_reference
+from jojoscl_dist.clustering.selection import Selector, input_reference
 
 
 def blobs(spread, seed=0):
