@@ -111,7 +111,8 @@ class RunConfig:
     num_workers: int = 1
     # Ray CPUs per Train worker, i.e. its torch threads, on which float results depend; None: the CPUs shared out
     cpus_per_worker: int | None = None
-    use_gpu: bool | None = None  # None: use CUDA when available
+    use_gpu: bool | None = None  # None: CUDA when available in-process; on Ray, when the cluster has a GPU per worker
+    gpu_wait_s: float = 300.0  # with use_gpu on Ray: how long to wait for GPU workers to join before failing
     output: str = "runs/jojoscl"
     run_name: str | None = None
     storage_path: str | None = None  # Ray Train storage; default .<output>.ray beside the output
@@ -214,7 +215,7 @@ _POSITIVE = (0, None, False, True)
 RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     **dict.fromkeys(("data.prefetch_batches", "model.input_pcs", "model.mask_min_nonzero", "model.noise_std",
                      "loss.alpha", "loss.beta", "loss.w_sure", "optim.weight_decay", "optim.min_steps",
-                     "eval.input_pca_weight", "run.num_workers", "run.max_failures"), _AT_LEAST_0),
+                     "eval.input_pca_weight", "run.num_workers", "run.max_failures", "run.gpu_wait_s"), _AT_LEAST_0),
     **dict.fromkeys(("data.n_top_genes", "data.chunk_size", "data.store_chunk_rows", "data.shuffle_buffer_chunks",
                      "data.prepare_above_cells", "data.prepare_above_bytes", "model.hidden_dims", "model.latent_dim",
                      "model.instance_dim", "model.cluster_hidden", "loss.kmeans_iters", "optim.epochs",

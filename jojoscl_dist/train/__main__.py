@@ -62,6 +62,8 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--kmeans-select", "eval.kmeans_select", str, "final k-means restart kept: consensus (agrees most with the "
      "others) | inertia (lowest)"),
     ("--eval-every", "eval.eval_every", int, "epochs between evaluations"),
+    ("--gpu-wait", "run.gpu_wait_s", float, "with --use-gpu on Ray: seconds to wait for a GPU per worker to join "
+     "the cluster (autoscaling) before failing (default 300)"),
     ("--checkpoint-every", "run.checkpoint_every", int, "epochs between checkpoints (the last one always)"),
     ("--precision", "optim.precision", str, "fp32 | bf16 (autocast forward passes; a GPU speed option)"),
 ]
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, key, tp, help_ in OPTIONS:
         p.add_argument(flag, dest=key, type=tp, default=None, help=help_)
     p.add_argument("--use-gpu", dest="run.use_gpu", action="store_const", const=True, default=None,
-                   help="train on CUDA (default: when available)")
+                   help="train on CUDA (default: in-process when CUDA is available; on Ray when the cluster has a GPU per worker)")
     p.add_argument("--cpu", dest="run.use_gpu", action="store_const", const=False, help="never use a GPU")
     p.add_argument("--overwrite", dest="run.overwrite", action="store_const", const=True, default=None,
                    help="replace an earlier run in --output")

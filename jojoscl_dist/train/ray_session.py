@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -21,9 +22,9 @@ import torch
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.zarr_store import ZarrSource
-from jojoscl_dist.errors import TrainingDiverged, TrainingFailed
+from jojoscl_dist.errors import JojoInputError, TrainingDiverged, TrainingFailed
 from jojoscl_dist.train.checkpoint import DIVERGED_FILE, STATE_FILE
-from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker, wants_gpu
+from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
 from jojoscl_dist.train.session import EpochProgress, Session
 
 # ray.train.report is throttled by the controller's health-check interval (default 2 s per report).
@@ -145,6 +146,34 @@ def ensure_ray(num_workers: int) -> None:
              runtime_env={"env_vars": RAY_ENV}, logging_level=logging.WARNING)
 
 
+def cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def workers_use_gpu(cfg: JojoConfig, poll_s: float = 2.0) -> bool:
+    """GPUs for the Ray workers by what the cluster holds, not by the driver (a KubeRay head has no GPU): by
+    default when there is one per worker. ``--use-gpu`` waits up to ``run.gpu_wait_s`` for GPU workers to join
+    (a starting or autoscaling cluster), then fails at once instead of waiting for the job's deadline."""
+    n, wanted = cfg.run.num_workers, cfg.run.use_gpu
+    if wanted is False:
+        return False
+    if wanted is None:
+        return cluster_gpus() >= n
+    if cluster_gpus() < n and cfg.run.gpu_wait_s > 0:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[{"GPU": 1}] * n)  # an autoscaler adds GPU nodes only for a pending request
+        deadline = time.monotonic() + cfg.run.gpu_wait_s
+        while cluster_gpus() < n and time.monotonic() < deadline:
+            time.sleep(poll_s)
+        request_resources(bundles=[])
+    if cluster_gpus() < n:
+        raise JojoInputError(f"--use-gpu asks for {n} GPU(s), one per worker, but the Ray cluster has "
+                             f"{cluster_gpus():g} after {cfg.run.gpu_wait_s:g} s: add GPU workers, lower "
+                             f"--num-workers, raise --gpu-wait for an autoscaling cluster, or drop --use-gpu")
+    return True
+
+
 @dataclass(frozen=True)
 class TrainInputs:
     """What the driver hands the workers: the cells, K, the truth (logged metrics only) and the input's identity."""
@@ -166,10 +195,10 @@ def build_trainer(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name:
                   keep_checkpoints: int = 2, callbacks: Sequence[Any] = ()) -> ray.train.torch.TorchTrainer:
     """The TorchTrainer of a CLI run or a sweep trial. Each worker gets ``resources_per_worker`` (a trial's share;
     a GPU when it names one), else ``cfg.run.cpus_per_worker`` CPUs (default: the cluster's shared out, which
-    sets torch's threads) and a GPU per ``cfg.run.use_gpu``. ``resume_from``: see RaySession.resume_dir."""
+    sets torch's threads) and a GPU per ``workers_use_gpu``. ``resume_from``: see RaySession.resume_dir."""
     n = cfg.run.num_workers
-    use_gpu = resources_per_worker.get("GPU", 0) > 0 if resources_per_worker else wants_gpu(cfg)
     ensure_ray(n)
+    use_gpu = resources_per_worker.get("GPU", 0) > 0 if resources_per_worker else workers_use_gpu(cfg)
     if not resources_per_worker:
         total_cpu = int(ray.cluster_resources().get("CPU", 1))
         resources_per_worker = {"CPU": cfg.run.cpus_per_worker or max(1, (total_cpu - 1) // n)}

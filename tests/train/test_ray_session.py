@@ -103,3 +103,40 @@ def test_one_trainer_factory_for_the_cli_and_sweep_trials(local_ray, tmp_path, m
     # Fault injection reaches the workers only through the driver's environment (tests/faults).
     monkeypatch.setenv(FAULT_ENV, '{"starts": "s.txt"}')
     assert build_trainer(cfg, inputs, str(tmp_path), "run-b").train_loop_config["faults"] == '{"starts": "s.txt"}'
+
+
+GPU_SCRIPT = """
+import time, ray
+from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.errors import JojoInputError
+from jojoscl_dist.train.ray_session import workers_use_gpu
+
+def cfg(workers, use_gpu=None, wait=0.0):
+    c = JojoConfig()
+    c.run.num_workers, c.run.use_gpu, c.run.gpu_wait_s = workers, use_gpu, wait
+    return c
+
+ray.init(num_cpus=1, num_gpus=2)  # GPUs as the cluster declares them; nothing runs on them here
+print("AUTO2", workers_use_gpu(cfg(2)), "AUTO3", workers_use_gpu(cfg(3)), "CPU", workers_use_gpu(cfg(2, False)))
+t = time.monotonic()
+try:
+    workers_use_gpu(cfg(3, True, wait=1.0), poll_s=0.2)
+except JojoInputError as e:
+    print("WAITED", round(time.monotonic() - t, 1), "ERROR", e)
+ray.shutdown()
+ray.init(num_cpus=1, num_gpus=0)
+print("NOGPU", workers_use_gpu(cfg(1)))
+"""
+
+
+@pytest.mark.ray
+def test_gpu_use_follows_the_clusters_gpus_not_the_driver():
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run([sys.executable, "-c", GPU_SCRIPT], env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout
+    assert "AUTO2 True AUTO3 False CPU False" in out  # one GPU per worker, or none: no half-GPU run
+    waited = float(out.split("WAITED ")[1].split()[0])
+    assert 1.0 <= waited < 10  # waited for GPU workers to join, then failed fast
+    assert "asks for 3 GPU(s), one per worker, but the Ray cluster has 2" in out and "--gpu-wait" in out
+    assert "NOGPU False" in out
