@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
@@ -151,6 +152,9 @@ class JojoConfig:
             for name, value in fields.items():
                 if f"{section}.{name}" in RANGES:
                     _check_range(f"{section}.{name}", value, RANGES[f"{section}.{name}"])
+        for key, value in (("data.path", self.data.path), ("run.output", self.run.output),
+                           ("run.storage_path", self.run.storage_path)):
+            check_local_path(key, value)
         workers = max(1, self.run.num_workers)
         if self.optim.batch_size < 2 * workers:
             raise ConfigValueError("optim.batch_size", f"must be at least 2 per worker ({2 * workers} for "
@@ -193,6 +197,13 @@ class JojoConfig:
                                      f"jojoscl_dist/config.py)")
             d[section][name] = value
         return JojoConfig.from_dict(d)
+
+
+def check_local_path(key: str, value: str | None) -> None:
+    """Refuse a URL where a path is expected: Path() would turn s3://b/x into a local folder named 's3:'."""
+    if value and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", value):
+        raise ConfigValueError(key, f"{value!r} is a URL; only local or mounted (POSIX) paths are supported: "
+                               f"mount the bucket (e.g. s3fs, gcsfuse, a CSI volume) and give its path")
 
 
 class ConfigValueError(JojoInputError):

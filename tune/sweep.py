@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from jojoscl_dist import __version__
-from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.config import JojoConfig, check_local_path
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.outputs import run_dir
 from tune.space import DEFAULT_SPACE, apply_trial_config, load_space, to_tune
@@ -163,6 +163,8 @@ def run_sweep(argv: list[str] | None = None) -> dict[str, Any]:
                              "default label-free objective)")
     space = load_space(args.space)
     res = TrialResources.parse(args.resources_per_trial)
+    for flag in ("data", "output", "storage_path"):
+        check_local_path("--" + flag.replace("_", "-"), getattr(args, flag))
     base = base_config(args, res.workers)
     out = run_dir.check_output(args.output, args.overwrite, [args.data] if args.data else [])
     if out.exists():

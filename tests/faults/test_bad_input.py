@@ -231,6 +231,15 @@ def test_unwritable_sqlite_store(tmp_path, capsys):
                                "--num-workers", "0"], capsys, ["cannot be created or written", "--no-tracking"])
 
 
+
+def test_object_storage_url(tmp_path, capsys, monkeypatch):
+    p = write(counts(), tmp_path / "ok.h5ad")
+    monkeypatch.chdir(tmp_path)
+    expect_error("object-storage URL as a path", "`--storage-path s3://runs/jojo`", tmp_path, p,
+                 ["--n-clusters", "3", "--storage-path", "s3://runs/jojo", *FAST], capsys,
+                 ["--storage-path", "is a URL", "mount the bucket"])
+    assert not (tmp_path / "s3:").exists()  # no local folder named after the scheme
+
 # Warn-and-continue cases: they must run to the end and say what they did.
 
 def run_ok(tmp_path, inp, argv, caplog):

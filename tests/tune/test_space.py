@@ -67,3 +67,15 @@ def test_cli_rejects_supervised_objective_without_labels(tmp_path, data_dir):
     assert r.returncode == 2
     assert "jojoscl: error: --objective ari" in r.stderr and "--label-key" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flag", ["--storage-path", "--data"])
+def test_sweep_refuses_an_object_storage_url(tmp_path, data_dir, monkeypatch, capsys, flag):
+    from tune.sweep import main
+
+    monkeypatch.chdir(tmp_path)
+    args = {"--data": str(data_dir / "Yan.h5ad"), "--output": str(tmp_path / "o"), flag: "s3://runs/jojo"}
+    assert main([x for kv in args.items() for x in kv] + ["--num-samples", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"jojoscl: error: {flag} 's3://runs/jojo' is a URL" in err and "mount the bucket" in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s3:").exists()
