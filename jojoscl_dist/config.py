@@ -113,6 +113,8 @@ class RunConfig:
     # Ray CPUs per Train worker, i.e. its torch threads, on which float results depend; None: the CPUs shared out
     cpus_per_worker: int | None = None
     use_gpu: bool | None = None  # None: CUDA when available in-process; on Ray, when the cluster has a GPU per worker
+    # How Ray places the workers: PACK (fewest nodes), SPREAD, or STRICT_SPREAD (one worker per node)
+    placement: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"
     gpu_wait_s: float = 300.0  # with use_gpu on Ray: how long to wait for GPU workers to join before failing
     output: str = "runs/jojoscl"
     run_name: str | None = None

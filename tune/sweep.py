@@ -112,7 +112,7 @@ def _init_ray(num_cpus: int | None) -> bool:
         port = sock.getsockname()[1]
     env = {**RAY_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
     # Logical CPUs above physical: a Tune trial + its Train workers on all physical cores hung.
-    ray.init(num_cpus=num_cpus or (os.cpu_count() or 1) + 1, runtime_env={"env_vars": env},
+    ray.init(address="local", num_cpus=num_cpus or (os.cpu_count() or 1) + 1, runtime_env={"env_vars": env},
              include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
              logging_level=logging.WARNING, log_to_driver=False)
     return True

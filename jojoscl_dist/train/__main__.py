@@ -62,6 +62,10 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--kmeans-select", "eval.kmeans_select", str, "final k-means restart kept: consensus (agrees most with the "
      "others) | inertia (lowest)"),
     ("--eval-every", "eval.eval_every", int, "epochs between evaluations"),
+    ("--placement", "run.placement", str, "Ray worker placement: PACK (fewest nodes) | SPREAD | STRICT_SPREAD "
+     "(one worker per node)"),
+    ("--cpus-per-worker", "run.cpus_per_worker", int, "Ray CPUs (torch threads) per worker (default: the "
+     "cluster's CPUs shared out)"),
     ("--gpu-wait", "run.gpu_wait_s", float, "with --use-gpu on Ray: seconds to wait for a GPU per worker to join "
      "the cluster (autoscaling) before failing (default 300)"),
     ("--checkpoint-every", "run.checkpoint_every", int, "epochs between checkpoints (the last one always)"),

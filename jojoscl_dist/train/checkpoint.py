@@ -30,9 +30,10 @@ STATE_FILE = "state.pt"
 DIVERGED_FILE = "diverged.json"  # a NaN/Inf stop, recorded so that a relaunch of the same settings stops at once
 
 # What a resumed run may change: where things go and how often/how long it trains; the rest must match.
-RESUMABLE_CHANGES = {"optim.epochs", "optim.min_steps", "eval.eval_every", "run.num_workers", "run.use_gpu", "run.gpu_wait_s",
-                     "run.output", "run.storage_path", "run.max_failures", "run.overwrite", "run.tracking",
-                     "run.tracking_uri", "run.experiment", "run.quiet", "run.run_name"}
+RESUMABLE_CHANGES = {"optim.epochs", "optim.min_steps", "eval.eval_every", "run.num_workers", "run.use_gpu",
+                     "run.gpu_wait_s", "run.placement", "run.cpus_per_worker", "run.output", "run.storage_path",
+                     "run.max_failures", "run.overwrite", "run.tracking", "run.tracking_uri", "run.experiment",
+                     "run.quiet", "run.run_name"}
 
 
 def save_state(directory: str | Path, state: dict[str, Any]) -> Path:

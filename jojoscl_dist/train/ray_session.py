@@ -142,7 +142,8 @@ def ensure_ray(num_workers: int) -> None:
     # duration; 1,000 tasks bound it (docs/benchmarks.md "Scale").
     os.environ.setdefault("RAY_task_events_max_num_task_in_gcs", "1000")
     # Logical CPUs above physical: the Train controller needs a slot beside the workers.
-    ray.init(num_cpus=max(os.cpu_count() or 1, num_workers) + 1, log_to_driver=True,
+    # address="local": a new cluster of our own even when `ray start` left one running here (join it: RAY_ADDRESS).
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_workers) + 1, log_to_driver=True,
              runtime_env={"env_vars": RAY_ENV}, logging_level=logging.WARNING)
 
 
@@ -213,8 +214,8 @@ def build_trainer(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name:
                            "resume_from": resume_from, "fingerprint": inputs.fingerprint,
                            "faults": os.environ.get(FAULT_ENV), **data},
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=n, use_gpu=use_gpu,
-                                               resources_per_worker=resources_per_worker),
+        scaling_config=ray.train.ScalingConfig(num_workers=n, use_gpu=use_gpu, resources_per_worker=resources_per_worker,
+                                               placement_strategy=cfg.run.placement),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
