@@ -66,7 +66,8 @@ def _pip_report(tmp_path, *args) -> dict[str, str]:
     report = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report), *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"pip install --dry-run {args} failed (conflict or no index):\n{done.stderr[-3000:]}"
+    why = "a dependency conflict, or the package index is unreachable"
+    assert done.returncode == 0, f"pip install --dry-run {args} failed ({why}):\n{done.stderr[-3000:]}"
     installs = json.loads(report.read_text())["install"]
     return {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"] for i in installs}
 
