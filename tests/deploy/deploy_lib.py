@@ -60,7 +60,7 @@ def crd_dir() -> Path:
     return Path(os.environ.get("JOJOSCL_SHARED_DIR", REPO_ROOT.parent / "shared")) / "k8s-crds"
 
 
-# --------------------------------------------------------------------------- pyproject pins
+# --------------------------------------------------------------------------- pyproject and constraints.txt pins
 
 
 @functools.cache
@@ -87,8 +87,11 @@ def exact_pin(name: str) -> str:
     return specs[0].version
 
 
+@functools.cache
 def ray_version() -> str:
-    return exact_pin("ray")
+    """The tested Ray (constraints.txt): images and KubeRay manifests must run the Ray the driver was tested with."""
+    pins = (Requirement(line) for line in (REPO_ROOT / "constraints.txt").read_text().splitlines() if line[:1].isalnum())
+    return next(str(r.specifier).removeprefix("==") for r in pins if r.name == "ray")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -362,7 +365,7 @@ def invariant_errors(doc: dict, ctx: Context) -> list[str]:
         f"name must be a DNS-1035 label of at most {max_name} characters": DNS1035.match(name) and len(name) <= max_name,
         f"duplicate worker groupName in {names}": len(set(names)) == len(names),
         "no worker group": workers,
-        f"rayVersion {spec.get('rayVersion')!r} != ray pin in pyproject.toml {ray!r}": spec.get("rayVersion") == ray,
+        f"rayVersion {spec.get('rayVersion')!r} != ray pin in constraints.txt {ray!r}": spec.get("rayVersion") == ray,
         "authOptions.mode must be 'token' (Ray >= 2.59 expects token auth; KubeRay manages the token)":
             spec.get("authOptions", {}).get("mode") == "token",
         f"all Ray containers must use one image, found {images}": len(images) == 1,
@@ -380,7 +383,7 @@ def invariant_errors(doc: dict, ctx: Context) -> list[str]:
         if not repo.endswith("/jojoscl-dist") or not m:
             errs.append(f"{where}/{g.name}: image {image!r} is not jojoscl-dist:<ver>-ray<X.Y.Z>-{PYTHON_TAG}-<cpu|cuNNN>")
             continue
-        rules = {f"is built for Ray {m['ray']}, pyproject pins {ray}": m["ray"] == ray,
+        rules = {f"is built for Ray {m['ray']}, constraints.txt pins {ray}": m["ray"] == ray,
                  f"is not a {PYTHON_TAG} image": m["py"] == PYTHON_TAG,
                  "is the CPU build but the cluster has GPU workers": not any_gpu or m["flavor"] != "cpu"}
         errs += [f"{where}/{g.name}: image {image!r} {msg}" for msg, ok in rules.items() if not ok]
@@ -636,7 +639,7 @@ def dockerfile_errors(df: DockerfileParser, flavour: str) -> list[str]:
     chosen = {canonicalize_name(Requirement(r).name)
               for e in extras.split(",") for r in pyproject()["optional-dependencies"].get(e, [])}
     rules = {
-        f"base image is Ray {m['ray']}, pyproject pins ray=={ray}": m["ray"] == ray,
+        f"base image is Ray {m['ray']}, constraints.txt pins ray=={ray}": m["ray"] == ray,
         f"base image Python {py} is not the project's {PYTHON_TAG}":
             m["py"] == PYTHON_TAG and SpecifierSet(pyproject()["requires-python"]).contains(py),
         f"ARG TORCH_VERSION={df.args.get('TORCH_VERSION')} != pyproject torch=={torch}": df.args.get("TORCH_VERSION") == torch,
