@@ -255,6 +255,7 @@ def log_run(cfg: JojoConfig, final: dict[str, Any], history: list[dict], output:
         if p.exists():
             client.log_artifact(run_id, str(p), artifact_path=str(Path(name).parent) if "/" in name else None)
     if (Path(output) / "model" / bundle.FILENAME).is_file():
-        log_model(cfg, uri, run_id, output, input_genes)
-    client.set_terminated(run_id)
+        log_model(cfg, uri, run_id, output, input_genes)  # its fluent run ends the run
+    else:
+        client.set_terminated(run_id)
     return run_id

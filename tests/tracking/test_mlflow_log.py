@@ -3,10 +3,16 @@ MLflow state left behind."""
 
 import os
 
+import anndata as ad
+import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
 from jojoscl_dist.config import JojoConfig
+from jojoscl_dist.outputs import bundle
+from jojoscl_dist.predict import predict
 from jojoscl_dist.tracking.mlflow_log import log_run
 
 
@@ -22,6 +28,7 @@ def test_log_run_writes_its_own_store_and_leaves_the_environment_alone(tmp_path)
     assert "MLFLOW_TRACKING_URI" not in os.environ
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     run = client.get_run(rid)
+    assert run.info.status == "FINISHED"
     assert run.data.metrics["final_ari"] == 0.5 and run.data.params["run.experiment"] == "exp-a"
     assert [m.value for m in client.get_metric_history(rid, "loss")] == [3.0, 2.5]
     assert {a.path for a in client.list_artifacts(rid)} == {"config.yaml"}
@@ -72,3 +79,13 @@ def test_a_killed_run_is_failed_in_mlflow_and_its_relaunch_continues_the_same_ru
     assert again.data.params["optim.epochs"] == "3" and again.data.tags["jojoscl.resumed_with"] == "optim.epochs: 3 -> 4"
     assert (out / "mlflow.db").exists() and (out / "labels.csv").exists()  # the store moved into the finished run
     assert "MLFLOW_TRACKING_URI" not in os.environ  # the model logging's fluent run left nothing behind
+
+    # the logged pyfunc model: a cell with zero counts gets no cluster, the others those of jojoscl_dist.predict
+    model = mlflow.pyfunc.load_model(client.get_logged_model(again.outputs.model_outputs[0].model_id).artifact_location)
+    cells = ad.read_h5ad(tmp_path / "cells.h5ad")[:6]
+    df = pd.DataFrame(cells.X.toarray(), index=cells.obs_names, columns=cells.var_names).astype("float64")
+    df.iloc[0] = 0.0
+    got = model.predict(df)
+    expected = predict(bundle.load(out), ad.AnnData(df.to_numpy(np.float32)[1:], var=pd.DataFrame(index=df.columns)))
+    assert got["cluster"].iloc[0] == -1 and got.iloc[0, 1:].isna().all()
+    np.testing.assert_array_equal(got["cluster"].to_numpy()[1:], expected.labels)
