@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,14 @@ def git_commit() -> str | None:
     return get_git_commit(str(src)) if (src / "pyproject.toml").is_file() else None
 
 
+@dataclass
 class Tracker:
     """The MLflow run of a training run, open from the start of training. As a context manager it marks the run
     FAILED (KILLED on Ctrl-C) when the run ends in an exception before ``log_run`` ended it."""
 
-    def __init__(self, client, live: LiveRun, input_genes: list[str]):
-        self.client, self.live, self.input_genes = client, live, input_genes
+    client: Any
+    live: LiveRun
+    input_genes: list[str]  # every input gene: predictions normalise by a cell's total over them all
 
     @property
     def run_id(self) -> str:
@@ -115,17 +118,12 @@ class Tracker:
 
 def continued_run(client, uri: str, run_folder: Path) -> str | None:
     """The MLflow run an earlier launch of this run recorded in its checkpoint folder, if it is still there."""
-    record = run_folder / RUN_RECORD
-    if not record.is_file():
-        return None
-    saved = json.loads(record.read_text())
-    if saved.get("tracking_uri") != uri:
-        return None
     try:
-        run = client.get_run(saved["run_id"])
-    except Exception:  # deleted, or another store
+        saved = json.loads((run_folder / RUN_RECORD).read_text())
+        run = client.get_run(saved["run_id"]) if saved["tracking_uri"] == uri else None
+    except Exception:  # no record, or its run deleted
         return None
-    return run.info.run_id if run.info.lifecycle_stage == "active" else None
+    return run.info.run_id if run is not None and run.info.lifecycle_stage == "active" else None
 
 
 def start_run(cfg: JojoConfig, output: Path, data, run_folder: Path) -> Tracker:
@@ -166,8 +164,7 @@ def _start_run(cfg: JojoConfig, output: Path, data, run_folder: Path) -> Tracker
             tags["jojoscl.resumed_with"] = "; ".join(changed)[:5000]
     client.log_batch(rid, params=[Param(k, v) for k, v in params.items() if k not in old],
                      tags=[RunTag(k, v) for k, v in tags.items()])
-    names = list(data.adata.var_names)  # every input gene: predictions normalise by a cell's total over them all
-    return Tracker(client, LiveRun(uri, rid, resumed=bool(old)), names)
+    return Tracker(client, LiveRun(uri, rid, resumed=bool(old)), list(data.adata.var_names))
 
 
 def log_dataset(client, run_id: str, fingerprint: dict | None) -> None:
