@@ -125,6 +125,7 @@ class RunConfig:
     tracking: bool = True
     tracking_uri: str | None = None  # default sqlite under the output directory
     experiment: str = "jojoscl"
+    register_model: str | None = None  # MLflow registry name the run's pyfunc model is registered under
     quiet: bool = False
     obs_key: str = "jojoscl_cluster"  # obs column of the clusters in the annotated copy of the input
     plots: bool = True  # umap.png, curves.png and summary.md in the run directory

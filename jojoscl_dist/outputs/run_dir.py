@@ -26,14 +26,18 @@ from jojoscl_dist.errors import JojoInputError
 RUN_MARKER = ".jojoscl-run"  # written last into a finished run: lists what the run wrote (see is_our_run)
 # While the outputs wait for their MLflow logging the run is not finished: the same command may replace it.
 PENDING_MARKER = ".tracking-pending"
-LATE_ENTRIES = ("mlflow.db", "mlartifacts", PENDING_MARKER, RUN_MARKER)  # written after the commit
+STORE_ENTRIES = ("mlflow.db", "mlartifacts")  # the embedded MLflow store: live from the start of training
+LATE_ENTRIES = (*STORE_ENTRIES, PENDING_MARKER, RUN_MARKER)  # not in the staged run
 
 log = logging.getLogger(__name__)
 
 
 def is_our_run(out: Path) -> tuple[bool, list[str]]:
-    """(True, []) when ``out`` holds a run this tool wrote and nothing else; else (False, names not ours)."""
+    """(True, []) when ``out`` holds a run this tool wrote, or only the MLflow store of a run still training, and
+    nothing else; else (False, names not ours)."""
     marker = out / RUN_MARKER
+    if not marker.exists() and all(p.name in STORE_ENTRIES for p in out.iterdir()):
+        return True, []
     try:
         written = set(json.loads(marker.read_text())["entries"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -55,6 +59,8 @@ def check_output(output: str | Path, overwrite: bool, inputs: list[str | Path] =
                              f"choose another --output (only a finished jojoscl run is ever replaced)")
     if (out / PENDING_MARKER).exists() and not overwrite:
         log.warning("%s holds a run whose tracking step did not finish: replacing it", out)
+        return out
+    if not (out / RUN_MARKER).exists():  # the store of an unfinished run: its relaunch continues it
         return out
     if not overwrite:
         raise JojoInputError(f"--output {out} already holds an earlier run (pass --overwrite to replace it, "
@@ -81,7 +87,8 @@ def write_marker(stage: Path, entries: list[str] | None = None) -> None:
 
 
 def commit(stage: Path, output: str | Path) -> Path:
-    """Move the staged run into place; an earlier run (ours, checked again) is deleted once the new one is in place."""
+    """Move the staged run into place; an earlier run (ours, checked again) is deleted once the new one is in place.
+    The embedded MLflow store, which holds this run's live MLflow run too, moves into the new run."""
     out = Path(output)
     old = None
     if out.exists() and any(out.iterdir()):
@@ -89,6 +96,9 @@ def commit(stage: Path, output: str | Path) -> Path:
         if not ours:
             raise JojoInputError(f"--output {out} now holds files jojoscl did not write (e.g. "
                                  f"{', '.join(foreign)}): the new run stays in {stage}")
+        for name in STORE_ENTRIES:
+            if (out / name).exists():
+                (out / name).rename(stage / name)
         old = out.parent / f".{out.name}.replaced-{os.getpid()}"
         out.rename(old)
     elif out.exists():

@@ -44,6 +44,7 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--max-failures", "run.max_failures", int, "worker failures Ray Train recovers from"),
     ("--tracking-uri", "run.tracking_uri", str, "MLflow tracking URI (default: sqlite under --output)"),
     ("--experiment", "run.experiment", str, "MLflow experiment name"),
+    ("--register-model", "run.register_model", str, "register the run's MLflow model under this name"),
     ("--alpha", "loss.alpha", float, "weight of the instance loss"),
     ("--beta", "loss.beta", float, "weight of the cluster loss"),
     ("--w-sure", "loss.w_sure", float, "weight of the SURE loss"),

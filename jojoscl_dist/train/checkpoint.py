@@ -33,7 +33,7 @@ DIVERGED_FILE = "diverged.json"  # a NaN/Inf stop, recorded so that a relaunch o
 RESUMABLE_CHANGES = {"optim.epochs", "optim.min_steps", "eval.eval_every", "run.num_workers", "run.use_gpu",
                      "run.gpu_wait_s", "run.placement", "run.cpus_per_worker", "run.output", "run.storage_path",
                      "run.max_failures", "run.overwrite", "run.tracking", "run.tracking_uri", "run.experiment",
-                     "run.quiet", "run.run_name"}
+                     "run.quiet", "run.run_name", "run.register_model"}
 
 
 def save_state(directory: str | Path, state: dict[str, Any]) -> Path:

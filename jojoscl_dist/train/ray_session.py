@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.zarr_store import ZarrSource
 from jojoscl_dist.errors import JojoInputError, TrainingDiverged, TrainingFailed
+from jojoscl_dist.tracking.live import LiveRun
 from jojoscl_dist.train.checkpoint import DIVERGED_FILE, STATE_FILE
 from jojoscl_dist.train.loop import WorkerData, resolve_epochs, train_worker
 from jojoscl_dist.train.session import EpochProgress, Session
@@ -34,9 +36,8 @@ FAULT_ENV = "JOJOSCL_FAULT_INJECT"
 
 
 class RaySession(Session):
-    on_report = None  # rank 0: one progress line per epoch in the worker log
-
     def __init__(self, resume_from: str | None = None) -> None:
+        self.observers = []
         self.resume_from = resume_from  # the checkpoint the driver announced (see resume_dir)
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
@@ -57,8 +58,7 @@ class RaySession(Session):
             return
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
                          if checkpoint_dir else None)
-        if self.on_report is not None:
-            self.on_report(metrics)
+        self.notify(metrics)
 
     @contextlib.contextmanager
     def resume_dir(self) -> Iterator[str | None]:
@@ -92,12 +92,15 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     source = ZarrSource(config["data_path"]) if config.get("data_path") else ArraySource(ray.get(config["data_ref"]))
     session = RaySession(config.get("resume_from"))
     if session.rank == 0 and not cfg.run.quiet:
-        session.on_report = EpochProgress(resolve_epochs(cfg, source.shape[0]), mode="lines", stream=sys.stdout,
-                                          prefix="")
-    if config.get("faults"):
-        inject_faults(session, json.loads(config["faults"]))
-    train_worker(cfg, WorkerData(source, config["n_clusters"], config.get("labels"), config.get("fingerprint")),
-                 session)
+        session.observers.append(EpochProgress(resolve_epochs(cfg, source.shape[0]), mode="lines",
+                                               stream=sys.stdout, prefix=""))
+    with contextlib.ExitStack() as stack:
+        if session.rank == 0 and config.get("tracking"):
+            session.observers.append(stack.enter_context(LiveRun(**config["tracking"]).epoch_logger()))
+        if config.get("faults"):
+            inject_faults(session, json.loads(config["faults"]))
+        train_worker(cfg, WorkerData(source, config["n_clusters"], config.get("labels"), config.get("fingerprint")),
+                     session)
 
 
 def inject_faults(session: RaySession, spec: dict) -> None:
@@ -183,12 +186,13 @@ class TrainInputs:
     n_clusters: int
     labels: np.ndarray | None = None  # int32 codes: 4 bytes a cell in every worker
     fingerprint: dict | None = None
+    tracking: LiveRun | None = None  # the MLflow run rank 0 logs each epoch to
 
     @classmethod
-    def of(cls, data) -> "TrainInputs":
+    def of(cls, data, tracking: LiveRun | None = None) -> "TrainInputs":
         """From a PreparedData (data/dataset.py)."""
         labels = None if data.labels is None else np.unique(data.labels, return_inverse=True)[1].astype(np.int32)
-        return cls(data.x, data.n_clusters, labels, data.fingerprint)
+        return cls(data.x, data.n_clusters, labels, data.fingerprint, tracking)
 
 
 def build_trainer(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name: str, *,
@@ -212,7 +216,8 @@ def build_trainer(cfg: JojoConfig, inputs: TrainInputs, storage_path: str, name:
         ray_train_loop,
         train_loop_config={"cfg": cfg.to_dict(), "n_clusters": inputs.n_clusters, "labels": inputs.labels,
                            "resume_from": resume_from, "fingerprint": inputs.fingerprint,
-                           "faults": os.environ.get(FAULT_ENV), **data},
+                           "faults": os.environ.get(FAULT_ENV),
+                           "tracking": dataclasses.asdict(inputs.tracking) if inputs.tracking else None, **data},
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=n, use_gpu=use_gpu, resources_per_worker=resources_per_worker,
                                                placement_strategy=cfg.run.placement),

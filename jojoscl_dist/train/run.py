@@ -24,6 +24,7 @@ from jojoscl_dist.errors import JojoInputError, TrackingError, TrainingDiverged
 from jojoscl_dist.model import build_model
 from jojoscl_dist.outputs import run_dir
 from jojoscl_dist.outputs.write_run import write_run
+from jojoscl_dist.tracking.live import LiveRun
 from jojoscl_dist.train.checkpoint import (clear_divergence, config_differences, latest_loadable, load_state,
                                            read_divergence, record_divergence)
 from jojoscl_dist.train.embed import embed, embed_to_zarr
@@ -66,8 +67,9 @@ class TrainResult:
     resumed: bool  # started from an earlier launch's checkpoint
 
 
-def train(cfg: JojoConfig, data: PreparedData) -> TrainResult:
-    """Train in-process (num_workers 0) or on Ray, resuming from this run's newest complete checkpoint. Raises
+def train(cfg: JojoConfig, data: PreparedData, tracking: LiveRun | None = None) -> TrainResult:
+    """Train in-process (num_workers 0) or on Ray, resuming from this run's newest complete checkpoint; rank 0 logs
+    each epoch to the MLflow run ``tracking`` while it trains. Raises
     TrainingDiverged on a NaN/Inf loss (recorded: a relaunch stops at once), TrainingFailed when Ray Train gave up,
     JojoInputError when the checkpoints found belong to another config or other data."""
     cfg = resolve_for_data(cfg, data)
@@ -84,18 +86,19 @@ def train(cfg: JojoConfig, data: PreparedData) -> TrainResult:
             progress = EpochProgress(epochs, mode="off" if cfg.run.quiet else "auto")
             session = LocalSession(root, "cuda" if wants_gpu(cfg) else "cpu", progress,
                                    resume[0] if resume else None, discover=False)
-            try:
+            with contextlib.ExitStack() as stack:
+                stack.callback(progress.close)
+                if tracking is not None:
+                    session.observers.append(stack.enter_context(tracking.epoch_logger()))
                 train_worker(cfg, WorkerData(as_source(data.x), data.n_clusters, data.labels, data.fingerprint),
                              session)
-            finally:
-                progress.close()
             if session.metrics and session.metrics[-1].get("diverged"):
                 raise TrainingDiverged(session.metrics[-1]["diverged"])
             ckpt = session.checkpoint
         else:
             from jojoscl_dist.train.ray_session import TrainInputs, fit_ray
 
-            ckpt = fit_ray(cfg, TrainInputs.of(data), str(root.parent), root.name,
+            ckpt = fit_ray(cfg, TrainInputs.of(data, tracking), str(root.parent), root.name,
                            resume_from=str(resume[0]) if resume else None)
     except TrainingDiverged as e:
         record_divergence(root, str(e), cfg.to_dict())  # a relaunch stops in check_resume
@@ -178,13 +181,13 @@ def run(cfg: JojoConfig) -> RunResult:
             name = default_run_name(cfg)
             locks.enter_context(run_dir.RunLock(default_storage(cfg) / f".{name}.lock",
                                         f"run {name} on --storage-path {cfg.run.storage_path}"))
-        return _run_locked(cfg, t_start)
+        return _run_locked(cfg, t_start, locks)
 
 
-def _run_locked(cfg: JojoConfig, t_start: float) -> RunResult:
+def _run_locked(cfg: JojoConfig, t_start: float, stack: contextlib.ExitStack) -> RunResult:
     out = run_dir.check_output(cfg.run.output, cfg.run.overwrite, [cfg.data.path] if cfg.data.path else [])
     if cfg.run.tracking:  # an unreachable MLflow store fails here, not after hours of training
-        from jojoscl_dist.tracking.mlflow_log import check_tracking, log_run, tracking_uri
+        from jojoscl_dist.tracking.mlflow_log import check_tracking, log_run, start_run, tracking_uri
 
         check_tracking(cfg, out)
     data = prepare_data(cfg, run_folder(cfg))
@@ -192,7 +195,9 @@ def _run_locked(cfg: JojoConfig, t_start: float) -> RunResult:
     t_prep = time.perf_counter() - t_start
     if cfg.data.path is None:
         print(f"jojoscl: no --data given: training on the {data.source}", flush=True)
-    state = train(cfg, data).state
+    # The MLflow run, open while training; an exception from here on marks it FAILED.
+    tracker = stack.enter_context(start_run(cfg, out, data, run_folder(cfg))) if cfg.run.tracking else None
+    state = train(cfg, data, tracker.live if tracker else None).state
     t_train = time.perf_counter() - t_start - t_prep
     history = state["history"]
 
@@ -225,7 +230,7 @@ def _run_locked(cfg: JojoConfig, t_start: float) -> RunResult:
             shutil.rmtree(scratch, ignore_errors=True)
     if cfg.run.tracking:
         try:
-            log_run(cfg, metrics, history, out)
+            log_run(cfg, metrics, history, out, run_id=tracker.run_id, input_genes=tracker.input_genes)
         except Exception as e:
             # The outputs stay valid and marked pending, the checkpoints stay: the same command retries the
             # logging without retraining (it resumes from the final checkpoint).

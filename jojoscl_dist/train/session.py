@@ -22,6 +22,12 @@ class Session:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    # Rank 0: called with each reported epoch's metrics (progress lines, live MLflow logging).
+    observers: list[Callable[[dict], None]]
+
+    def notify(self, metrics: dict) -> None:
+        for observe in self.observers:
+            observe(metrics)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
@@ -53,7 +59,7 @@ class LocalSession(Session):
         self.checkpoint: Path | None = Path(resume_from) if resume_from else found
         existing = [int(p.name.split("_")[-1]) for p in checkpoints(self.root) if p.name.split("_")[-1].isdigit()]
         self._count = max(existing, default=0)
-        self.on_report = on_report
+        self.observers = [on_report] if on_report else []
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
         self.metrics.append(dict(metrics))
@@ -71,8 +77,7 @@ class LocalSession(Session):
             if self.checkpoint is not None:
                 shutil.rmtree(self.checkpoint, ignore_errors=True)
             self.checkpoint = dest
-        if self.on_report:
-            self.on_report(metrics)
+        self.notify(metrics)
 
     @contextlib.contextmanager
     def resume_dir(self) -> Iterator[str | None]:
@@ -95,7 +100,7 @@ def epoch_line(m: dict[str, Any], total: int | None) -> str:
 
 
 class EpochProgress:
-    """A session's ``on_report``: a tqdm bar on a terminal, else one plain line per epoch (logs, Ray worker output).
+    """A session observer: a tqdm bar on a terminal, else one plain line per epoch (logs, Ray worker output).
     ``mode``: 'auto' (a bar on a TTY, lines otherwise), 'bar', 'lines'
     or 'off'."""
 
