@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jojoscl_dist import __version__
+from jojoscl_dist.version import __version__
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.outputs import run_dir
