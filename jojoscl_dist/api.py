@@ -54,7 +54,8 @@ def config_of(n_clusters: int | str | None, config: dict[str, Any]) -> JojoConfi
 class JojoSCL:
     """A JojoSCL model of ``adata`` (X, or ``layers[layer]``; in memory or backed). ``config``: config keys, e.g.
     ``epochs=50``, ``label_key="cell_type"`` (scores only, and K when ``n_clusters`` is None; without it K is
-    chosen label-free) or ``output="runs/x"`` (keep the checkpoints there: a repeated call resumes)."""
+    chosen label-free) or ``output="runs/x"`` (keep the checkpoints there: a repeated call resumes; on a
+    multi-node Ray cluster name a folder on storage every node shares, else the run folder is temporary)."""
 
     def __init__(self, adata: ad.AnnData | None, n_clusters: int | str | None = None, *, layer: str | None = None,
                  **config: Any):
@@ -67,6 +68,9 @@ class JojoSCL:
         self.history: list[dict] = []
         self.labels: pd.Categorical | None = None  # of every cell of adata ('unassigned': no counts)
         self.latent: np.ndarray | None = None  # z of every cell of adata (zero rows where unassigned)
+        self.cell_mask: np.ndarray | None = None  # the cells of adata trained on (the others have no counts)
+        self.source = ""
+        self._kept_labels: np.ndarray | None = None
 
     def __repr__(self) -> str:
         state = (f"trained, {self.bundle.n_clusters} clusters, {self.bundle.n_genes} genes" if self.bundle
@@ -95,10 +99,9 @@ class JojoSCL:
         self.bundle = bundle.of_run(result.cfg, data.stats, result.state, result.chosen, result.centroids,
                                     result.input_pca)
         self.metrics, self.history = result.metrics, result.history
-        mask = data.kept_mask
-        self.labels = anndata_out.cluster_categorical(result.labels, mask)
-        self.latent = anndata_out.full_rows(np.asarray(result.emb["z"]), mask)
-        self.source, self._mask, self._kept_labels = data.source, mask, result.labels
+        self.cell_mask, self.source, self._kept_labels = data.kept_mask, data.source, result.labels
+        self.labels = anndata_out.cluster_categorical(result.labels, self.cell_mask)
+        self.latent = anndata_out.full_rows(np.asarray(result.emb["z"]), self.cell_mask)
         return self
 
     def _trained(self) -> bundle.ModelBundle:
@@ -139,7 +142,10 @@ class JojoSCL:
         """A saved model, or a CLI run's (its --output, model/ folder or model.pt), for ``adata``'s cells."""
         b = bundle.load(directory)
         model = cls(adata, b.n_clusters, layer=layer)
-        model.config, model.bundle = b.config, b
+        model.bundle = b
+        # its settings, for .train(); not the run folder or logging of the run that wrote it
+        model.config = b.config.override({"run.output": "", "run.storage_path": None, "run.tracking": False,
+                                          "run.num_workers": 0})
         return model
 
 
@@ -155,7 +161,7 @@ def cluster(adata: ad.AnnData, n_clusters: int | str | None = None, *, layer: st
     params = {"n_clusters": m["n_clusters"], "layer": layer, "label_method": cfg.eval.label_method,
               "selection": cfg.eval.selection, "epochs": m["epochs"], "seed": cfg.run.seed,
               "num_workers": num_workers, "source": model.source, "k_rule": m["k_rule"]}
-    anndata_out.add_results(adata, model._mask, model._kept_labels, model.latent[model._mask], key_added,
+    anndata_out.add_results(adata, model.cell_mask, model._kept_labels, model.latent[model.cell_mask], key_added,
                             f"X_{key_added}", key_added,
                             {"params": params, "selected_epoch": m["selected_epoch"],
                              "metrics": {k: v for k, v in m.items() if isinstance(v, (int, float, str))}})
