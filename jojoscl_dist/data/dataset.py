@@ -1,6 +1,6 @@
-"""A run's data set: the input (a file, a prepared store, an AnnData object or the synthetic demo atlas) read, checked and
-preprocessed, K fixed, and the settings that depend on the data. Knows nothing of training or of where a run keeps
-its files: the caller names the folder a large raw input is prepared into."""
+"""A run's data set: the input (a file, a prepared store, an AnnData object or the synthetic demo atlas) read,
+checked and preprocessed, K fixed, and the settings that depend on the data. Knows nothing of training or of where
+a run keeps its files: the caller names the folder a large raw input is prepared into."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ def test_matrix_fingerprint_follows_values_and_names():
     changed.data[rng.integers(changed.nnz)] += 1
     renamed = ["x", *cells[1:]]
     for other in (fingerprint_matrix(changed, cells, genes, "a"), fingerprint_matrix(x, renamed, genes, "a"),
-                  fingerprint_matrix(x[:-1], cells[:-1], genes, "a"), fingerprint_matrix(x.toarray(), cells, genes, "a")):
+                  fingerprint_matrix(x[:-1], cells[:-1], genes, "a"),
+                  fingerprint_matrix(x.toarray(), cells, genes, "a")):
         assert not same_data(fp, other)
     assert describe_change(fp, fingerprint_matrix(changed, cells, genes, fp["path"])) == "content hash changed"
