@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata.utils import make_index_unique
 
-from jojoscl_dist import __version__
+from jojoscl_dist.version import __version__
 from jojoscl_dist.clustering.final import final_labels
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import PreprocessStats, as_float, iter_row_chunks

@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from jojoscl_dist import __version__
+from jojoscl_dist.version import __version__
 from jojoscl_dist.config import ConfigValueError, DataConfig, JojoConfig
 from jojoscl_dist.data.preprocess import HVG_FLAVORS, TARGET_SUM_HELP, target_sum_arg
 from jojoscl_dist.data.zarr_store import prepare

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jojoscl_dist import __version__
 from jojoscl_dist.config import JojoConfig, check_local_path
+from jojoscl_dist.version import __version__
 from jojoscl_dist.errors import JojoInputError
 from jojoscl_dist.outputs import run_dir
 from tune.space import DEFAULT_SPACE, apply_trial_config, load_space, to_tune

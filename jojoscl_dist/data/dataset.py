@@ -1,6 +1,6 @@
-"""A run's data set: the input (a file, a prepared store or the synthetic demo atlas) read, checked and
-preprocessed, K fixed, and the settings that depend on the data. Knows nothing of training or of where a run keeps
-its files: the caller names the folder a large raw input is prepared into."""
+"""A run's data set: the input (a file, a prepared store, an AnnData object or the synthetic demo atlas) read,
+checked and preprocessed, K fixed, and the settings that depend on the data. Knows nothing of training or of where
+a run keeps its files: the caller names the folder a large raw input is prepared into."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import zarr
 
 from jojoscl_dist.clustering.k_select import choose_k
 from jojoscl_dist.config import DataConfig, JojoConfig
-from jojoscl_dist.data.fingerprint import describe_change, fingerprint, same_data
+from jojoscl_dist.data.fingerprint import describe_change, fingerprint, fingerprint_matrix, same_data
 from jojoscl_dist.data.loader import ArraySource
 from jojoscl_dist.data.preprocess import PreprocessStats, compute_stats, materialize
 from jojoscl_dist.data.readers import get_labels, raw_shape, read_input
@@ -38,7 +39,7 @@ class PreparedData:
     obs_names: np.ndarray  # kept cells
     source: str
     k_info: dict | None = None  # how K was chosen when --n-clusters auto
-    fingerprint: dict | None = None  # the input file's identity (data/fingerprint.py); None for the demo atlas
+    fingerprint: dict | None = None  # the input's identity (data/fingerprint.py); None for the demo atlas
 
     @property
     def kept_mask(self) -> np.ndarray:
@@ -62,13 +63,15 @@ def needs_prepare(path: str | Path, dc: DataConfig) -> bool:
     return size > dc.prepare_above_bytes
 
 
-def prepare_data(cfg: JojoConfig, store_dir: Path) -> PreparedData:
-    """The data set of ``cfg.data``. ``store_dir`` is the run's own folder: a large raw input is prepared out of
-    core into ``prepared_store_path(store_dir)`` (reused by a resumed run when it holds the same input)."""
+def prepare_data(cfg: JojoConfig, store_dir: Path, adata: ad.AnnData | None = None,
+                 layer: str | None = None) -> PreparedData:
+    """The data set of ``adata`` (its X, or ``layers[layer]``) when given, else of ``cfg.data``. ``store_dir`` is
+    the run's own folder: a large raw input file is prepared out of core into ``prepared_store_path(store_dir)``
+    (reused by a resumed run when it holds the same input)."""
     dc = cfg.data
-    if dc.path is not None and is_prepared_store(dc.path):  # stream it; never materialised
+    if adata is None and dc.path is not None and is_prepared_store(dc.path):  # stream it; never materialised
         return _from_store(cfg, Path(dc.path), str(dc.path), fingerprint(dc.path))
-    if dc.path is not None and needs_prepare(dc.path, dc):  # an atlas: prepared into the run's storage, streamed
+    if adata is None and dc.path is not None and needs_prepare(dc.path, dc):  # an atlas: prepared, streamed
         raw_fp = fingerprint(dc.path)
         store = prepared_store_path(store_dir)
         if not _store_matches(store, raw_fp):  # a resumed run reuses its store, never another input's
@@ -77,14 +80,19 @@ def prepare_data(cfg: JojoConfig, store_dir: Path) -> PreparedData:
                     hvg_flavor=dc.hvg_flavor, chunk_size=dc.chunk_size, chunk_rows=dc.store_chunk_rows,
                     clip=dc.scale_clip, target_sum=dc.target_sum, overwrite=True, progress=not cfg.run.quiet)
         return _from_store(cfg, store, str(dc.path), raw_fp)
-    if dc.path is None:
+    label_key, fp = dc.label_key, None
+    if adata is not None:
+        adata = own_anndata(adata, layer)
+        source = f"AnnData ({adata.n_obs} cells x {adata.n_vars} genes{f', layer {layer!r}' if layer else ''})"
+        fp = fingerprint_matrix(adata.X, adata.obs_names, adata.var_names, source)
+    elif dc.path is None:
         adata = demo_atlas(dc.demo_cells, dc.demo_genes, dc.demo_types, seed=cfg.run.seed)
         source = f"synthetic demo atlas ({dc.demo_cells} cells, {dc.demo_genes} genes, {dc.demo_types} types)"
         label_key = dc.label_key or "cell_type"
     else:
         adata = read_input(dc.path)
         source = str(dc.path)
-        label_key = dc.label_key
+        fp = fingerprint(dc.path)
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise JojoInputError(f"{source} has {adata.n_obs} cells x {adata.n_vars} genes: nothing to cluster")
     make_names_unique(adata)
@@ -104,8 +112,19 @@ def prepare_data(cfg: JojoConfig, store_dir: Path) -> PreparedData:
             raise JojoInputError(f"{n_kept} usable cells are too few to choose K: give --n-clusters K")
         k, k_info = _auto_k(cfg, x)
     labels = labels_all[stats.cell_mask] if labels_all is not None else None
-    return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names)[stats.cell_mask], source, k_info,
-                        fingerprint(dc.path) if dc.path is not None else None)
+    return PreparedData(adata, x, stats, k, labels, np.asarray(adata.obs_names)[stats.cell_mask], source, k_info, fp)
+
+
+def own_anndata(adata: ad.AnnData, layer: str | None = None) -> ad.AnnData:
+    """An AnnData over the user's matrix (X, or ``layers[layer]``; a backed X stays on disk) and obs columns, with
+    names of its own: making them unique leaves the user's object as it was."""
+    if layer is not None and layer not in adata.layers:
+        raise JojoInputError(f"unknown layer {layer!r}: the AnnData has layers {list(adata.layers)} (pick one, or "
+                             f"layer=None for X)")
+    x = adata.layers[layer] if layer is not None else adata.X
+    if x is None:
+        raise JojoInputError("the AnnData has no X: pass layer= naming the layer of expression values")
+    return ad.AnnData(X=x, obs=adata.obs.copy(deep=False), var=pd.DataFrame(index=adata.var_names.copy()))
 
 
 def prepared_store_path(store_dir: Path) -> Path:

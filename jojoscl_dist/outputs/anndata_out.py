@@ -89,23 +89,34 @@ def cluster_categorical(labels: np.ndarray, cell_mask: np.ndarray | None = None)
 def annotate(adata: ad.AnnData, cell_mask: np.ndarray, labels: np.ndarray, embedding: np.ndarray,
              key: str = DEFAULT_KEY, uns: dict[str, Any] | None = None) -> ad.AnnData:
     """A copy of ``adata`` (all cells) with labels/embedding of the kept cells (``cell_mask``) filled in."""
+    out = adata.to_memory() if adata.isbacked else adata.copy()
+    add_results(out, cell_mask, labels, embedding, key, EMBEDDING_KEY, "jojoscl", uns)
+    return out
+
+
+def add_results(adata: ad.AnnData, cell_mask: np.ndarray, labels: np.ndarray, embedding: np.ndarray, key: str,
+                embedding_key: str, uns_key: str, uns: dict[str, Any] | None = None) -> None:
+    """obs[key], obsm[embedding_key] and uns[uns_key] of ``adata`` (all cells) set, in place, from the labels and
+    embedding of the kept cells (``cell_mask``)."""
     cell_mask = np.asarray(cell_mask, dtype=bool)
     if cell_mask.shape[0] != adata.n_obs or int(cell_mask.sum()) != len(labels) or len(labels) != len(embedding):
         raise ValueError(f"shape mismatch: {adata.n_obs} cells, mask of {cell_mask.shape[0]} keeping "
                          f"{int(cell_mask.sum())}, {len(labels)} labels, {len(embedding)} embedding rows")
-    out = adata.to_memory() if adata.isbacked else adata.copy()
-    if key in out.obs.columns:
-        out.obs = out.obs.drop(columns=[key])
-    out.obs[key] = cluster_categorical(labels, cell_mask)
-    if cell_mask.all():  # every cell kept (always so for a prepared store): the embedding as given, maybe Dask
-        emb = embedding
-    else:
-        emb = np.zeros((adata.n_obs, embedding.shape[1]), dtype=np.float32)
-        emb[cell_mask] = np.asarray(embedding)
-    out.obsm[EMBEDDING_KEY] = emb
-    out.uns["jojoscl"] = _plain({"obs_key": key, "embedding_key": EMBEDDING_KEY,
+    if key in adata.obs.columns:
+        adata.obs = adata.obs.drop(columns=[key])
+    adata.obs[key] = cluster_categorical(labels, cell_mask)
+    adata.obsm[embedding_key] = full_rows(embedding, cell_mask)
+    adata.uns[uns_key] = _plain({"obs_key": key, "embedding_key": embedding_key,
                                  "n_unassigned": int((~cell_mask).sum()), **(uns or {})})
-    return out
+
+
+def full_rows(embedding: np.ndarray, cell_mask: np.ndarray) -> np.ndarray:
+    """The embedding of every cell: the kept cells' rows, zeros for the others."""
+    if cell_mask.all():  # every cell kept (always so for a prepared store): the embedding as given, maybe Dask
+        return embedding
+    emb = np.zeros((len(cell_mask), embedding.shape[1]), dtype=np.float32)
+    emb[cell_mask] = np.asarray(embedding)
+    return emb
 
 
 def write(adata: ad.AnnData, target: str | Path, input_path: str | Path | None = None,

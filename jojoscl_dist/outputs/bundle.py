@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jojoscl_dist import __version__
+from jojoscl_dist.version import __version__
 from jojoscl_dist.clustering.input_pca import InputPCA
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.data.preprocess import PreprocessStats
@@ -55,6 +55,14 @@ class ModelBundle:
                 "centroids": np.asarray(self.centroids, dtype=np.float32), "label_method": self.label_method,
                 "config": self.config.to_dict(), "versions": dict(self.versions),
                 "input_pca": self.input_pca.to_dict() if self.input_pca is not None else None}
+
+
+def of_run(cfg: JojoConfig, stats: PreprocessStats, state: dict, chosen: dict, centroids: np.ndarray,
+           input_pca: InputPCA | None) -> ModelBundle:
+    """The bundle of a trained run: the ``chosen`` weights of its final checkpoint ``state``."""
+    return ModelBundle(weights=chosen, n_genes=state["n_genes"], n_clusters=state["n_clusters"], stats=stats,
+                       centroids=centroids, label_method=cfg.eval.label_method, config=cfg, versions=versions(),
+                       input_pca=input_pca)
 
 
 def versions() -> dict[str, str]:

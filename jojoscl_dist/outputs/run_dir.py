@@ -79,7 +79,7 @@ def staging_dir(output: str | Path) -> Path:
 
 def write_marker(stage: Path, entries: list[str] | None = None) -> None:
     """The last file staged: what this run wrote (a sweep: may write), so --overwrite tells our folder from a user's."""
-    from jojoscl_dist import __version__
+    from jojoscl_dist.version import __version__
 
     entries = sorted(entries if entries is not None else (p.name for p in stage.iterdir())) + [RUN_MARKER]
     (stage / RUN_MARKER).write_text(json.dumps({"tool": "jojoscl-dist", "version": __version__,

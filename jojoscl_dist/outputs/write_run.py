@@ -33,9 +33,7 @@ def write_run(cfg: JojoConfig, data: PreparedData, state: dict, chosen: dict, em
         res.write_h5ad(stage / "results.h5ad")
         pd.DataFrame({"cell": data.obs_names, "cluster": labels}).to_csv(stage / "labels.csv", index=False)
 
-        bundle.save(bundle.ModelBundle(weights=chosen, n_genes=state["n_genes"], n_clusters=state["n_clusters"],
-                                       stats=data.stats, centroids=centroids, label_method=cfg.eval.label_method,
-                                       config=cfg, versions=bundle.versions(), input_pca=input_pca), stage / "model")
+        bundle.save(bundle.of_run(cfg, data.stats, state, chosen, centroids, input_pca), stage / "model")
         cfg.save(stage / "config.yaml")
 
         # <input stem>.jojoscl.h5ad (.zarr for Zarr input); demo.jojoscl.h5ad for the synthetic demo

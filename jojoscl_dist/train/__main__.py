@@ -7,7 +7,7 @@ import logging
 import sys
 import warnings
 
-from jojoscl_dist import __version__
+from jojoscl_dist.version import __version__
 from jojoscl_dist.config import ConfigValueError, JojoConfig
 from jojoscl_dist.data.preprocess import TARGET_SUM_HELP, target_sum_arg
 from jojoscl_dist.errors import JojoInputError, TrackingError, TrainingFailed

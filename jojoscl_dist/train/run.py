@@ -192,45 +192,22 @@ def _run_locked(cfg: JojoConfig, t_start: float, stack: contextlib.ExitStack) ->
         check_tracking(cfg, out)
     data = prepare_data(cfg, run_folder(cfg))
     cfg = resolve_for_data(cfg, data)
-    t_prep = time.perf_counter() - t_start
     if cfg.data.path is None:
         print(f"jojoscl: no --data given: training on the {data.source}", flush=True)
     # The MLflow run, open while training; an exception from here on marks it FAILED.
     tracker = stack.enter_context(start_run(cfg, out, data, run_folder(cfg))) if cfg.run.tracking else None
-    state = train(cfg, data, tracker.live if tracker else None).state
-    t_train = time.perf_counter() - t_start - t_prep
-    history = state["history"]
-
-    chosen = chosen_weights(cfg, state)
-    input_pca = fit_input_pca(cfg.eval, as_source(data.x), cfg.run.seed)  # the run's one fit: labels and bundle
     # An atlas: embeddings go to disk, so memory stays flat in cells.
     scratch = (Path(tempfile.mkdtemp(prefix=f".{out.name}.embedding-", dir=out.parent))
                if isinstance(data.x, ZarrSource) else None)
     try:
-        emb, labels, centroids = label_cells(cfg, data, state, chosen, input_pca, scratch)
-        metrics: dict[str, Any] = {
-            "n_cells": int(data.x.shape[0]), "n_genes": int(data.x.shape[1]), "n_clusters": data.n_clusters,
-            "n_clusters_found": int(len(np.unique(labels))), "epochs": int(state["epochs"]),
-            "selected_epoch": int(state["selector"]["best_epoch"] if cfg.eval.selection != "last" else state["epoch"]),
-            "selection_rule": cfg.eval.selection, "label_method": cfg.eval.label_method,
-            "kmeans_restarts": cfg.eval.kmeans_restarts, "kmeans_select": cfg.eval.kmeans_select,
-            "input_pca_weight": float(input_pca.weight) if input_pca is not None else 0.0,
-            "input_pca_components": int(input_pca.components.shape[0]) if input_pca is not None else 0,
-            "num_workers": cfg.run.num_workers, "seed": cfg.run.seed,
-            "k_rule": data.k_info["rule"] if data.k_info else "given", "time_prepare_s": t_prep,
-            "time_train_s": t_train,
-        }
-        if data.labels is not None:
-            metrics.update(score_labels(data.labels, labels))
-            metrics.update(oracle(history))  # reported for comparison with the paper only; never used to pick
-        metrics["time_total_s"] = time.perf_counter() - t_start
-        write_run(cfg, data, state, chosen, emb, labels, centroids, metrics, out, input_pca)
+        f = fit(cfg, data, t_start, scratch, tracker.live if tracker else None)
+        write_run(cfg, data, f.state, f.chosen, f.emb, f.labels, f.centroids, f.metrics, out, f.input_pca)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     if cfg.run.tracking:
         try:
-            log_run(cfg, metrics, history, out, run_id=tracker.run_id, input_genes=tracker.input_genes)
+            log_run(cfg, f.metrics, f.history, out, run_id=tracker.run_id, input_genes=tracker.input_genes)
         except Exception as e:
             # The outputs stay valid and marked pending, the checkpoints stay: the same command retries the
             # logging without retraining (it resumes from the final checkpoint).
@@ -240,4 +217,53 @@ def _run_locked(cfg: JojoConfig, t_start: float, stack: contextlib.ExitStack) ->
     run_dir.mark_finished(out)
     if not cfg.run.storage_path:
         shutil.rmtree(default_storage(cfg), ignore_errors=True)  # finished: nothing left to resume
-    return RunResult(out, labels, emb["z"] if isinstance(emb["z"], np.ndarray) else None, metrics, history)
+    return RunResult(out, f.labels, f.emb["z"] if isinstance(f.emb["z"], np.ndarray) else None, f.metrics,
+                     f.history)
+
+
+@dataclass
+class Fit:
+    """A trained data set: what the CLI writes and the Python API (api.py) keeps."""
+
+    cfg: JojoConfig  # with the settings that depend on the data
+    state: dict  # the final checkpoint's
+    chosen: dict  # the weights the selection rule kept
+    input_pca: InputPCA | None
+    emb: dict  # embedding of the kept cells
+    labels: np.ndarray  # cluster of each kept cell
+    centroids: np.ndarray
+    metrics: dict[str, Any]
+
+    @property
+    def history(self) -> list[dict]:
+        return self.state["history"]
+
+
+def fit(cfg: JojoConfig, data: PreparedData, t_start: float, scratch: Path | None = None,
+        tracking: LiveRun | None = None) -> Fit:
+    """Train on ``data`` (prepared since ``t_start``), pick the weights label-free and label every kept cell;
+    ``tracking``: the MLflow run the epochs go to while training."""
+    cfg = resolve_for_data(cfg, data)
+    t_prep = time.perf_counter() - t_start
+    state = train(cfg, data, tracking).state
+    t_train = time.perf_counter() - t_start - t_prep
+    chosen = chosen_weights(cfg, state)
+    input_pca = fit_input_pca(cfg.eval, as_source(data.x), cfg.run.seed)  # the run's one fit: labels and bundle
+    emb, labels, centroids = label_cells(cfg, data, state, chosen, input_pca, scratch)
+    metrics: dict[str, Any] = {
+        "n_cells": int(data.x.shape[0]), "n_genes": int(data.x.shape[1]), "n_clusters": data.n_clusters,
+        "n_clusters_found": int(len(np.unique(labels))), "epochs": int(state["epochs"]),
+        "selected_epoch": int(state["selector"]["best_epoch"] if cfg.eval.selection != "last" else state["epoch"]),
+        "selection_rule": cfg.eval.selection, "label_method": cfg.eval.label_method,
+        "kmeans_restarts": cfg.eval.kmeans_restarts, "kmeans_select": cfg.eval.kmeans_select,
+        "input_pca_weight": float(input_pca.weight) if input_pca is not None else 0.0,
+        "input_pca_components": int(input_pca.components.shape[0]) if input_pca is not None else 0,
+        "num_workers": cfg.run.num_workers, "seed": cfg.run.seed,
+        "k_rule": data.k_info["rule"] if data.k_info else "given", "time_prepare_s": t_prep,
+        "time_train_s": t_train,
+    }
+    if data.labels is not None:
+        metrics.update(score_labels(data.labels, labels))
+        metrics.update(oracle(state["history"]))  # reported for comparison with the paper only; never used to pick
+    metrics["time_total_s"] = time.perf_counter() - t_start
+    return Fit(cfg, state, chosen, input_pca, emb, labels, centroids, metrics)
