@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jojoscl_dist import __version__
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.errors import TrackingError
 from jojoscl_dist.outputs import bundle
 from jojoscl_dist.tracking.live import LiveRun, numeric
+from jojoscl_dist.version import __version__
 
 log = logging.getLogger(__name__)
 RUN_RECORD = "mlflow_run.json"  # in the run's checkpoint folder: the MLflow run a relaunch continues
