@@ -13,10 +13,10 @@ import torch
 from jojoscl_dist.config import JojoConfig
 from jojoscl_dist.errors import JojoInputError, TrackingError
 from jojoscl_dist.outputs import run_dir
-from jojoscl_dist.train import loop
 from jojoscl_dist.train.checkpoint import latest_checkpoint, load_state
 from jojoscl_dist.data.dataset import prepare_data
 from jojoscl_dist.train.run import default_run_name, default_storage, run, run_folder, train
+from tests.faults.crash import Crash, crash_training_after
 
 
 def cfg_for(data_dir, out, epochs=3) -> JojoConfig:
@@ -35,26 +35,10 @@ def cfg_for(data_dir, out, epochs=3) -> JojoConfig:
     return cfg
 
 
-class Crash(Exception):
-    pass
-
-
 def test_interrupted_run_resumes_to_the_same_result(data_dir, tmp_path, monkeypatch):
     ref = run(cfg_for(data_dir, tmp_path / "ref"))
     cfg = cfg_for(data_dir, tmp_path / "cut")
-    real = loop.train_worker
-
-    def crash_after_epoch_1(cfg_, data, session):
-        report = session.report
-
-        def rep(metrics, checkpoint_dir=None):
-            report(metrics, checkpoint_dir)
-            if metrics["epoch"] == 1:
-                raise Crash
-        session.report = rep
-        real(cfg_, data, session)
-
-    monkeypatch.setattr("jojoscl_dist.train.run.train_worker", crash_after_epoch_1)
+    crash_training_after(monkeypatch, epoch=1)
     with pytest.raises(Crash):
         run(cfg)
     root = default_storage(cfg) / default_run_name(cfg)
@@ -63,7 +47,7 @@ def test_interrupted_run_resumes_to_the_same_result(data_dir, tmp_path, monkeypa
     g = st["rng"]["global"][0]  # the process-wide RNG states travel with the checkpoint
     assert set(g) == {"torch", "numpy", "python"} and isinstance(g["torch"], torch.Tensor)
     assert not (tmp_path / "cut").exists()
-    monkeypatch.setattr("jojoscl_dist.train.run.train_worker", real)
+    monkeypatch.undo()
     # Global RNGs are restored on resume: draw on them now to prove a resumed run does not depend on them.
     random.random(), np.random.rand(), torch.rand(1)
     res = run(cfg)
@@ -77,7 +61,7 @@ def test_interrupted_run_resumes_to_the_same_result(data_dir, tmp_path, monkeypa
 def test_train_result_says_whether_it_resumed_and_what_it_trained(data_dir, tmp_path, monkeypatch):
     cfg = cfg_for(data_dir, tmp_path / "out", epochs=4)
     data = prepare_data(cfg, run_folder(cfg))
-    monkeypatch.setattr("jojoscl_dist.train.run.train_worker", _crash_after_first_report)
+    crash_training_after(monkeypatch, epoch=0)
     with pytest.raises(Crash):
         train(cfg, data)  # epoch 0 checkpointed, then the crash
     monkeypatch.undo()
@@ -94,7 +78,7 @@ def test_train_result_says_whether_it_resumed_and_what_it_trained(data_dir, tmp_
 
 def test_resume_refuses_a_changed_config(data_dir, tmp_path, monkeypatch):
     cfg = cfg_for(data_dir, tmp_path / "out")
-    monkeypatch.setattr("jojoscl_dist.train.run.train_worker", _crash_after_first_report)
+    crash_training_after(monkeypatch, epoch=0)
     with pytest.raises(Crash):
         run(cfg)
     monkeypatch.undo()
@@ -102,16 +86,6 @@ def test_resume_refuses_a_changed_config(data_dir, tmp_path, monkeypatch):
     cfg.optim.lr = 1e-2
     with pytest.raises(JojoInputError, match=rf"holds checkpoints of a different run \(optim.lr: {before} -> 0.01\)"):
         run(cfg)
-
-
-def _crash_after_first_report(cfg, data, session):
-    report = session.report
-
-    def rep(metrics, checkpoint_dir=None):
-        report(metrics, checkpoint_dir)
-        raise Crash
-    session.report = rep
-    loop.train_worker(cfg, data, session)
 
 
 def test_failed_tracking_keeps_outputs_and_retries(data_dir, tmp_path, monkeypatch):

@@ -34,13 +34,9 @@ def test_log_run_writes_its_own_store_and_leaves_the_environment_alone(tmp_path)
     assert {a.path for a in client.list_artifacts(rid)} == {"config.yaml"}
 
 
-class Crash(Exception):
-    pass
-
-
 def test_a_killed_run_is_failed_in_mlflow_and_its_relaunch_continues_the_same_run(tmp_path, monkeypatch):
-    from jojoscl_dist.train import loop
     from jojoscl_dist.train.run import run
+    from tests.faults.crash import Crash, crash_training_after
     from tests.tracking.cells import write_counts
 
     write_counts(tmp_path / "cells.h5ad")
@@ -50,17 +46,7 @@ def test_a_killed_run_is_failed_in_mlflow_and_its_relaunch_continues_the_same_ru
                                  "run.num_workers": 0, "run.plots": False, "run.quiet": True,
                                  "run.output": str(out)})
 
-    def crash_after_epoch_1(cfg_, data, session):
-        report = session.report
-
-        def rep(metrics, checkpoint_dir=None):
-            report(metrics, checkpoint_dir)
-            if metrics["epoch"] == 1:
-                raise Crash
-        session.report = rep
-        loop.train_worker(cfg_, data, session)
-
-    monkeypatch.setattr("jojoscl_dist.train.run.train_worker", crash_after_epoch_1)
+    crash_training_after(monkeypatch, epoch=1)
     with pytest.raises(Crash):
         run(cfg)
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
